@@ -1,0 +1,162 @@
+"""Start and stop a local MongoDB-wire-compatible server (``nx-27017``).
+
+The quick start (``launcher.py``) and the integration-test fixture both use this
+module, so the local database is started the same way everywhere: one port, one
+data directory, one pid file and one log file per instance.
+
+nx-27017 speaks the MongoDB wire protocol and stores data in SQLite files under
+its data directory, so data survives restarts. Production uses MongoDB itself
+(see ``docker-compose.yml``); nothing in the application depends on this module.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymongo
+
+#: How long to wait for the server to answer ``ping`` after start-up.
+START_TIMEOUT_S = 30.0
+
+
+class LocalMongoError(RuntimeError):
+    """The local database server could not be started."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _nx_executable() -> str:
+    # Prefer the script installed next to this interpreter (the project venv),
+    # so the launcher works even when the venv is not activated.
+    candidate = Path(sys.executable).with_name("nx-27017")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nx-27017")
+    if not found:
+        raise LocalMongoError(
+            "nx-27017 is not installed; run ./run.sh or pip install -r requirements.txt"
+        )
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ping(uri: str, timeout_s: float = 1.0) -> bool:
+    """Return True when a MongoDB-protocol server at ``uri`` answers ``ping``."""
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=int(timeout_s * 1000),
+                                 connectTimeoutMS=int(timeout_s * 1000))
+    try:
+        client.admin.command("ping")
+        return True
+    except pymongo.errors.PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+@dataclass
+class LocalMongo:
+    """One nx-27017 instance: its port, data directory, pid and log files."""
+
+    data_dir: Path
+    port: int
+    host: str = "127.0.0.1"
+    process: subprocess.Popen | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "nx-27017.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "nx-27017.log"
+
+    def uri(self, database: str = "sleeplab") -> str:
+        return f"mongodb://{self.host}:{self.port}/{database}"
+
+    def _clear_stale_pid_file(self) -> None:
+        # A pid file left by a killed instance must not block the next start.
+        if not self.pid_file.exists():
+            return
+        try:
+            pid = int(self.pid_file.read_text().strip() or 0)
+        except ValueError:
+            pid = 0
+        if pid and _pid_alive(pid):
+            raise LocalMongoError(
+                f"another nx-27017 (pid {pid}) is using {self.data_dir}; stop it first"
+            )
+        self.pid_file.unlink(missing_ok=True)
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> "LocalMongo":
+        """Start the server in the foreground of a child process and wait for ``ping``."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_pid_file()
+        cmd = [
+            _nx_executable(),
+            "--data-dir", str(self.data_dir / "db"),
+            "--host", self.host,
+            "-p", str(self.port),
+            "--pid-file", str(self.pid_file),
+            "--log-file", str(self.log_file),
+        ]
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches only the launcher
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LocalMongoError(
+                    f"nx-27017 exited with code {self.process.returncode}; see {self.log_file}"
+                )
+            if ping(self.uri(), timeout_s=0.5):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise LocalMongoError(f"nx-27017 did not answer within {timeout_s:.0f} s; see {self.log_file}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its pid file."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.pid_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL (crash tests); the pid file stays behind."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> "LocalMongo":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

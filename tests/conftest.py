@@ -1,0 +1,26 @@
+"""Shared pytest fixtures.
+
+``local_mongo`` starts one real nx-27017 server (MongoDB wire protocol over TCP)
+for the whole test session, on a free port with its own data dir and pid file.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from local_mongo import LocalMongo, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def local_mongo(tmp_path_factory):
+    """A running nx-27017 server for integration tests (stopped at the end)."""
+    server = LocalMongo(data_dir=tmp_path_factory.mktemp("nx27017"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
