@@ -45,6 +45,10 @@ DatabaseError = pymongo.errors.PyMongoError
 RECORD_METRICS = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count",
                   "breaths", "duration_s", "ahi", "leakage_l")
 
+#: Newest first; ``_id`` (an ObjectId, increasing) breaks ties within a millisecond.
+NEWEST_RECORDS = [("received_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+NEWEST_COMMANDS = [("commanded_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+
 #: How often an upsert that lost a race on the unique MRN index is retried.
 UPSERT_RETRIES = 3
 
@@ -195,7 +199,7 @@ class Storage:
 
     def patient_records(self, mrn: int, limit: int | None = None) -> list[dict]:
         """A patient's records, newest first (no images)."""
-        cursor = self.records.find({"mrn": mrn}).sort("received_at", pymongo.DESCENDING)
+        cursor = self.records.find({"mrn": mrn}).sort(NEWEST_RECORDS)
         if limit:
             cursor = cursor.limit(limit)
         return list(cursor)
@@ -207,7 +211,8 @@ class Storage:
             {"mrn": {"$in": mrns}},
             {"_id": 0, "mrn": 1, "received_at": 1, "cpap_pressure_cmh2o": 1,
              "breath_rate_bpm": 1, "apnea_count": 1},
-        ).sort([("mrn", pymongo.ASCENDING), ("received_at", pymongo.ASCENDING)])
+        ).sort([("mrn", pymongo.ASCENDING), ("received_at", pymongo.ASCENDING),
+                ("_id", pymongo.ASCENDING)])
         for doc in cursor:
             grouped.setdefault(doc["mrn"], []).append(doc)
         return grouped
@@ -247,12 +252,10 @@ class Storage:
     def latest_command(self, room: int, mrn: int) -> dict | None:
         """The latest command for the room's patient ``mrn`` (a new occupant never
         receives the pressure commanded for the previous one)."""
-        return self.commands.find_one({"room": room, "mrn": mrn},
-                                      sort=[("commanded_at", pymongo.DESCENDING)])
+        return self.commands.find_one({"room": room, "mrn": mrn}, sort=NEWEST_COMMANDS)
 
     def command_history(self, room: int, limit: int) -> list[dict]:
-        return list(self.commands.find({"room": room})
-                    .sort("commanded_at", pymongo.DESCENDING).limit(limit))
+        return list(self.commands.find({"room": room}).sort(NEWEST_COMMANDS).limit(limit))
 
     def mark_applied(self, room: int, command_id: str) -> dict | None:
         """Mark a command applied (idempotent: the first time stamp is kept)."""
@@ -284,8 +287,10 @@ def command_summary(command: dict) -> dict:
 def _client(app):
     client = app.config.get("MONGO_CLIENT")
     if client is None:
+        timeout_ms = app.config.get("MONGO_TIMEOUT_MS", 3000)
         client = pymongo.MongoClient(app.config["MONGODB_URI"], tz_aware=True,
-                                     serverSelectionTimeoutMS=3000)
+                                     serverSelectionTimeoutMS=timeout_ms,
+                                     connectTimeoutMS=timeout_ms)
         app.config["MONGO_CLIENT"] = client
     return client
 
@@ -313,7 +318,10 @@ def get_storage() -> Storage:
     if "storage" not in g:
         storage = Storage(current_app.extensions["storage_db"])
         if not current_app.extensions.get("storage_indexed"):
-            storage.ensure_indexes()
-            current_app.extensions["storage_indexed"] = True
+            try:
+                storage.ensure_indexes()
+                current_app.extensions["storage_indexed"] = True
+            except DatabaseError:
+                pass  # still down: the request's own query reports it (503)
         g.storage = storage
     return g.storage
