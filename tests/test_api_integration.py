@@ -1,0 +1,128 @@
+"""The API against the real nx-27017 server over TCP, and under gunicorn workers."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pymongo
+import pytest
+import requests
+
+import storage
+from api_process import ApiServer
+from api_support import PNG, upload_body
+
+
+@pytest.fixture
+def db_uri(local_mongo):
+    """A fresh database on the session's nx-27017 server."""
+    return local_mongo.uri(database=f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def tcp_client(db_uri):
+    from server import create_app
+
+    return create_app({"TESTING": True, "MONGODB_URI": db_uri}).test_client()
+
+
+def test_full_cycle_over_tcp_keeps_types(tcp_client):
+    c = tcp_client
+    assert c.get("/health").get_json() == {"status": "ok", "database": "ok"}
+    first = c.post("/api/v1/patients", json=upload_body(mrn=1, room=2))
+    assert first.status_code == 201
+    second = c.post("/api/v1/patients", json=upload_body(mrn=1, room=2, pressure=11,
+                                                         image=None, breaths=5))
+    assert second.status_code == 200
+    patient = second.get_json()["patient"]
+    # nx-27017 turns a top-level date $set on an existing document into a string;
+    # the storage layout must still give ISO dates back.
+    assert patient["updated_at"].endswith("Z") and patient["created_at"].endswith("Z")
+    assert patient["record_count"] == 2
+    cmd = c.put("/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 13}).get_json()
+    applied = c.post(f"/api/v1/rooms/2/pressure/{cmd['id']}/applied").get_json()
+    assert applied["applied"] is True and applied["applied_at"].endswith("Z")
+    room = c.get("/api/v1/rooms/2").get_json()
+    assert room["latest"]["cpap_pressure_cmh2o"] == 11 and room["latest"]["breaths"] == 5
+    assert room["latest"]["has_image"] is False and room["latest"]["received_at"].endswith("Z")
+    assert room["command"]["applied"] is True and room["command"]["pressure_cmh2o"] == 13
+    assert room["patient"]["since"].endswith("Z")
+    records = c.get("/api/v1/patients/1/records").get_json()["records"]
+    assert [r["cpap_pressure_cmh2o"] for r in records] == [11, 10]
+    image = c.get(f"/api/v1/records/{records[1]['id']}/image")
+    assert image.status_code == 200 and image.data == PNG
+    assert c.get("/get_all_patients").get_json()[0]["CPAP_pressure"] == [10, 11]
+    listing = c.get("/api/v1/patients").get_json()
+    assert listing["total"] == 1 and listing["patients"][0]["latest"]["cpap_pressure_cmh2o"] == 11
+
+
+def test_guard_on_real_server(tcp_client, monkeypatch):
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    times = iter([base + dt.timedelta(seconds=10), base, base + dt.timedelta(seconds=20)])
+    monkeypatch.setattr(storage, "utc_now", lambda: next(times))
+    tcp_client.post("/api/v1/patients", json=upload_body(mrn=5, room=6, pressure=12))
+    tcp_client.post("/api/v1/patients", json=upload_body(mrn=5, room=6, pressure=8))
+    assert tcp_client.get("/api/v1/rooms/6").get_json()["latest"]["cpap_pressure_cmh2o"] == 12
+    tcp_client.post("/api/v1/patients", json=upload_body(mrn=5, room=6, pressure=9))
+    assert tcp_client.get("/api/v1/rooms/6").get_json()["latest"]["cpap_pressure_cmh2o"] == 9
+
+
+def test_indexes_on_real_server(tcp_client, db_uri):
+    tcp_client.get("/health")
+    client = pymongo.MongoClient(db_uri)
+    try:
+        db = client.get_default_database()
+        # nx-27017 names indexes its own way and reports every direction as 1:
+        # compare the indexed fields
+        patients = list(db.patients.index_information().values())
+        assert any(i["key"] == [("mrn", 1)] and i.get("unique") for i in patients)
+        record_keys = [[k for k, _ in i["key"]] for i in db.records.index_information().values()]
+        assert ["mrn", "received_at"] in record_keys
+        assert ["room", "received_at"] in record_keys
+    finally:
+        client.close()
+    # duplicate MRNs are impossible even when written behind the API's back
+    with pymongo.MongoClient(db_uri) as client, pytest.raises(pymongo.errors.DuplicateKeyError):
+        patients = client.get_default_database().patients
+        patients.insert_one({"mrn": 77})
+        patients.insert_one({"mrn": 77})
+
+
+UPLOADS = 120
+THREADS = 12
+
+
+def test_concurrent_uploads_under_gunicorn(db_uri):
+    """Many threads upload to the same and to different (new) patients at once through
+    3 gunicorn workers: exactly as many records as acknowledged uploads."""
+    plan = []
+    for i in range(UPLOADS):
+        if i % 2:
+            plan.append((1, 1))                      # one patient, hammered
+        else:
+            plan.append((100 + i % 10, 10 + i % 5))  # new MRNs racing to be created
+    with ApiServer(db_uri, workers=3) as api, requests.Session() as http:
+        def upload(args):
+            mrn, room = args
+            resp = http.post(f"{api.url}/api/v1/patients", timeout=60,
+                             json=upload_body(mrn=mrn, room=room, pressure=4 + mrn % 20))
+            return mrn, resp.status_code
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            results = list(pool.map(upload, plan))
+        acknowledged = [mrn for mrn, status in results if 200 <= status < 300]
+        assert all(status in (200, 201) for _, status in results), results
+        created = sum(1 for _, status in results if status == 201)
+        assert created == len(set(mrn for mrn, _ in plan)), "one 201 per new MRN"
+
+        patients = http.get(f"{api.url}/api/v1/patients?per_page=500").json()["patients"]
+        by_mrn = {p["mrn"]: p["record_count"] for p in patients}
+        for mrn in set(acknowledged):
+            records = http.get(f"{api.url}/api/v1/patients/{mrn}/records?limit=10000").json()
+            assert len(records["records"]) == acknowledged.count(mrn) == by_mrn[mrn]
+    with pymongo.MongoClient(db_uri) as client:
+        db = client.get_default_database()
+        assert db.records.count_documents({}) == len(acknowledged)
+        assert db.images.count_documents({}) == len(acknowledged)
+        assert db.patients.count_documents({}) == len(set(acknowledged))
