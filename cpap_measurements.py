@@ -1,0 +1,707 @@
+"""CPAP venturi recording analysis: ADC -> pressure -> flow -> breaths -> apneas -> metrics.
+
+A recording is a text file with one header line and one line per sample (100 Hz) of 7
+comma-separated values: time [s], V1 p2, V1 p1-ins, V1 p1-exp, V2 p2, V2 p1-ins, V2 p1-exp
+(pressures in ADC units). V1, the patient-side venturi, is what the analysis uses.
+
+The pipeline is a chain of small pure functions composed by :func:`analyze`::
+
+    read_samples -> venturi_flow -> detect_breaths -> find_apneas -> metrics
+
+Command line::
+
+    python cpap_measurements.py FILE [--json] [--plot OUT.png]
+
+Every unusable input raises :class:`CpapFileError` (a ``ValueError``) whose message is
+meant for a clinician. Lines that cannot be read are skipped, logged and reported in
+``AnalysisResult.skipped_lines`` with their 1-based file line number and the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import BinaryIO, NamedTuple, TextIO, Union
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+# --- Sensor and physics constants -------------------------------------------------------
+ADC_OFFSET = 1638               # ADC reading at 0 cmH2O
+ADC_FULL_SCALE = 14745          # ADC reading at PRESSURE_FULL_SCALE_CMH2O
+PRESSURE_FULL_SCALE_CMH2O = 25.4
+PA_PER_CMH2O = 98.0665
+CMH2O_PER_ADC = PRESSURE_FULL_SCALE_CMH2O / (ADC_FULL_SCALE - ADC_OFFSET)
+PA_PER_ADC = CMH2O_PER_ADC * PA_PER_CMH2O
+AIR_DENSITY_KG_M3 = 1.199
+VENTURI_D1_M = 0.015            # inlet diameter
+VENTURI_D2_M = 0.012            # throat diameter
+VENTURI_A1_M2 = math.pi * (VENTURI_D1_M / 2) ** 2
+VENTURI_A2_M2 = math.pi * (VENTURI_D2_M / 2) ** 2
+VENTURI_AREA_TERM = (VENTURI_A1_M2 / VENTURI_A2_M2) ** 2 - 1
+#: flow [m^3/s] = FLOW_M3S_PER_SQRT_ADC * sqrt(p1 - p2 [ADC steps])
+FLOW_M3S_PER_SQRT_ADC = VENTURI_A1_M2 * math.sqrt(2 * PA_PER_ADC / (AIR_DENSITY_KG_M3 * VENTURI_AREA_TERM))
+M3S_TO_LPM = 60_000.0           # m^3/s -> L/min
+M3_TO_L = 1_000.0
+
+# --- File format ----------------------------------------------------------------------
+N_COLUMNS = 7
+COL_TIME, COL_P2, COL_P1_INS, COL_P1_EXP = 0, 1, 2, 3
+MIN_DURATION_S = 5.0            # less than this cannot show even one slow breath cycle
+
+# --- Breath detection (reasons in docs/README-analysis.md) ------------------------------
+DETECT_BLOCK = 5                # 100 Hz -> 20 Hz by block median: kills 1-2 sample ADC spikes
+SMOOTH_S = 0.25                 # centred moving average after the block median
+BASELINE_WINDOW_S = 30.0        # block length of the no-flow baseline (median) estimate
+AMPLITUDE_PERCENTILE = 98.0     # typical inspiratory peak above baseline
+HIGH_FRACTION = 0.30            # hysteresis: enter inspiration above baseline + 30 % of peak
+LOW_FRACTION = 0.10             # ... leave it below baseline + 10 % of peak
+MIN_HIGH_LPM = 5.0              # never below one ADC step: cardiogenic ripple stays below
+MIN_LOW_LPM = 1.5
+MIN_INSPIRATION_S = 0.12        # an inspiration shorter than this is a glitch
+MIN_BREATH_INTERVAL_S = 0.4     # two peaks closer than this are one breath (150/min)
+APNEA_GAP_S = 10.0              # apnea: more than this between consecutive breaths
+
+PLOT_MAX_COLUMNS = 2000         # min/max envelope bins for long recordings
+
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, BinaryIO, TextIO]
+
+
+class CpapFileError(ValueError):
+    """The recording cannot be analysed; the message says why, for a clinician."""
+
+
+class SkippedLine(NamedTuple):
+    """A line of the file that was not used: 1-based file line number and the reason."""
+
+    line_number: int
+    reason: str
+
+
+class ApneaEvent(NamedTuple):
+    """A gap of more than ``APNEA_GAP_S`` between two breaths (times in s)."""
+
+    start: float
+    end: float
+    duration: float
+
+
+class Samples(NamedTuple):
+    """Valid samples of a recording: time [s] and the three V1 pressures [ADC units]."""
+
+    time: np.ndarray
+    p2: np.ndarray
+    p1_ins: np.ndarray
+    p1_exp: np.ndarray
+    skipped_lines: list
+
+
+@dataclass
+class AnalysisResult:
+    """Metrics and signals of one recording.
+
+    Attributes
+    ----------
+    duration : float
+        Recording length, s (last minus first valid sample time).
+    breaths : int
+        Number of breaths.
+    breath_rate_bpm : float
+        Breaths per minute over the whole recording.
+    breath_times : numpy.ndarray
+        Time of each inspiratory peak, s.
+    apnea_count : int
+        Number of apnea events.
+    apnea_events : list of ApneaEvent
+        Start, end and duration (s) of each gap of more than 10 s between breaths.
+    ahi : float
+        Apnea events per hour of recording.
+    leakage : float
+        Net integral of flow, L (more in than out = positive).
+    time : numpy.ndarray
+        Sample times, s.
+    flow : numpy.ndarray
+        Flow, m^3/s (inspiration positive). ``flow_lpm`` gives L/min.
+    skipped_lines : list of SkippedLine
+        Lines not used, with their 1-based line number and the reason.
+    """
+
+    duration: float
+    breaths: int
+    breath_rate_bpm: float
+    breath_times: np.ndarray
+    apnea_count: int
+    apnea_events: list
+    ahi: float
+    leakage: float
+    time: np.ndarray = field(repr=False)
+    flow: np.ndarray = field(repr=False)
+    skipped_lines: list = field(default_factory=list, repr=False)
+
+    @property
+    def flow_lpm(self) -> np.ndarray:
+        """Flow in L/min."""
+        return self.flow * M3S_TO_LPM
+
+    def to_dict(self) -> dict:
+        """JSON-ready metrics (plain floats, ints, lists, dicts; no arrays)."""
+        return {
+            "duration": float(self.duration),
+            "breaths": int(self.breaths),
+            "breath_rate_bpm": float(self.breath_rate_bpm),
+            "breath_times": [round(float(t), 3) for t in self.breath_times],
+            "apnea_count": int(self.apnea_count),
+            "leakage": float(self.leakage),
+            "ahi": float(self.ahi),
+            "apnea_events": [
+                {"start": float(e.start), "end": float(e.end), "duration": float(e.duration)}
+                for e in self.apnea_events
+            ],
+            "skipped_lines": [
+                {"line": int(s.line_number), "reason": s.reason} for s in self.skipped_lines
+            ],
+        }
+
+
+# --- Reading ------------------------------------------------------------------------------
+def read_bytes(source: Source) -> bytes:
+    """Return the raw content of a path, bytes, or binary/text file-like object.
+
+    Raises
+    ------
+    CpapFileError
+        If the path cannot be opened or the object cannot be read.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise CpapFileError(f"cannot open the recording {os.fspath(source)!r}: {exc.strerror}") from exc
+    read = getattr(source, "read", None)
+    if read is None:
+        raise CpapFileError(f"cannot read a recording from a {type(source).__name__}")
+    try:
+        data = read()
+    except (OSError, ValueError) as exc:
+        raise CpapFileError(f"cannot read the uploaded recording: {exc}") from exc
+    if isinstance(data, str):
+        return data.encode("utf-8", errors="replace")
+    return bytes(data)
+
+
+def _allowed_byte_table() -> np.ndarray:
+    """Lookup table: True for bytes that may appear in a numeric data line."""
+    table = np.zeros(256, dtype=bool)
+    table[np.frombuffer(b"0123456789.,+- \t\r\n", dtype=np.uint8)] = True
+    return table
+
+
+_ALLOWED_BYTES = _allowed_byte_table()
+
+
+def _looks_binary(data: bytes) -> bool:
+    """True when the start of the content is clearly not text (NULs or many control bytes)."""
+    head = data[:4096]
+    if b"\x00" in head:
+        return True
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 13))
+    return controls > 0.05 * len(head)
+
+
+def _line_text(data: bytes, start: int, end: int, limit: int = 40) -> str:
+    text = data[start:end].rstrip(b"\r").decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scan_lines(data: bytes):
+    """Locate lines and classify them without a Python loop over lines.
+
+    Returns
+    -------
+    starts, ends : numpy.ndarray
+        Byte offsets of each line (``end`` excludes the newline).
+    n_commas : numpy.ndarray
+        Commas per line.
+    has_text : numpy.ndarray of bool
+        Line holds a byte that cannot be part of a number (letters, ``NaN``, ...).
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(buf)]))
+    if starts[-1] == len(buf):  # content ends with a newline: no further line
+        starts, ends = starts[:-1], ends[:-1]
+    if len(starts) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, np.zeros(0, dtype=bool)
+    nonempty = ends > starts
+    safe_starts = np.minimum(starts, len(buf) - 1)  # reduceat needs valid indices
+    n_commas = np.add.reduceat(buf == ord(","), safe_starts, dtype=np.int64)
+    has_text = np.logical_or.reduceat(~_ALLOWED_BYTES[buf], safe_starts)
+    n_commas[~nonempty] = 0
+    has_text[~nonempty] = False
+    return starts, ends, n_commas, has_text
+
+
+def _reason(data: bytes, start: int, end: int, n_commas: int, has_text: bool) -> str:
+    text = _line_text(data, start, end)
+    if not text.strip():
+        return "blank line"
+    if has_text:
+        return f"not a number: {text!r}"
+    if n_commas < N_COLUMNS - 1:
+        return f"too few columns ({n_commas + 1} of {N_COLUMNS}): {text!r}"
+    if n_commas > N_COLUMNS - 1:
+        return f"too many columns ({n_commas + 1} of {N_COLUMNS}): {text!r}"
+    return f"empty or invalid field: {text!r}"
+
+
+def _parse_numeric(data: bytes) -> np.ndarray:
+    """Parse clean numeric CSV content (no header) into a float64 array of N_COLUMNS."""
+    options = dict(header=None, names=range(N_COLUMNS), engine="c", quoting=csv.QUOTE_NONE,
+                   skip_blank_lines=False)
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype=np.float64, **options)
+    except ValueError:
+        # A malformed number such as '1.2.3': only then parse as text and coerce.
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, **options)
+        frame = frame.apply(pd.to_numeric, errors="coerce")
+    return frame.to_numpy(dtype=np.float64)
+
+
+def read_samples(source: Source) -> Samples:
+    """Read a CPAP recording into V1 pressures, skipping (and reporting) unusable lines.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or file-like
+        Path, content, or a binary or text file object (e.g. a web upload).
+
+    Returns
+    -------
+    Samples
+        ``time`` [s], ``p2``, ``p1_ins``, ``p1_exp`` [ADC units] and ``skipped_lines``.
+
+    Raises
+    ------
+    CpapFileError
+        Empty, binary, or without a single valid sample.
+    """
+    data = read_bytes(source)
+    if not data.strip():
+        raise CpapFileError("the recording is empty: no samples to analyse")
+    if _looks_binary(data):
+        raise CpapFileError("the file is not a CPAP text recording (it contains binary data)")
+
+    starts, ends, n_commas, has_text = _scan_lines(data)
+    good = (n_commas == N_COLUMNS - 1) & ~has_text
+    has_header = bool(has_text[0]) or n_commas[0] != N_COLUMNS - 1
+    if has_header:
+        good[0] = False
+    line_numbers = np.arange(1, len(starts) + 1)
+    bad_idx = np.flatnonzero(~good)
+    if has_header:
+        bad_idx = bad_idx[1:]
+    skipped = [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i], n_commas[i], has_text[i]))
+               for i in bad_idx]
+
+    good_idx = np.flatnonzero(good)
+    if len(good_idx) == 0:
+        raise CpapFileError(_no_samples_message(skipped))
+    if len(good_idx) == len(starts):
+        clean = data
+    else:
+        clean = _join_lines(data, good, starts, ends)
+    values = _parse_numeric(clean)
+    if len(values) != len(good_idx):  # cannot happen unless the scanner and pandas disagree
+        raise CpapFileError("the recording could not be read consistently; is it a CPAP text file?")
+
+    invalid = ~np.isfinite(values).all(axis=1)
+    if invalid.any():
+        for i in good_idx[invalid]:
+            skipped.append(SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i], n_commas[i], False)))
+        skipped.sort()
+        values = values[~invalid]
+        good_idx = good_idx[~invalid]
+    if len(values) == 0:
+        raise CpapFileError(_no_samples_message(skipped))
+    for s in skipped[:20]:
+        log.warning("skipped line %d: %s", s.line_number, s.reason)
+    if len(skipped) > 20:
+        log.warning("... %d skipped lines in all", len(skipped))
+    del line_numbers
+    return Samples(values[:, COL_TIME].copy(), values[:, COL_P2].copy(),
+                   values[:, COL_P1_INS].copy(), values[:, COL_P1_EXP].copy(), skipped)
+
+
+def _join_lines(data: bytes, good: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bytes:
+    """Concatenate the runs of good lines (few runs: one per bad line), one newline each."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], good.view(np.int8), [0]))))
+    pieces = []
+    for first, stop in zip(edges[::2], edges[1::2]):
+        pieces.append(data[starts[first]:ends[stop - 1]])
+    return b"\n".join(pieces) + b"\n"
+
+
+def _no_samples_message(skipped: list) -> str:
+    if not skipped:
+        return "no valid samples: the file holds only a header line"
+    reasons = [s.reason for s in skipped]
+    if all(r.startswith(("too few columns", "too many columns")) for r in reasons):
+        return (f"no valid samples: every line has the wrong number of columns; a CPAP recording "
+                f"has {N_COLUMNS} comma-separated values per line (e.g. line "
+                f"{skipped[0].line_number}: {skipped[0].reason})")
+    return (f"no valid samples: every one of the {len(skipped)} data lines is unusable "
+            f"(e.g. line {skipped[0].line_number}: {skipped[0].reason})")
+
+
+# --- Flow ---------------------------------------------------------------------------------
+def adc_to_cmh2o(adc):
+    """Convert ADC readings to pressure.
+
+    Parameters
+    ----------
+    adc : array_like
+        Pressure in ADC units.
+
+    Returns
+    -------
+    numpy.ndarray
+        Pressure, cmH2O (``25.4 / (14745 - 1638) * (adc - 1638)``).
+    """
+    return CMH2O_PER_ADC * (np.asarray(adc, dtype=np.float64) - ADC_OFFSET)
+
+
+def venturi_flow(p2, p1_ins, p1_exp) -> np.ndarray:
+    """Venturi flow from the V1 pressures.
+
+    ``Q = A1 * sqrt(2 (p1 - p2) / (rho ((A1/A2)^2 - 1)))``; inspiratory (positive, p1 =
+    p1-ins) where p1-ins >= p1-exp, otherwise expiratory (negative, p1 = p1-exp). A
+    differential pressure slightly below zero (ADC noise around the offset) gives zero flow.
+
+    Parameters
+    ----------
+    p2, p1_ins, p1_exp : array_like
+        Throat, inspiratory-inlet and expiratory-inlet pressures, ADC units (or any unit
+        with the same offset and scale).
+
+    Returns
+    -------
+    numpy.ndarray
+        Flow, m^3/s (inspiration positive).
+    """
+    p2 = np.asarray(p2, dtype=np.float64)
+    p1_ins = np.asarray(p1_ins, dtype=np.float64)
+    p1_exp = np.asarray(p1_exp, dtype=np.float64)
+    inspiratory = p1_ins >= p1_exp
+    dp_adc = np.where(inspiratory, p1_ins, p1_exp)
+    dp_adc -= p2
+    np.maximum(dp_adc, 0.0, out=dp_adc)
+    flow = np.sqrt(dp_adc, out=dp_adc)
+    flow *= FLOW_M3S_PER_SQRT_ADC
+    np.negative(flow, out=flow, where=~inspiratory)
+    return flow
+
+
+# --- Breaths ------------------------------------------------------------------------------
+def _block_reduce(x: np.ndarray, block: int, how) -> np.ndarray:
+    n = len(x) // block * block
+    out = how(x[:n].reshape(-1, block), axis=1)
+    if n < len(x):
+        out = np.append(out, how(x[n:]))
+    return out
+
+
+def _baseline(x: np.ndarray, samples_per_window: int) -> np.ndarray:
+    """No-flow level: median of consecutive windows, linearly interpolated between them."""
+    if len(x) <= samples_per_window:
+        return np.full(len(x), np.median(x))
+    n_win = max(1, round(len(x) / samples_per_window))
+    edges = np.linspace(0, len(x), n_win + 1).astype(int)
+    medians = np.array([np.median(x[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+    centres = (edges[:-1] + edges[1:]) / 2
+    return np.interp(np.arange(len(x)), centres, medians)
+
+
+def detect_breaths(time, flow_lpm) -> np.ndarray:
+    """Find breaths; return the time of each inspiratory peak.
+
+    Method: 5-sample block median (removes single ADC-step spikes, 100 -> 20 Hz), 0.25 s
+    centred moving average, a slowly varying no-flow baseline (30 s window medians, so a
+    leak offset is followed), and hysteresis relative to the recording's typical
+    inspiratory peak: an inspiration starts above baseline + 30 % of the peak (at least
+    5 L/min, above cardiogenic ripple) and ends below baseline + 10 % (at least 1.5 L/min),
+    so a dip inside a double-humped inspiration does not split it and a weak expiration
+    that is quantized to zero still ends it. Inspirations shorter than 0.12 s are
+    discarded, peaks closer than 0.4 s are merged.
+
+    Parameters
+    ----------
+    time : array_like
+        Sample times, s (100 Hz; gaps allowed).
+    flow_lpm : array_like
+        Flow, L/min, inspiration positive.
+
+    Returns
+    -------
+    numpy.ndarray
+        Inspiratory peak times, s, ascending.
+
+    Raises
+    ------
+    ValueError
+        If ``time`` and ``flow_lpm`` differ in length.
+    """
+    time = np.asarray(time, dtype=np.float64)
+    flow_lpm = np.asarray(flow_lpm, dtype=np.float64)
+    if time.shape != flow_lpm.shape:
+        raise ValueError("time and flow_lpm must have the same length")
+    if len(time) < 2 * DETECT_BLOCK:
+        return np.zeros(0)
+    t = _block_reduce(time, DETECT_BLOCK, np.mean)
+    x = _block_reduce(flow_lpm, DETECT_BLOCK, np.median)
+    dt = float(np.median(np.diff(t))) if len(t) > 1 else 0.05
+    dt = dt if dt > 0 else 0.05
+    x = ndimage.uniform_filter1d(x, max(1, round(SMOOTH_S / dt)), mode="nearest")
+    base = _baseline(x, max(1, round(BASELINE_WINDOW_S / dt)))
+    above = x - base
+    peak_scale = float(np.percentile(above, AMPLITUDE_PERCENTILE))
+    high = max(HIGH_FRACTION * peak_scale, MIN_HIGH_LPM)
+    low = max(LOW_FRACTION * peak_scale, MIN_LOW_LPM)
+    low = min(low, 0.5 * high)
+
+    # Vectorised hysteresis: the state is the last threshold crossed (1 high, 0 low).
+    event = np.full(len(above), -1, dtype=np.int8)
+    event[above < low] = 0
+    event[above > high] = 1
+    idx = np.where(event >= 0, np.arange(len(event)), 0)
+    np.maximum.accumulate(idx, out=idx)
+    state = event[idx] == 1
+    state[event[idx] < 0] = False
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], state, [False])).view(np.int8)))
+    run_starts, run_ends = edges[::2], edges[1::2]
+    closed = run_ends < len(above)  # an inspiration must be followed by the fall to baseline
+    run_starts, run_ends = run_starts[closed], run_ends[closed]
+    long_enough = (t[run_ends - 1] - t[run_starts]) >= MIN_INSPIRATION_S
+    run_starts, run_ends = run_starts[long_enough], run_ends[long_enough]
+    if len(run_starts) == 0:
+        return np.zeros(0)
+    peaks = np.array([a + int(np.argmax(above[a:b])) for a, b in zip(run_starts, run_ends)])
+    return _merge_close(t[peaks], above[peaks])
+
+
+def _merge_close(peak_times: np.ndarray, peak_heights: np.ndarray) -> np.ndarray:
+    """Merge peaks closer than MIN_BREATH_INTERVAL_S, keeping the higher one."""
+    keep_t, keep_h = [peak_times[0]], [peak_heights[0]]
+    for t, h in zip(peak_times[1:], peak_heights[1:]):
+        if t - keep_t[-1] < MIN_BREATH_INTERVAL_S:
+            if h > keep_h[-1]:
+                keep_t[-1], keep_h[-1] = t, h
+        else:
+            keep_t.append(t)
+            keep_h.append(h)
+    return np.array(keep_t)
+
+
+def find_apneas(breath_times, gap_s: float = APNEA_GAP_S) -> list:
+    """Apnea events: gaps of more than ``gap_s`` between consecutive breaths.
+
+    Parameters
+    ----------
+    breath_times : array_like
+        Breath (inspiratory peak) times, s, ascending.
+    gap_s : float
+        Minimum gap, s (exclusive).
+
+    Returns
+    -------
+    list of ApneaEvent
+        One event per gap, from the earlier to the later breath.
+    """
+    bt = np.asarray(breath_times, dtype=np.float64)
+    if len(bt) < 2:
+        return []
+    gaps = np.diff(bt)
+    return [ApneaEvent(float(bt[i]), float(bt[i + 1]), float(gaps[i]))
+            for i in np.flatnonzero(gaps > gap_s)]
+
+
+def leakage_litres(time, flow_m3s) -> float:
+    """Net volume through the mask, L: trapezoidal integral of flow (inspiration positive).
+
+    Parameters
+    ----------
+    time : array_like
+        Sample times, s.
+    flow_m3s : array_like
+        Flow, m^3/s.
+    """
+    time = np.asarray(time, dtype=np.float64)
+    if len(time) < 2:
+        return 0.0
+    return float(np.trapezoid(flow_m3s, time) * M3_TO_L)
+
+
+# --- Composition -------------------------------------------------------------------------
+def analyze(source: Source) -> AnalysisResult:
+    """Analyse a CPAP recording.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or file-like
+        Path of the recording, its content, or a binary/text file object.
+
+    Returns
+    -------
+    AnalysisResult
+
+    Raises
+    ------
+    CpapFileError
+        The file is empty, binary, has no valid sample, or less than
+        ``MIN_DURATION_S`` of data.
+    """
+    samples = read_samples(source)
+    time = samples.time
+    duration_s = float(time[-1] - time[0]) if len(time) else 0.0
+    if duration_s < MIN_DURATION_S:
+        raise CpapFileError(f"the recording is too short: {duration_s:.1f} s of valid data, "
+                            f"at least {MIN_DURATION_S:.0f} s are needed")
+    flow = venturi_flow(samples.p2, samples.p1_ins, samples.p1_exp)
+    breath_times = detect_breaths(time, flow * M3S_TO_LPM)
+    apneas = find_apneas(breath_times)
+    return AnalysisResult(
+        duration=duration_s,
+        breaths=int(len(breath_times)),
+        breath_rate_bpm=60.0 * len(breath_times) / duration_s,
+        breath_times=breath_times,
+        apnea_count=len(apneas),
+        apnea_events=apneas,
+        ahi=3600.0 * len(apneas) / duration_s,
+        leakage=leakage_litres(time, flow),
+        time=time,
+        flow=flow,
+        skipped_lines=samples.skipped_lines,
+    )
+
+
+def analysis_driver(path):
+    """Legacy entry point: ``(breath_rate_bpm, apnea_count, time [s], flow [m^3/s])``."""
+    result = analyze(path)
+    return result.breath_rate_bpm, result.apnea_count, result.time, result.flow
+
+
+# --- Plot -------------------------------------------------------------------------------
+def _envelope(time: np.ndarray, values: np.ndarray, columns: int = PLOT_MAX_COLUMNS):
+    """Min/max envelope for drawing: at most ``2 * columns`` points, every extreme kept."""
+    if len(values) <= 2 * columns:
+        return time, values
+    edges = np.unique(np.linspace(0, len(values), columns + 1).astype(np.int64)[:-1])
+    env_t = np.repeat(time[edges], 2)
+    env_v = np.column_stack((np.minimum.reduceat(values, edges),
+                             np.maximum.reduceat(values, edges))).ravel()
+    return env_t, env_v
+
+
+def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int = 450) -> bytes:
+    """Render flow (L/min) against time (s) with breaths and apneas as a PNG.
+
+    Uses matplotlib's object-oriented API on an Agg canvas (no pyplot state, thread safe).
+
+    Parameters
+    ----------
+    result : AnalysisResult
+    width_px, height_px : int
+        Image size, pixels.
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    flow_lpm = result.flow_lpm
+    env_t, env_v = _envelope(result.time, flow_lpm)
+    ax.plot(env_t, env_v, color="#1f77b4", linewidth=0.7, label="flow")
+    for i, event in enumerate(result.apnea_events):
+        ax.axvspan(event.start, event.end, color="#d62728", alpha=0.18,
+                   label="apnea (> 10 s)" if i == 0 else None)
+    if len(result.breath_times):
+        peak_flow = np.interp(result.breath_times, result.time, flow_lpm)
+        ax.plot(result.breath_times, peak_flow, linestyle="none", marker="v", markersize=4,
+                color="#2ca02c", label="breath")
+    ax.axhline(0.0, color="0.6", linewidth=0.5)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("flow (L/min)")
+    ax.set_title(f"CPAP flow: {result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
+                 f"{result.apnea_count} apnea{'s' if result.apnea_count != 1 else ''} "
+                 f"in {result.duration:.0f} s")
+    if len(result.time):
+        ax.set_xlim(result.time[0], result.time[-1])
+    ax.grid(True, linewidth=0.3, alpha=0.5)
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+# --- CLI --------------------------------------------------------------------------------
+def _summary(result: AnalysisResult) -> str:
+    lines = [
+        f"duration        {result.duration:.1f} s",
+        f"breaths         {result.breaths}",
+        f"breath rate     {result.breath_rate_bpm:.1f} /min",
+        f"apneas          {result.apnea_count} (AHI {result.ahi:.1f} /h)",
+    ]
+    lines += [f"  apnea         {e.start:.1f} - {e.end:.1f} s ({e.duration:.1f} s)"
+              for e in result.apnea_events]
+    lines.append(f"leakage         {result.leakage:.3f} L")
+    lines.append(f"skipped lines   {len(result.skipped_lines)}")
+    lines += [f"  line {s.line_number}: {s.reason}" for s in result.skipped_lines[:10]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Command line: print the metrics of a recording (``--json``), optionally save a plot."""
+    parser = argparse.ArgumentParser(description="Analyse a CPAP venturi recording.")
+    parser.add_argument("file", help="recording (text, header + 7 comma-separated columns)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--plot", metavar="OUT.png", help="write the flow plot to this PNG file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
+    try:
+        result = analyze(args.file)
+    except CpapFileError as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(_summary(result))
+    if args.plot:
+        with open(args.plot, "wb") as fh:
+            fh.write(flow_plot_png(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
