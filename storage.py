@@ -144,13 +144,29 @@ class Storage:
 
     def _guarded_set(self, collection, key: dict, stamp_field: str, now, values: dict,
                      upsert: bool = False) -> None:
-        """``$set`` values unless the document already holds something newer."""
-        parent = stamp_field.split(".")[0]
-        query = dict(key, **{"$or": [{parent: None}, {stamp_field: {"$lte": now}}]})
-        try:
-            collection.update_one(query, {"$set": values}, upsert=upsert)
-        except DuplicateKeyError:
-            pass  # the document exists and holds a newer value: nothing to do
+        """``$set`` values unless the document already holds something newer.
+
+        Each step is one atomic update; the filters never use ``$or`` (nx-27017 drops
+        the other conditions of a filter that has one, and updates the wrong document).
+        1. set where the stamp is not newer than ``now``; 2. otherwise set where there
+        is no value yet (or insert the document when ``upsert``); 3. if a racing writer
+        got in between, try step 1 once more. Whatever is left is newer than ours.
+        """
+        not_newer = dict(key, **{stamp_field: {"$lte": now}})
+        if collection.update_one(not_newer, {"$set": values}).matched_count:
+            return
+        if upsert:
+            try:
+                if collection.update_one(key, {"$setOnInsert": values},
+                                         upsert=True).upserted_id is not None:
+                    return
+            except DuplicateKeyError:
+                pass  # another writer inserted it first
+        else:
+            empty = dict(key, **{stamp_field.split(".")[0]: None})
+            if collection.update_one(empty, {"$set": values}).matched_count:
+                return
+        collection.update_one(not_newer, {"$set": values})
 
     def upload(self, mrn: int, room: int, name: str | None = None,
                metrics: dict | None = None, image: tuple[bytes, str] | None = None

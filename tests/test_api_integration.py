@@ -57,6 +57,26 @@ def test_full_cycle_over_tcp_keeps_types(tcp_client):
     assert listing["total"] == 1 and listing["patients"][0]["latest"]["cpap_pressure_cmh2o"] == 11
 
 
+def test_each_room_and_patient_keeps_its_own_data(tcp_client):
+    """Guards on many documents: an update must only ever touch its own room/patient."""
+    for round_ in range(2):
+        for room in range(1, 6):
+            tcp_client.post("/api/v1/patients", json=upload_body(
+                mrn=100 + room, room=room, pressure=4 + room + round_, image=None))
+    for room in range(1, 6):
+        tcp_client.put(f"/api/v1/rooms/{room}/pressure", json={"pressure_cmh2o": 10 + room})
+    rooms = tcp_client.get("/api/v1/rooms").get_json()["rooms"]
+    assert [r["room"] for r in rooms] == [1, 2, 3, 4, 5]
+    for r in rooms:
+        assert r["patient"]["mrn"] == 100 + r["room"]
+        assert r["latest"]["mrn"] == 100 + r["room"] and r["latest"]["room"] == r["room"]
+        assert r["latest"]["cpap_pressure_cmh2o"] == 5 + r["room"]
+        assert r["command"]["pressure_cmh2o"] == 10 + r["room"]
+    patients = tcp_client.get("/api/v1/patients").get_json()["patients"]
+    assert [(p["mrn"], p["latest"]["mrn"], p["record_count"]) for p in patients] == \
+        [(100 + room, 100 + room, 2) for room in range(1, 6)]
+
+
 def test_guard_on_real_server(tcp_client, monkeypatch):
     base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     times = iter([base + dt.timedelta(seconds=10), base, base + dt.timedelta(seconds=20)])
