@@ -102,6 +102,7 @@ class Storage:
         self.records = db["records"]
         self.images = db["images"]
         self.commands = db["commands"]
+        self.meta = db["meta"]
 
     # -- set-up ------------------------------------------------------------------
     def ping(self) -> bool:
@@ -191,8 +192,9 @@ class Storage:
                       **{k: metrics.get(k) for k in RECORD_METRICS},
                       "has_image": image is not None}
             self.records.insert_one(record)
-        patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
-        occupant = {"mrn": mrn, "name": patient.get("name"), "since": now}
+        if name is None:  # the room shows the name the patient already has
+            name = (self.patients.find_one({"mrn": mrn}, {"name": 1}) or {}).get("name")
+        occupant = {"mrn": mrn, "name": name, "since": now}
         self._guarded_set(self.rooms, {"_id": room}, "patient.since", now,
                           {"room": room, "patient": occupant}, upsert=True)
         if record is not None:
@@ -201,7 +203,8 @@ class Storage:
                               {"latest": summary})
             self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
                               {"latest": summary})
-            patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
+        self._rooms_changed()
+        patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
         return UploadResult(patient=patient, record=record, created=created)
 
     def get_patient(self, mrn: int) -> dict | None:
@@ -247,6 +250,14 @@ class Storage:
         return self.records.count_documents(query or {})
 
     # -- rooms -------------------------------------------------------------------
+    def _rooms_changed(self) -> None:
+        """Bump the rooms version after a change (lets readers cache the wall)."""
+        self.meta.update_one({"_id": "rooms"}, {"$inc": {"version": 1}}, upsert=True)
+
+    def rooms_version(self) -> int:
+        """A number that changes whenever a room document changes (one tiny read)."""
+        return int((self.meta.find_one({"_id": "rooms"}) or {}).get("version", 0))
+
     def list_rooms(self) -> list[dict]:
         return list(self.rooms.find({}).sort("_id", pymongo.ASCENDING))
 
@@ -263,6 +274,7 @@ class Storage:
         self.commands.insert_one(command)
         self._guarded_set(self.rooms, {"_id": room}, "command.commanded_at", now,
                           {"command": command_summary(command)})
+        self._rooms_changed()
         return command
 
     def latest_command(self, room: int, mrn: int) -> dict | None:
@@ -284,6 +296,7 @@ class Storage:
         if command is not None:
             self.rooms.update_one({"_id": room, "command.id": str(oid)},
                                   {"$set": {"command": command_summary(command)}})
+            self._rooms_changed()
         return command
 
 

@@ -287,3 +287,30 @@ def test_wrong_method_is_json_405_with_allow(client, method, path, allowed):
 def test_unknown_path_is_json_404(client):
     resp = client.get("/api/v1/nothing")
     assert resp.status_code == 404 and resp.get_json()["error"] == "Not Found"
+
+
+def test_rooms_wall_cache_sees_changes_from_other_workers(monkeypatch):
+    """Two apps on one database stand for two workers: a cached wall is reused only
+    while nothing changed anywhere."""
+    import mongomock
+
+    from server import create_app
+
+    shared = mongomock.MongoClient(tz_aware=True)
+    worker_a = create_app({"TESTING": True, "MONGO_CLIENT": shared}).test_client()
+    worker_b = create_app({"TESTING": True, "MONGO_CLIENT": shared}).test_client()
+    calls = []
+    real = storage.Storage.list_rooms
+    monkeypatch.setattr(storage.Storage, "list_rooms",
+                        lambda self: calls.append(1) or real(self))
+    worker_b.post("/api/v1/patients", json=upload_body(mrn=1, room=1))
+    assert len(worker_a.get("/api/rooms").get_json()["rooms"]) == 1
+    assert len(worker_a.get("/api/rooms").get_json()["rooms"]) == 1
+    assert len(calls) == 1, "unchanged wall served from the cache"
+    worker_b.post("/api/v1/patients", json=upload_body(mrn=2, room=2))
+    assert [r["room"] for r in worker_a.get("/api/rooms").get_json()["rooms"]] == [1, 2]
+    cmd = worker_b.put("/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 8}).get_json()
+    assert worker_a.get("/api/rooms").get_json()["rooms"][1]["command"]["id"] == cmd["id"]
+    worker_b.post(f"/api/v1/rooms/2/pressure/{cmd['id']}/applied")
+    assert worker_a.get("/api/rooms").get_json()["rooms"][1]["command"]["applied"] is True
+    assert len(calls) == 4
