@@ -146,3 +146,35 @@ def test_concurrent_uploads_under_gunicorn(db_uri):
         assert db.records.count_documents({}) == len(acknowledged)
         assert db.images.count_documents({}) == len(acknowledged)
         assert db.patients.count_documents({}) == len(set(acknowledged))
+
+
+def test_python_server_py_serves(db_uri):
+    """``python server.py``: the Flask debug server on API_HOST/API_PORT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from api_process import ROOT
+    from local_mongo import free_port
+
+    port = free_port()
+    env = dict(os.environ, MONGODB_URI=db_uri, API_HOST="127.0.0.1", API_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                resp = requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except (requests.ConnectionError, requests.Timeout):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        assert resp.json() == {"status": "ok", "database": "ok"}
+        assert requests.get(f"http://127.0.0.1:{port}/api/rooms", timeout=5).json()["rooms"] == []
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the debug reloader runs a child process
+        proc.wait(timeout=10)
