@@ -20,6 +20,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import random
 import statistics
 import sys
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
 
     image = noise_png(IMAGE_BYTES)
     image_b64 = base64.b64encode(image).decode()
-    results: dict = {"image_bytes": len(image)}
+    results: dict = {"image_bytes": len(image), "load_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp, \
             LocalMongo(data_dir=Path(tmp), port=free_port()) as db:
         uri = db.uri()
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
             count = session().get(f"{base}/api/v1/patients/7").json()["patient"]["record_count"]
             results["history_records"] = count
 
+    results["load_end"] = os.getloadavg()[0]
     print(table(results, args, history_batch))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,9 @@ def table(r: dict, args, history_batch: int) -> str:
              f"| records of the one patient at the end | {r['history_records']} |",
              f"| seed ({ROOMS} rooms x {RECORDS_PER_ROOM} records, "
              f"{r['image_bytes'] / 1024:.0f} KB images) | {r['seed_s']:.1f} s |",
-             f"| gunicorn workers / client threads | {args.workers} / {args.clients} |"]
+             f"| gunicorn workers / client threads | {args.workers} / {args.clients} |",
+             f"| 1-min load average at start / end ({os.cpu_count()} CPUs, shared) | "
+             f"{r['load_start']:.1f} / {r['load_end']:.1f} |"]
     return "\n".join(rows)
 
 
