@@ -271,7 +271,7 @@ def plain_config(seed: int) -> SynthConfig:
     n_apneas = int(rng.integers(0, 4))
     return SynthConfig(
         duration_s=float(rng.uniform(120, 180)),
-        rate_bpm=float(rng.uniform(6, 30)),
+        rate_bpm=6 + 24 * ((0.1 + seed * GOLDEN_FRACTION) % 1),  # evenly covers 6-30 /min
         rate_jitter=float(rng.uniform(0.0, 0.1)),
         amplitude_lpm=float(rng.uniform(15, 50)),
         amplitude_jitter=float(rng.uniform(0.0, 0.15)),
@@ -284,6 +284,9 @@ def plain_config(seed: int) -> SynthConfig:
         time_decimals=int(rng.choice([3, 6])),
         seed=seed,
     )
+
+
+GOLDEN_FRACTION = 0.6180339887498949
 
 
 HARD_KINDS = ("leak", "weak expiration", "cardiogenic", "spikes", "double hump",
