@@ -64,10 +64,11 @@ DETECT_BLOCK = 5                # 100 Hz -> 20 Hz by block median: kills 1-2 sam
                                 # (fixed: _median_of_5 is a network for exactly 5)
 SMOOTH_S = 0.25                 # centred moving average after the block median
 BASELINE_WINDOW_S = 30.0        # block length of the no-flow baseline (median) estimate
-AMPLITUDE_PERCENTILE = 98.0     # typical inspiratory peak above baseline
+AMPLITUDE_PERCENTILE = 98.0     # typical inspiratory peak above baseline ...
+AMPLITUDE_WINDOW_S = 120.0      # ... over windows of this length
 HIGH_FRACTION = 0.30            # hysteresis: enter inspiration above baseline + 30 % of peak
 LOW_FRACTION = 0.10             # ... leave it below baseline + 10 % of peak
-MIN_HIGH_LPM = 5.0              # never below one ADC step: cardiogenic ripple stays below
+MIN_HIGH_LPM = 6.0              # above one ADC step (~5 L/min): a one-step level or ripple is no breath
 MIN_LOW_LPM = 1.5
 MIN_INSPIRATION_S = 0.12        # an inspiration shorter than this is a glitch
 MIN_BREATH_INTERVAL_S = 0.4     # two peaks closer than this are one breath (150/min)
@@ -505,15 +506,20 @@ def _block_reduce(x: np.ndarray, how) -> np.ndarray:
     return out
 
 
-def _baseline(x: np.ndarray, samples_per_window: int) -> np.ndarray:
-    """No-flow level: median of consecutive windows, linearly interpolated between them."""
+def _windowed(x: np.ndarray, samples_per_window: int, statistic) -> np.ndarray:
+    """A slowly varying level: ``statistic`` of consecutive windows, interpolated between
+    window centres (cheap at 8 hours, unlike a sliding-window median)."""
     if len(x) <= samples_per_window:
-        return np.full(len(x), np.median(x))
+        return np.full(len(x), statistic(x))
     n_win = max(1, round(len(x) / samples_per_window))
     edges = np.linspace(0, len(x), n_win + 1).astype(int)
-    medians = np.array([np.median(x[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+    levels = np.array([statistic(x[a:b]) for a, b in zip(edges[:-1], edges[1:])])
     centres = (edges[:-1] + edges[1:]) / 2
-    return np.interp(np.arange(len(x)), centres, medians)
+    return np.interp(np.arange(len(x)), centres, levels)
+
+
+def _peak_level(x: np.ndarray) -> float:
+    return float(np.percentile(x, AMPLITUDE_PERCENTILE))
 
 
 def detect_breaths(time, flow_lpm) -> np.ndarray:
@@ -556,12 +562,11 @@ def detect_breaths(time, flow_lpm) -> np.ndarray:
     dt = float(np.median(np.diff(t))) if len(t) > 1 else 0.05
     dt = dt if dt > 0 else 0.05
     x = ndimage.uniform_filter1d(x, max(1, round(SMOOTH_S / dt)), mode="nearest")
-    base = _baseline(x, max(1, round(BASELINE_WINDOW_S / dt)))
-    above = x - base
-    peak_scale = float(np.percentile(above, AMPLITUDE_PERCENTILE))
-    high = max(HIGH_FRACTION * peak_scale, MIN_HIGH_LPM)
-    low = max(LOW_FRACTION * peak_scale, MIN_LOW_LPM)
-    low = min(low, 0.5 * high)
+    above = x - _windowed(x, max(1, round(BASELINE_WINDOW_S / dt)), np.median)
+    # thresholds follow the local breath size, so a night's drift in tidal volume is fine
+    peak_scale = _windowed(above, max(1, round(AMPLITUDE_WINDOW_S / dt)), _peak_level)
+    high = np.maximum(HIGH_FRACTION * peak_scale, MIN_HIGH_LPM)
+    low = np.minimum(np.maximum(LOW_FRACTION * peak_scale, MIN_LOW_LPM), 0.5 * high)
 
     # Vectorised hysteresis: the state is the last threshold crossed (1 high, 0 low).
     event = np.full(len(above), -1, dtype=np.int8)
@@ -739,13 +744,14 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
     ax.axhline(0.0, color="0.6", linewidth=0.5)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("flow (L/min)")
-    ax.set_title(f"CPAP flow: {result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
+    ax.set_title(loc="left", label=f"CPAP flow: {result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
                  f"{result.apnea_count} apnea{'s' if result.apnea_count != 1 else ''} "
                  f"in {result.duration:.0f} s")
     if len(result.time):
         ax.set_xlim(result.time[0], result.time[-1])
     ax.grid(True, linewidth=0.3, alpha=0.5)
-    ax.legend(loc="upper right", fontsize="small")
+    # legend above the axes: inside it would hide peaks at the end of the recording
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize="small", frameon=False)
     fig.subplots_adjust(left=0.07, right=0.985, bottom=0.12, top=0.92)
     out = io.BytesIO()
     fig.savefig(out, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
