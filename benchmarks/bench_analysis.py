@@ -11,7 +11,6 @@ Targets (issue 2): 8 h full analysis <= 2x bare read_csv; peak RSS < 1 GB at 8 h
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,11 +27,13 @@ from cpap_measurements import analyze, flow_plot_png  # noqa: E402
 from cpap_synth import SynthConfig, write  # noqa: E402
 
 RSS_CHILD = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
 from cpap_measurements import analyze, flow_plot_png
 flow_plot_png(analyze({path!r}))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM is this process image's own peak; ru_maxrss would include the forking parent's
+# pages, which Linux carries across exec.
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 
@@ -50,7 +51,7 @@ def peak_rss_mb(path: Path) -> float:
     """Peak resident memory of one analyze + plot in a fresh interpreter, MB."""
     out = subprocess.run([sys.executable, "-c", RSS_CHILD.format(root=str(ROOT), path=str(path))],
                          check=True, capture_output=True, text=True).stdout
-    return int(out.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    return int(out.split()[-1]) / 1024  # kB -> MB
 
 
 def main(argv=None) -> int:
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
             size_mb = path.stat().st_size / 1e6
             read_s = median_time(lambda: pd.read_csv(path), args.repeat)
             result = analyze(path)
+            flow_plot_png(result)  # warm-up: first matplotlib use loads fonts
             full_s = median_time(lambda: flow_plot_png(analyze(path)), args.repeat)
             plot_s = median_time(lambda: flow_plot_png(result), args.repeat)
             rss = peak_rss_mb(path)
