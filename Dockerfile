@@ -15,6 +15,7 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY *.py ./
+COPY sample_data ./sample_data
 COPY .streamlit ./.streamlit
 
 RUN useradd --create-home --uid 10001 sleeplab
