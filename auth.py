@@ -1,44 +1,316 @@
-"""Access control hook (the one place where authentication will be enforced).
+"""Access control: bearer tokens with roles, checked before every request.
 
-Each view declares the roles that may call it with :func:`roles`; the app calls
-:func:`authorize` before every request. Today no tokens are configured, so every
-caller is allowed; token checking by role (station / monitor / admin, 401/403 in
-the JSON error shape) plugs in here without touching the routes.
+Configuration (environment, or the same keys in ``create_app(test_config)``):
+
+- ``API_TOKEN``: one admin token (name ``admin``).
+- ``API_TOKENS_FILE``: a file of named tokens with roles (JSON or text; see
+  :func:`parse_tokens` and docs/README-security.md).
+- ``API_PROTECT_READS=1``: reads need a token too (by default they are open).
+- ``API_TRUST_PROXY=1``: take the caller's address from ``X-Forwarded-For``.
+
+With neither ``API_TOKEN`` nor ``API_TOKENS_FILE`` the API is open (development and
+tests) and says so in a start-up warning.
+
+Each view declares its access with one decorator: :func:`public` (never needs a
+token), :func:`reads` (open unless reads are protected) or :func:`writes` (always
+needs a token when auth is on). A view with none of them needs an admin token.
+
+Only the SHA-256 digest of each token is kept in memory; a presented token is hashed
+and compared with ``hmac.compare_digest`` against *every* known digest (no early
+exit), so neither the position nor a prefix of a match shows in the timing. Tokens
+and the ``Authorization`` header are never logged nor echoed in an error.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import current_app, g, request
+from werkzeug.exceptions import Forbidden, Unauthorized
+
+import validation
 
 STATION, MONITOR, ADMIN = "station", "monitor", "admin"
 ANYONE = (STATION, MONITOR, ADMIN)
+ROLES = ANYONE
+#: Shorter tokens are refused at start-up (guessable).
+MIN_TOKEN_CHARS = 16
+#: View arguments that name a room (a room-scoped station may only use its own).
+ROOM_ARGS = ("room", "room_number")
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+log = logging.getLogger(__name__)
+
+
+class TokenConfigError(ValueError):
+    """The token configuration is unusable (the app refuses to start)."""
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    """One known token: its owner's name, role, optional room, and SHA-256 digest."""
+    name: str
+    role: str
+    digest: bytes
+    room: int | None = None
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling; ``name`` is what the audit trail will record."""
+    """Who is calling; ``name`` and ``role`` are what the audit trail records."""
     name: str
     role: str | None
     address: str | None
+    room: int | None = None
 
 
-def roles(*allowed: str):
-    """Declare which roles may call a view (``@roles(MONITOR, ADMIN)``)."""
+@dataclass(frozen=True)
+class AuthSettings:
+    tokens: tuple[TokenEntry, ...]
+    protect_reads: bool
+    trust_proxy: bool
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
+
+
+# -- configuration ------------------------------------------------------------------
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _entry(item: dict, where: str) -> TokenEntry:
+    if not isinstance(item, dict):
+        raise TokenConfigError(f"{where}: expected an object with name, role and token")
+    unknown = set(item) - {"name", "role", "token", "token_sha256", "room"}
+    if unknown:
+        raise TokenConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+    name, role = item.get("name"), item.get("role")
+    if not isinstance(name, str) or not name.strip() or len(name) > 50:
+        raise TokenConfigError(f"{where}: name must be a non-empty string of at most 50 "
+                               f"characters")
+    if role not in ROLES:
+        raise TokenConfigError(f"{where}: role must be one of {', '.join(ROLES)}")
+    room = item.get("room")
+    if room is not None:
+        if role != STATION:
+            raise TokenConfigError(f"{where}: only a station token can name a room")
+        try:
+            room = validation.positive_id(room, "room")
+        except validation.ValidationError:
+            raise TokenConfigError(f"{where}: room must be a positive integer") from None
+    token, hashed = item.get("token"), item.get("token_sha256")
+    if (token is None) == (hashed is None):
+        raise TokenConfigError(f"{where}: give exactly one of token or token_sha256")
+    if token is not None:
+        if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS or token != token.strip():
+            raise TokenConfigError(f"{where}: token must be at least {MIN_TOKEN_CHARS} "
+                                   f"characters without surrounding spaces")
+        value = digest(token)
+    else:
+        try:
+            value = bytes.fromhex(hashed) if isinstance(hashed, str) else b""
+        except ValueError:
+            value = b""
+        if len(value) != 32:
+            raise TokenConfigError(f"{where}: token_sha256 must be 64 hex digits")
+    return TokenEntry(name=name.strip(), role=role, digest=value, room=room)
+
+
+def parse_tokens(text: str, source: str = "tokens file") -> list[TokenEntry]:
+    """Token entries from a tokens file's text.
+
+    JSON: ``{"tokens": [{"name", "role", "token" | "token_sha256", "room"?}, ...]}`` or
+    the bare list. Text: one entry per line, ``name role token [room]`` separated by
+    white space; blank lines and lines starting with ``#`` are ignored. Error messages
+    name the entry, never the token.
+    """
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TokenConfigError(f"{source}: not valid JSON (line {exc.lineno})") from None
+        items = data.get("tokens") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise TokenConfigError(f"{source}: expected a list under \"tokens\"")
+        entries = [_entry(item, f"{source} entry {i + 1}") for i, item in enumerate(items)]
+    else:
+        entries = []
+        for number, line in enumerate(text.splitlines(), 1):
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            if len(words) not in (3, 4):
+                raise TokenConfigError(f"{source} line {number}: expected 'name role token "
+                                       f"[room]'")
+            item = dict(zip(("name", "role", "token", "room"), words))
+            entries.append(_entry(item, f"{source} line {number}"))
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise TokenConfigError(f"{source}: token names must be unique (the audit trail "
+                               f"records them)")
+    if len({e.digest for e in entries}) != len(entries):
+        raise TokenConfigError(f"{source}: the same token is listed twice")
+    return entries
+
+
+def load_settings(config) -> AuthSettings:
+    """Auth settings from the app config (filled from the environment)."""
+    entries: list[TokenEntry] = []
+    single = config.get("API_TOKEN")
+    if single:
+        entries.append(_entry({"name": "admin", "role": ADMIN, "token": single}, "API_TOKEN"))
+    path = config.get("API_TOKENS_FILE")
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TokenConfigError(f"API_TOKENS_FILE {path}: cannot read it "
+                                   f"({exc.strerror})") from None
+        entries.extend(parse_tokens(text, f"API_TOKENS_FILE {path}"))
+    if len({e.digest for e in entries}) != len(entries):
+        raise TokenConfigError("API_TOKEN is also listed in API_TOKENS_FILE")
+    settings = AuthSettings(tokens=tuple(entries),
+                            protect_reads=_flag(config.get("API_PROTECT_READS")),
+                            trust_proxy=_flag(config.get("API_TRUST_PROXY")))
+    if not settings.enabled:
+        log.warning("API authentication is OFF: set API_TOKEN or API_TOKENS_FILE; anyone "
+                    "who can reach the API can change pressures and patient data")
+    else:
+        log.info("API authentication on: %d token(s); reads %s", len(entries),
+                 "protected" if settings.protect_reads else "open")
+    return settings
+
+
+def _flag(value) -> bool:
+    return str(value or "").strip().lower() in TRUE_WORDS
+
+
+def config_from_env() -> dict:
+    return {key: os.environ.get(key) for key in
+            ("API_TOKEN", "API_TOKENS_FILE", "API_PROTECT_READS", "API_TRUST_PROXY")}
+
+
+def init_app(app) -> None:
+    app.extensions["auth"] = load_settings(app.config)
+    app.before_request(authorize)
+
+
+# -- per-view declarations --------------------------------------------------------------
+def _declare(kind: str, allowed: tuple[str, ...]):
     def decorate(view):
+        view.access = kind
         view.allowed_roles = allowed or ANYONE
         return view
     return decorate
 
 
-def authorize() -> None:
-    """``before_request`` hook: identify the caller and check the view's roles.
+def public(view):
+    """Never needs a token (health check, the OpenAPI document)."""
+    return _declare("public", ANYONE)(view)
 
-    Without configured tokens everyone is anonymous and allowed.
-    """
+
+def reads(*allowed: str, always: bool = False):
+    """A read: open unless ``API_PROTECT_READS`` (or ``always``) and auth is on."""
+    return _declare("protected-read" if always else "read", allowed)
+
+
+def writes(*allowed: str):
+    """A change: needs a token of one of ``allowed`` whenever auth is on."""
+    return _declare("write", allowed)
+
+
+# -- the check ------------------------------------------------------------------------------
+def client_address(trust_proxy: bool) -> str | None:
+    """The caller's address; the left-most ``X-Forwarded-For`` entry behind a trusted proxy."""
+    if trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first[:100]
+    return request.remote_addr
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def identify(token: str, tokens: tuple[TokenEntry, ...]) -> TokenEntry | None:
+    """The entry whose token this is: compares with every entry (constant time)."""
+    presented = digest(token)
+    found = None
+    for entry in tokens:
+        if hmac.compare_digest(presented, entry.digest):
+            found = entry
+    return found
+
+
+def _unauthorized(message: str) -> Unauthorized:
+    exc = Unauthorized(message)
+    exc.www_authenticate = ['Bearer realm="sleeplab"']
+    return exc
+
+
+def _path_room() -> int | None:
+    for key in ROOM_ARGS:
+        value = (request.view_args or {}).get(key)
+        if value is not None:
+            try:
+                return validation.positive_id(value, key)
+            except validation.ValidationError:
+                return None  # the view answers 400
+    return None
+
+
+def authorize() -> None:
+    """``before_request`` hook: identify the caller and check the view's access."""
+    settings: AuthSettings = current_app.extensions["auth"]
+    address = client_address(settings.trust_proxy)
+    g.caller = Caller(name="anonymous", role=None, address=address)
     view = current_app.view_functions.get(request.endpoint or "")
-    g.allowed_roles = getattr(view, "allowed_roles", ANYONE)
-    g.caller = Caller(name="anonymous", role=None, address=request.remote_addr)
+    if view is None or not settings.enabled:
+        return  # unknown URL (404/405 follow) or open mode
+    access = getattr(view, "access", "write")
+    allowed = getattr(view, "allowed_roles", (ADMIN,))
+    if access == "public":
+        return
+    needs_token = access in ("write", "protected-read") or settings.protect_reads
+    token = bearer_token()
+    if token is None:
+        if needs_token:
+            raise _unauthorized("this request needs an API token: send 'Authorization: "
+                                "Bearer <token>'")
+        return
+    entry = identify(token, settings.tokens)
+    if entry is None:
+        raise _unauthorized("the API token is not valid (unknown or revoked)")
+    g.caller = Caller(name=entry.name, role=entry.role, address=address, room=entry.room)
+    if not needs_token:
+        return  # an open read: any valid token may read
+    if entry.role not in allowed:
+        raise Forbidden(f"a {entry.role} token may not do this (needs "
+                        f"{' or '.join(allowed)})")
+    room = _path_room()
+    if room is not None:
+        require_room(room)
+
+
+def require_room(room: int) -> None:
+    """403 unless the caller may act on ``room`` (a room-scoped station: only its own)."""
+    caller = current_caller()
+    if caller.role == STATION and caller.room is not None and caller.room != room:
+        raise Forbidden(f"this station token is for room {caller.room}, not room {room}")
 
 
 def current_caller() -> Caller:

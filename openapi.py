@@ -6,9 +6,11 @@ checks that every Flask URL rule appears here and that the document is valid.
 from __future__ import annotations
 
 import copy
+import re
 from functools import lru_cache
 
 import validation as v
+from auth import ADMIN, ANYONE
 
 VERSION = "1.0.0"
 
@@ -107,6 +109,24 @@ SCHEMAS = {
         "type": "object", "required": ["pressure_cmh2o"], "additionalProperties": False,
         "properties": {"pressure_cmh2o": _PRESSURE,
                        "source": {"type": "string", "maxLength": v.MAX_SOURCE_CHARS}},
+    },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["id", "room", "mrn", "at", "action", "who", "address", "old", "new"],
+        "properties": {
+            "id": _ID, "room": _POSITIVE, "mrn": _nullable(_POSITIVE), "at": _TIME,
+            "action": {"type": "string", "enum": [
+                "patient_created", "name_changed", "room_changed", "record_added",
+                "pressure_commanded", "pressure_applied"]},
+            "who": {"type": "object", "required": ["name", "role"], "properties": {
+                "name": {"type": "string", "description": "token name, or 'anonymous' "
+                                                          "when auth is off"},
+                "role": _nullable({"type": "string", "enum": list(ANYONE)})}},
+            "address": _nullable({"type": "string",
+                                  "description": "the caller's IP address"}),
+            "old": {"nullable": True, "description": "the value before (any JSON)"},
+            "new": {"nullable": True, "description": "the value after (any JSON)"},
+        },
     },
     "LegacyPatient": {
         "type": "object", "required": ["patient_mrn", "room_number"],
@@ -235,6 +255,13 @@ def _api_paths() -> dict:
             "200": _json({"type": "object", "properties": {
                 "commands": {"type": "array", "items": _ref("Command")}}}, "history"),
             **_BAD}, parameters=[_ROOM, _LIMIT])},
+        "/rooms/{room}/audit": {"get": _op(
+            "A room's audit trail, newest first: who (token name and role), when, from "
+            "which address, old and new value of every pressure command, acknowledgement "
+            "and patient change", {
+                "200": _json({"type": "object", "properties": {
+                    "entries": {"type": "array", "items": _ref("AuditEntry")}}}, "entries"),
+                **_BAD}, parameters=[_ROOM, _LIMIT])},
         "/openapi.json": {"get": _op("This document", {
             "200": _json({"type": "object"}, "OpenAPI 3 document")})},
     }
@@ -291,11 +318,61 @@ def _document() -> dict:
         "info": {"title": "Sleep Lab Monitor API", "version": VERSION,
                  "description": "CPAP monitoring: patient stations upload, monitoring "
                                 "stations read and command pressure. /api is an alias of "
-                                "/api/v1. Errors: {status, error, message, field?}."},
+                                "/api/v1. Errors: {status, error, message, field?}. "
+                                "Access: bearer tokens with roles station, monitor and "
+                                "admin (x-roles on each operation; a station token may "
+                                "name its room); see x-access and security."},
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "API token (API_TOKEN or API_TOKENS_FILE; see "
+                           "docs/README-security.md). Without configured tokens the API "
+                           "is open."}}},
     }
 
 
-def document() -> dict:
-    return copy.deepcopy(_document())
+#: How each kind of access (auth.py's view declarations) appears in the document:
+#: a write always needs a token when auth is on; a read only when API_PROTECT_READS=1
+#: (so the token is optional, ``{}``); a protected read always; a public one never.
+_SECURITY = {"write": [{"bearerAuth": []}], "protected-read": [{"bearerAuth": []}],
+             "read": [{}, {"bearerAuth": []}], "public": []}
+_ACCESS_NOTE = {"write": "a token is needed whenever auth is on",
+                "protected-read": "a token is needed whenever auth is on",
+                "read": "a token is needed only when API_PROTECT_READS=1"}
+
+
+def flask_path(rule: str) -> str:
+    """A Flask URL rule in OpenAPI spelling (``/rooms/<room>`` -> ``/rooms/{room}``)."""
+    return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule)
+
+
+def add_security(doc: dict, app) -> None:
+    """Describe each operation's access from its view's declaration (one source of
+    truth: the ``auth.public/reads/writes`` decorators on the routes)."""
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        item = doc["paths"].get(flask_path(rule.rule), {})
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            op = item.get(method.lower())
+            if op is None or view is None:
+                continue
+            access = getattr(view, "access", "write")
+            roles = list(getattr(view, "allowed_roles", (ADMIN,)))
+            op["security"] = _SECURITY[access]
+            op["x-access"] = access
+            if access == "public":
+                continue
+            op["x-roles"] = roles
+            op["description"] = f"Roles: {', '.join(roles)}; {_ACCESS_NOTE[access]}."
+            op["responses"]["401"] = _err("missing or invalid token "
+                                          "(WWW-Authenticate: Bearer)")
+            op["responses"]["403"] = _err("the token's role (or station room) may not "
+                                          "do this")
+
+
+def document(app=None) -> dict:
+    """The OpenAPI document; with ``app``, each operation's security and roles."""
+    doc = copy.deepcopy(_document())
+    if app is not None:
+        add_security(doc, app)
+    return doc

@@ -26,7 +26,7 @@ import auth
 import openapi
 import storage
 import validation
-from auth import ANYONE, MONITOR, STATION, ADMIN, roles
+from auth import ANYONE, MONITOR, STATION, ADMIN, public, reads, writes
 from storage import get_storage
 from validation import ValidationError
 
@@ -41,6 +41,9 @@ IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
 DEFAULT_RECORDS_LIMIT, MAX_RECORDS_LIMIT = 100, 10_000
 DEFAULT_PER_PAGE, MAX_PER_PAGE = 50, 500
 DEFAULT_HISTORY_LIMIT = 50
+DEFAULT_AUDIT_LIMIT = 100
+#: Ward-wide reads (every patient's data): monitors and admins when reads are protected.
+WARD = (MONITOR, ADMIN)
 
 api = Blueprint("api", __name__)
 
@@ -83,6 +86,14 @@ def patient_out(doc: dict, with_latest: bool = False) -> dict:
     if with_latest:
         out["latest"] = record_out(doc.get("latest"))
     return out
+
+
+def audit_out(doc: dict) -> dict:
+    who = doc.get("who") or {}
+    return {"id": str(doc["_id"]), "room": doc["room"], "mrn": doc.get("mrn"),
+            "at": iso(doc["at"]), "action": doc["action"],
+            "who": {"name": who.get("name"), "role": who.get("role")},
+            "address": doc.get("address"), "old": doc.get("old"), "new": doc.get("new")}
 
 
 def command_out(doc: dict | None) -> dict | None:
@@ -157,14 +168,22 @@ def records_limit() -> int:
                                 MAX_RECORDS_LIMIT)
 
 
+def actor() -> dict:
+    """Who is calling, as the audit trail records it."""
+    caller = auth.current_caller()
+    return {"name": caller.name, "role": caller.role, "address": caller.address}
+
+
 def save_upload(clean: dict):
+    auth.require_room(clean["room"])  # a room-scoped station uploads for its room only
     return get_storage().upload(clean["mrn"], clean["room"], name=clean["name"],
-                                metrics=clean["metrics"], image=clean["image"])
+                                metrics=clean["metrics"], image=clean["image"],
+                                actor=actor())
 
 
 # -- patients --------------------------------------------------------------------
 @api.post("/patients")
-@roles(STATION, ADMIN)
+@writes(STATION, ADMIN)
 def upload_patient():
     body = json_body()
     validation.known_fields(body, validation.UPLOAD_FIELDS)
@@ -174,7 +193,7 @@ def upload_patient():
 
 
 @api.get("/patients")
-@roles(*ANYONE)
+@reads(*WARD)
 def list_patients():
     page = validation.query_int(request.args, "page", 1, 1, 10**9)
     per_page = validation.query_int(request.args, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
@@ -184,7 +203,7 @@ def list_patients():
 
 
 @api.get("/patients/<mrn>")
-@roles(*ANYONE)
+@reads(*WARD)
 def get_patient(mrn):
     number, doc = existing_patient(mrn)
     records = get_storage().patient_records(number, records_limit())
@@ -192,7 +211,7 @@ def get_patient(mrn):
 
 
 @api.get("/patients/<mrn>/records")
-@roles(*ANYONE)
+@reads(*WARD)
 def patient_records(mrn):
     number, _ = existing_patient(mrn)
     records = get_storage().patient_records(number, records_limit())
@@ -204,7 +223,7 @@ CSV_COLUMNS = ("received_at", "mrn", "room", "cpap_pressure_cmh2o", "breath_rate
 
 
 @api.get("/patients/<mrn>/records.csv")
-@roles(*ANYONE)
+@reads(*WARD)
 def patient_records_csv(mrn):
     number, _ = existing_patient(mrn)
     out = io.StringIO()
@@ -217,7 +236,7 @@ def patient_records_csv(mrn):
 
 
 @api.get("/records/<record_id>/image")
-@roles(*ANYONE)
+@reads(*WARD)
 def record_image(record_id):
     image = get_storage().get_image(record_id)
     if image is None:
@@ -235,7 +254,7 @@ ROOMS_CACHE_MAX_AGE_S = 5.0
 
 
 @api.get("/rooms")
-@roles(*ANYONE)
+@reads(*WARD)
 def list_rooms():
     """The monitor wall. Each worker keeps the serialised rooms with the database's
     rooms version read *before* them, and reuses them while the version is unchanged:
@@ -255,14 +274,14 @@ def list_rooms():
 
 
 @api.get("/rooms/<room>")
-@roles(*ANYONE)
+@reads(*ANYONE)
 def get_room(room):
     _, doc = existing_room(room)
     return jsonify(room_out(doc))
 
 
 @api.post("/rooms/<room>/recordings")
-@roles(STATION, ADMIN)
+@writes(STATION, ADMIN)
 def upload_recording(room):
     """A raw CPAP file (multipart): analysed here, stored as a record with its plot."""
     request.max_content_length = current_app.config["MAX_UPLOAD_BYTES"]
@@ -303,7 +322,8 @@ def upload_recording(room):
 # -- pressure commands -------------------------------------------------------------
 def command_pressure(room: str, pressure_cmh2o: int, source: str) -> dict:
     number, doc = existing_room(room)
-    return get_storage().add_command(number, doc["patient"]["mrn"], pressure_cmh2o, source)
+    return get_storage().add_command(number, doc["patient"]["mrn"], pressure_cmh2o, source,
+                                     actor=actor())
 
 
 def latest_command(room: str) -> dict:
@@ -316,7 +336,7 @@ def latest_command(room: str) -> dict:
 
 
 @api.put("/rooms/<room>/pressure")
-@roles(MONITOR, ADMIN)
+@writes(MONITOR, ADMIN)
 def set_pressure(room):
     body = json_body()
     validation.known_fields(body, {"pressure_cmh2o", "source"})
@@ -328,23 +348,23 @@ def set_pressure(room):
 
 
 @api.get("/rooms/<room>/pressure")
-@roles(*ANYONE)
+@reads(*ANYONE)
 def get_pressure(room):
     return jsonify(command_out(latest_command(room)))
 
 
 @api.post("/rooms/<room>/pressure/<command_id>/applied")
-@roles(STATION, ADMIN)
+@writes(STATION, ADMIN)
 def mark_applied(room, command_id):
     number = room_param(room)
-    command = get_storage().mark_applied(number, command_id)
+    command = get_storage().mark_applied(number, command_id, actor=actor())
     if command is None:
         abort(404, description=f"no command {command_id!r} for room {number}")
     return jsonify(command_out(command))
 
 
 @api.get("/rooms/<room>/pressure/history")
-@roles(*ANYONE)
+@reads(*ANYONE)
 def pressure_history(room):
     number = room_param(room)
     limit = validation.query_int(request.args, "limit", DEFAULT_HISTORY_LIMIT, 1,
@@ -352,10 +372,24 @@ def pressure_history(room):
     return jsonify(commands=[command_out(c) for c in get_storage().command_history(number, limit)])
 
 
+@api.get("/rooms/<room>/audit")
+@reads(MONITOR, ADMIN, always=True)
+def room_audit(room):
+    """Who changed what in a room (pressure commands, acknowledgements, patient
+    changes), newest first. Always needs a monitor or admin token when auth is on."""
+    number = room_param(room)
+    limit = validation.query_int(request.args, "limit", DEFAULT_AUDIT_LIMIT, 1,
+                                 MAX_RECORDS_LIMIT)
+    return jsonify(entries=[audit_out(d) for d in get_storage().audit_trail(number, limit)])
+
+
 @api.get("/openapi.json")
-@roles(*ANYONE)
+@public
 def openapi_document():
-    return jsonify(openapi.document())
+    cached = current_app.extensions.get("openapi")
+    if cached is None:
+        cached = current_app.extensions["openapi"] = openapi.document(current_app)
+    return jsonify(cached)
 
 
 # -- compatibility routes (the older API) -------------------------------------------
@@ -367,7 +401,7 @@ LEGACY_NAMES = {"name": "patient_name", "mrn": "patient_mrn", "room": "room_numb
 
 
 @legacy.post("/add_patient")
-@roles(STATION, ADMIN)
+@writes(STATION, ADMIN)
 def legacy_add_patient():
     body = json_body()
     clean = validation.upload({ours: body.get(theirs) for ours, theirs in LEGACY_NAMES.items()},
@@ -378,14 +412,14 @@ def legacy_add_patient():
 
 
 @legacy.get("/CPAP_query/<room_number>")
-@roles(*ANYONE)
+@reads(*ANYONE)
 def legacy_cpap_query(room_number):
     validation.positive_id(room_number, "room_number")
     return jsonify(int(latest_command(room_number)["pressure_cmh2o"]))
 
 
 @legacy.get("/new_cpap_pressure/<room_number>/<value>")
-@roles(MONITOR, ADMIN)
+@writes(MONITOR, ADMIN)
 def legacy_new_cpap_pressure(room_number, value):
     number = validation.positive_id(room_number, "room_number")
     pressure_cmh2o = validation.pressure(value, "value")
@@ -395,7 +429,7 @@ def legacy_new_cpap_pressure(room_number, value):
 
 
 @legacy.get("/get_all_patients")
-@roles(*ANYONE)
+@reads(*WARD)
 def legacy_get_all_patients():
     """One entry per room's current occupant, its lists built from the records."""
     occupants = [doc for doc in get_storage().list_rooms() if doc.get("patient")]
@@ -467,12 +501,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json.sort_keys = False
     if test_config:
         app.config.update(test_config)
+    for key, value in auth.config_from_env().items():
+        app.config.setdefault(key, value)
     storage.init_app(app)
-    app.before_request(auth.authorize)
+    auth.init_app(app)
     register_error_handlers(app)
 
     @app.get("/health")
-    @roles(*ANYONE)
+    @public
     def health():
         ok = get_storage().ping()
         return jsonify(status="ok" if ok else "unavailable",

@@ -11,7 +11,9 @@ Collections (see docs/README-api.md):
   record summary and the latest pressure command, so the monitor wall is one query.
 - ``records``   one document per CPAP upload (never updated: no growing arrays).
 - ``images``    flow images (BSON binary), ``_id`` = the record's id; read only on request.
-- ``commands``  pressure commands per room, kept as the audit trail.
+- ``commands``  pressure commands per room.
+- ``audit``     insert-only trail of every pressure command, acknowledgement and
+  patient change: who (token name and role), when, from where, old and new value.
 
 Every write is one atomic operation (insert, or update with ``$set``/``$inc``/
 ``$setOnInsert``, possibly an upsert). Denormalised summaries are guarded by their
@@ -48,6 +50,10 @@ RECORD_METRICS = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count",
 #: Newest first; ``_id`` (an ObjectId, increasing) breaks ties within a millisecond.
 NEWEST_RECORDS = [("received_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 NEWEST_COMMANDS = [("commanded_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+NEWEST_AUDIT = [("at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+
+#: Who acted when no token is configured (open mode) or the caller is unknown.
+ANONYMOUS = {"name": "anonymous", "role": None, "address": None}
 
 #: How often an upsert that lost a race on the unique MRN index is retried.
 UPSERT_RETRIES = 3
@@ -103,6 +109,7 @@ class Storage:
         self.images = db["images"]
         self.commands = db["commands"]
         self.meta = db["meta"]
+        self.audit = db["audit"]
 
     # -- set-up ------------------------------------------------------------------
     def ping(self) -> bool:
@@ -121,6 +128,21 @@ class Storage:
         self.records.create_index([("mrn", asc), ("received_at", desc)], name="mrn_received")
         self.commands.create_index([("room", asc), ("commanded_at", desc)],
                                    name="room_commanded")
+        self.audit.create_index([("room", asc), ("at", desc)], name="room_at")
+
+    # -- audit trail -------------------------------------------------------------
+    def _audit(self, actor: dict | None, action: str, room: int, mrn: int | None, now,
+               old=None, new=None) -> None:
+        """Append one audit entry (the collection is only ever inserted into)."""
+        actor = actor or ANONYMOUS
+        self.audit.insert_one({
+            "room": room, "mrn": mrn, "at": now, "action": action,
+            "who": {"name": actor.get("name") or "anonymous", "role": actor.get("role")},
+            "address": actor.get("address"), "old": old, "new": new})
+
+    def audit_trail(self, room: int, limit: int) -> list[dict]:
+        """A room's audit entries, newest first."""
+        return list(self.audit.find({"room": room}).sort(NEWEST_AUDIT).limit(limit))
 
     # -- patients and uploads ----------------------------------------------------
     def _upsert_patient(self, mrn: int, room: int, name: str | None, now, add_record: bool):
@@ -170,13 +192,18 @@ class Storage:
         collection.update_one(not_newer, {"$set": values})
 
     def upload(self, mrn: int, room: int, name: str | None = None,
-               metrics: dict | None = None, image: tuple[bytes, str] | None = None
-               ) -> UploadResult:
+               metrics: dict | None = None, image: tuple[bytes, str] | None = None,
+               actor: dict | None = None) -> UploadResult:
         """Create or update a patient and, when ``metrics`` are given, add one record.
 
-        ``image`` is ``(bytes, content_type)`` and only stored with a record.
+        ``image`` is ``(bytes, content_type)`` and only stored with a record. ``actor``
+        (``{name, role, address}``) is who the audit trail names for the changes.
         """
         now = utc_now()
+        # The state before, for the audit trail's old values (two uploads racing for one
+        # patient may both see the same "before"; each still records its own change).
+        before = self.patients.find_one({"mrn": mrn}, {"_id": 0, "name": 1, "room": 1,
+                                                       "latest": 1})
         created = self._upsert_patient(mrn, room, name, now, add_record=metrics is not None)
         record = None
         if metrics is not None:
@@ -204,8 +231,28 @@ class Storage:
             self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
                               {"latest": summary})
         self._rooms_changed()
+        self._audit_upload(actor, mrn, room, name, now, before if not created else None,
+                           record)
         patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
         return UploadResult(patient=patient, record=record, created=created)
+
+    def _audit_upload(self, actor, mrn: int, room: int, name, now, before: dict | None,
+                      record: dict | None) -> None:
+        if before is None:
+            self._audit(actor, "patient_created", room, mrn, now,
+                        new={"mrn": mrn, "name": name, "room": room})
+        else:
+            if name != before.get("name"):
+                self._audit(actor, "name_changed", room, mrn, now, old=before.get("name"),
+                            new=name)
+            if room != before.get("room"):
+                for where in {before.get("room"), room} - {None}:  # both rooms' trails
+                    self._audit(actor, "room_changed", where, mrn, now,
+                                old=before.get("room"), new=room)
+        if record is not None:
+            self._audit(actor, "record_added", room, mrn, now,
+                        old=audit_record(before.get("latest") if before else None),
+                        new=audit_record(record))
 
     def get_patient(self, mrn: int) -> dict | None:
         return self.patients.find_one({"mrn": mrn}, {"_id": 0})
@@ -262,9 +309,11 @@ class Storage:
         return self.rooms.find_one({"_id": room})
 
     # -- pressure commands -------------------------------------------------------
-    def add_command(self, room: int, mrn: int, pressure_cmh2o: int, source: str) -> dict:
+    def add_command(self, room: int, mrn: int, pressure_cmh2o: int, source: str,
+                    actor: dict | None = None) -> dict:
         """Store a command for the room's current patient (``mrn``)."""
         now = utc_now()
+        previous = self.latest_command(room, mrn)
         command = {"_id": ObjectId(), "room": room, "mrn": mrn,
                    "pressure_cmh2o": pressure_cmh2o,
                    "commanded_at": now, "source": source, "ack": None}
@@ -272,6 +321,10 @@ class Storage:
         self._guarded_set(self.rooms, {"_id": room}, "command.commanded_at", now,
                           {"command": command_summary(command)})
         self._rooms_changed()
+        self._audit(actor, "pressure_commanded", room, mrn, now,
+                    old=previous["pressure_cmh2o"] if previous else None,
+                    new={"pressure_cmh2o": pressure_cmh2o, "source": source,
+                         "command_id": str(command["_id"])})
         return command
 
     def latest_command(self, room: int, mrn: int) -> dict | None:
@@ -282,14 +335,22 @@ class Storage:
     def command_history(self, room: int, limit: int) -> list[dict]:
         return list(self.commands.find({"room": room}).sort(NEWEST_COMMANDS).limit(limit))
 
-    def mark_applied(self, room: int, command_id: str) -> dict | None:
-        """Mark a command applied (idempotent: the first time stamp is kept)."""
+    def mark_applied(self, room: int, command_id: str, actor: dict | None = None
+                     ) -> dict | None:
+        """Mark a command applied (idempotent: the first time stamp is kept, and only
+        the first acknowledgement goes into the audit trail)."""
         oid = parse_object_id(command_id)
         if oid is None:
             return None
-        self.commands.update_one({"_id": oid, "room": room, "ack": None},
-                                 {"$set": {"ack": {"at": utc_now()}}})
+        now = utc_now()
+        changed = self.commands.update_one({"_id": oid, "room": room, "ack": None},
+                                           {"$set": {"ack": {"at": now}}}).modified_count
         command = self.commands.find_one({"_id": oid, "room": room})
+        if command is not None and changed:
+            self._audit(actor, "pressure_applied", room, command.get("mrn"), now,
+                        old={"applied": False},
+                        new={"applied": True, "pressure_cmh2o": command["pressure_cmh2o"],
+                             "command_id": str(oid)})
         if command is not None:
             self.rooms.update_one({"_id": room, "command.id": str(oid)},
                                   {"$set": {"command": command_summary(command)}})
@@ -302,6 +363,15 @@ def record_summary(record: dict) -> dict:
     summary = {k: v for k, v in record.items() if k != "_id"}
     summary["id"] = str(record["_id"])
     return summary
+
+
+def audit_record(record: dict | None) -> dict | None:
+    """The values of a record the audit trail keeps (its id and measurements)."""
+    if record is None:
+        return None
+    return {"id": str(record.get("_id", record.get("id"))),
+            **{k: record.get(k) for k in ("cpap_pressure_cmh2o", "breath_rate_bpm",
+                                          "apnea_count")}}
 
 
 def command_summary(command: dict) -> dict:
