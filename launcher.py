@@ -6,11 +6,19 @@ Starts, in order, and waits until each one is healthy:
 2. the REST API under gunicorn;
 3. the Streamlit UI.
 
+Access control is on by default: unless ``API_TOKEN`` or ``API_TOKENS_FILE`` is set
+(or ``SLEEPLAB_AUTH=off``), the first run writes local tokens to
+``DATA_DIR/tokens.json`` (mode 0600) and later runs reuse them. The API gets the file
+(``API_TOKENS_FILE``); the UI, which serves the patient and the monitoring tabs in
+one process, gets the ``ui`` token (admin role) as ``SLEEPLAB_API_TOKEN``.
+
 Ctrl-C (SIGINT) or SIGTERM stops every process it started, in reverse order.
 """
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,10 +31,59 @@ from local_mongo import LocalMongo, LocalMongoError
 
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+#: The tokens the first run creates: name -> role. ``ui`` is what the Streamlit UI uses.
+LOCAL_TOKENS = {"admin": "admin", "monitor": "monitor", "station": "station", "ui": "admin"}
+UI_TOKEN_ENV = "SLEEPLAB_API_TOKEN"
 
 
 def setting(name: str, default: str) -> str:
     return os.environ.get(name) or default
+
+
+def ensure_tokens(path: Path) -> tuple[Path, str]:
+    """Create the local tokens file once (mode 0600); return it and the UI's token."""
+    if not path.exists():
+        tokens = [{"name": name, "role": role, "token": secrets.token_urlsafe(32)}
+                  for name, role in LOCAL_TOKENS.items()]
+        # O_EXCL + mode 0600: the file is never readable by others, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"tokens": tokens}, out, indent=2)
+            out.write("\n")
+        print(f"==> created API tokens in {path} (admin, monitor, station, ui)")
+    elif path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        print(f"==> {path} was readable by other users; now mode 0600")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["tokens"]
+        ui = next((e["token"] for e in entries if e.get("name") == "ui" and "token" in e),
+                  None)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RuntimeError(f"{path} is not a tokens file the launcher wrote; fix or "
+                           f"delete it") from None
+    if ui is None:
+        raise RuntimeError(f"{path} has no 'ui' token for the UI; add one or set "
+                           f"{UI_TOKEN_ENV}")
+    return path, ui
+
+
+def configure_auth(env: dict, data_dir: Path) -> str:
+    """Set the API's and the UI's token settings in ``env``; describe what was done."""
+    if env.get("SLEEPLAB_AUTH", "").lower() == "off":
+        for key in ("API_TOKEN", "API_TOKENS_FILE", UI_TOKEN_ENV):
+            env.pop(key, None)
+        return "OFF (SLEEPLAB_AUTH=off): anyone who can reach the API can change pressures"
+    if env.get("API_TOKEN") or env.get("API_TOKENS_FILE"):
+        if not env.get(UI_TOKEN_ENV) and env.get("API_TOKEN"):
+            env[UI_TOKEN_ENV] = env["API_TOKEN"]
+        if not env.get(UI_TOKEN_ENV):
+            print(f"warning: API_TOKENS_FILE is set but {UI_TOKEN_ENV} is not: the UI "
+                  f"will be refused by the API", file=sys.stderr)
+        return "your own (API_TOKEN / API_TOKENS_FILE)"
+    path, ui_token = ensure_tokens(data_dir / "tokens.json")
+    env["API_TOKENS_FILE"] = str(path)
+    env.setdefault(UI_TOKEN_ENV, ui_token)
+    return f"{path}  (mode 0600; send 'Authorization: Bearer <token>')"
 
 
 def wait_http(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
@@ -76,6 +133,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        tokens = configure_auth(env, data_dir)
         if os.environ.get("MONGODB_URI"):
             print(f"==> using the database at MONGODB_URI (local database not started)")
         else:
@@ -91,13 +149,16 @@ def main() -> int:
             [str(BIN / "gunicorn"), "--workers", workers, "--bind", f"{api_host}:{api_port}",
              "--pid", str(run_dir / "gunicorn.pid"), "--access-logfile", "-",
              "--timeout", "120", "server:create_app()"],
-            cwd=ROOT, env=env, start_new_session=True)
+            cwd=ROOT, env={k: v for k, v in env.items() if k != UI_TOKEN_ENV},
+            start_new_session=True)
         children.append(api)
         api_url = f"http://{api_host}:{api_port}"
         wait_http(f"{api_url}/health", api, "API")
 
         print(f"==> starting UI (Streamlit) on {ui_host}:{ui_port}")
         ui_env = dict(env, API_URL=setting("API_URL", api_url))
+        for key in ("API_TOKEN", "API_TOKENS_FILE"):  # the UI needs its token only
+            ui_env.pop(key, None)
         ui = subprocess.Popen(
             [str(BIN / "streamlit"), "run", "patient_streamlit.py",
              "--server.address", ui_host, "--server.port", ui_port,
@@ -112,6 +173,7 @@ def main() -> int:
         print(f"  UI:       {ui_url}")
         print(f"  API:      {api_url}   (OpenAPI: {api_url}/api/openapi.json)")
         print(f"  Database: {env['MONGODB_URI']}")
+        print(f"  Tokens:   {tokens}")
         print("Press Ctrl-C to stop.", flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)

@@ -1,5 +1,7 @@
 """The quick-start launcher: whole system up, healthy, Ctrl-C stops all, data kept."""
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +51,31 @@ def processes_using(path):
     return found
 
 
+def printed_tokens(lines):
+    """The tokens file the launcher printed, and its tokens by name."""
+    match = re.search(r"Tokens:\s+(\S+)", "".join(lines))
+    assert match, "the launcher must print where the tokens are"
+    path = Path(match.group(1))
+    return path, {e["name"]: e for e in json.loads(path.read_text())["tokens"]}
+
+
+def assert_default_install_is_protected(api, tokens):
+    assert {e["role"] for e in tokens.values()} == {"admin", "monitor", "station"}
+    body = {"mrn": 5, "room": 2, "name": "Quick Start"}
+    assert requests.post(f"{api}/api/v1/patients", json=body, timeout=10).status_code == 401
+    assert requests.get(f"{api}/new_cpap_pressure/2/10", timeout=10).status_code == 401
+    station = {"Authorization": f"Bearer {tokens['station']['token']}"}
+    assert requests.post(f"{api}/api/v1/patients", json=body, headers=station,
+                         timeout=10).status_code in (200, 201)
+    monitor = {"Authorization": f"Bearer {tokens['monitor']['token']}"}
+    assert requests.put(f"{api}/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 10},
+                        headers=station, timeout=10).status_code == 403
+    assert requests.put(f"{api}/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 10},
+                        headers=monitor, timeout=10).status_code == 201
+    trail = requests.get(f"{api}/api/v1/rooms/2/audit", headers=monitor, timeout=10).json()
+    assert trail["entries"][0]["who"] == {"name": "monitor", "role": "monitor"}
+
+
 def test_run_stop_run_keeps_data_and_leaves_no_processes(tmp_path):
     ports = {name: str(free_port()) for name in ("LOCAL_DB_PORT", "API_PORT", "UI_PORT")}
     env = dict(os.environ, DATA_DIR=str(tmp_path), **ports)
@@ -59,6 +86,9 @@ def test_run_stop_run_keeps_data_and_leaves_no_processes(tmp_path):
     proc, lines = start_launcher(env)
     try:
         assert f"UI:       http://127.0.0.1:{ports['UI_PORT']}" in "".join(lines)
+        tokens_path, tokens = printed_tokens(lines)
+        assert tokens_path.parent == tmp_path and tokens_path.stat().st_mode & 0o777 == 0o600
+        assert_default_install_is_protected(api, tokens)
         assert requests.get(f"{api}/health", timeout=5).json()["database"] == "ok"
         assert requests.get(f"http://127.0.0.1:{ports['UI_PORT']}/_stcore/health",
                             timeout=5).status_code == 200
@@ -72,8 +102,9 @@ def test_run_stop_run_keeps_data_and_leaves_no_processes(tmp_path):
     assert processes_using(tmp_path) == []
     assert not list(tmp_path.rglob("*.pid")), "stale pid files would block the next start"
 
-    proc, _ = start_launcher(env)
+    proc, lines = start_launcher(env)
     try:
+        assert printed_tokens(lines)[1] == tokens  # the second run reuses the tokens
         client = pymongo.MongoClient(db_uri)
         kept = client.get_default_database().launcher_check.find_one({}, {"_id": 0})
         client.close()
@@ -96,3 +127,34 @@ def test_occupied_port_gives_a_clear_error_and_cleans_up(tmp_path):
     assert result.returncode == 1
     assert "error: API" in result.stderr
     assert processes_using(tmp_path) == []
+
+
+def test_configure_auth_respects_the_users_own_settings(tmp_path):
+    import launcher
+    env = {"API_TOKEN": "my-own-admin-token-0123"}
+    assert "your own" in launcher.configure_auth(env, tmp_path)
+    assert env[launcher.UI_TOKEN_ENV] == "my-own-admin-token-0123"
+    assert "API_TOKENS_FILE" not in env and not (tmp_path / "tokens.json").exists()
+
+    env = {"SLEEPLAB_AUTH": "off", "API_TOKEN": "x" * 20}
+    assert "OFF" in launcher.configure_auth(env, tmp_path)
+    assert "API_TOKEN" not in env and not (tmp_path / "tokens.json").exists()
+
+
+def test_generated_tokens_are_private_strong_and_kept(tmp_path):
+    import launcher
+    import auth
+    env = {}
+    launcher.configure_auth(env, tmp_path)
+    path = Path(env["API_TOKENS_FILE"])
+    assert path.stat().st_mode & 0o777 == 0o600
+    entries = auth.parse_tokens(path.read_text())  # the API accepts the file
+    assert {e.name: e.role for e in entries} == launcher.LOCAL_TOKENS
+    tokens = [e["token"] for e in json.loads(path.read_text())["tokens"]]
+    assert len(set(tokens)) == 4 and min(map(len, tokens)) >= 40
+    first_ui = env[launcher.UI_TOKEN_ENV]
+    path.chmod(0o644)
+    again = {}
+    launcher.configure_auth(again, tmp_path)
+    assert again[launcher.UI_TOKEN_ENV] == first_ui
+    assert path.stat().st_mode & 0o777 == 0o600
