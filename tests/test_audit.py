@@ -6,6 +6,7 @@ import datetime as dt
 import inspect
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -237,8 +238,9 @@ def test_audited_flow_with_auth_on_real_nx27017(tmp_path, db_uri):
     assert entries[1]["new"]["pressure_cmh2o"] == 13
 
 
-def test_gunicorn_access_log_never_holds_a_token(tmp_path, db_uri):
-    """The real server as the quick start runs it (access log on): tokens stay out."""
+def test_gunicorn_access_log_never_holds_a_token_and_hup_rotates(tmp_path, db_uri):
+    """The real server as the quick start runs it (access log on): tokens stay out;
+    a changed tokens file takes effect on SIGHUP."""
     port = free_port()
     access, errors = tmp_path / "access.log", tmp_path / "error.log"
     env = {"MONGODB_URI": db_uri, "API_TOKENS_FILE": tokens_file(tmp_path),
@@ -270,10 +272,24 @@ def test_gunicorn_access_log_never_holds_a_token(tmp_path, db_uri):
                             headers=AS["bed-3"], timeout=10).status_code == 403
         assert requests.get(f"{api}/api/v1/rooms/3/audit", headers=AS["dr-grey"],
                             timeout=10).json()["entries"][0]["address"] == "127.0.0.1"
+        # Rotation as documented: edit the file, SIGHUP the master; new workers read it.
+        rotated = [t for t in TOKENS if t["name"] != "bed-3"] + [
+            {"name": "bed-3-new", "role": "station", "token": "rotated-token-0123456789"}]
+        Path(env["API_TOKENS_FILE"]).write_text(json.dumps({"tokens": rotated}))
+        proc.send_signal(signal.SIGHUP)
+        new = {"Authorization": "Bearer rotated-token-0123456789"}
+        deadline = time.monotonic() + 30
+        while requests.post(f"{api}/api/v1/patients", json=upload_body(mrn=1, room=3),
+                            headers=new, timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the new token never became valid"
+            time.sleep(0.3)
+        assert requests.post(f"{api}/api/v1/patients", json=upload_body(mrn=1, room=3),
+                             headers=AS["bed-3"], timeout=10).status_code == 401
     finally:
         proc.terminate()
         proc.wait(timeout=20)
     logged = access.read_text() + errors.read_text()
     assert "/api/v1/rooms/3/pressure" in logged  # the log is really written
-    for secret in [t["token"] for t in TOKENS] + ["wrong-token-0123456789"]:
+    for secret in [t["token"] for t in TOKENS] + ["wrong-token-0123456789",
+                                                  "rotated-token-0123456789"]:
         assert secret not in logged
