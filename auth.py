@@ -315,3 +315,37 @@ def require_room(room: int) -> None:
 
 def current_caller() -> Caller:
     return g.get("caller") or Caller(name="anonymous", role=None, address=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python auth.py new NAME ROLE [ROOM]``: print a new tokens-file entry (JSON) with a
+    fresh token; ``python auth.py sha256`` reads a token on stdin and prints its digest
+    (for ``token_sha256``)."""
+    import argparse
+    import secrets
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python auth.py", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    new = commands.add_parser("new", help="a new tokens-file entry with a fresh token")
+    new.add_argument("name")
+    new.add_argument("role", choices=ROLES)
+    new.add_argument("room", nargs="?", type=int)
+    commands.add_parser("sha256", help="SHA-256 (hex) of the token read from stdin")
+    args = parser.parse_args(argv)
+    if args.command == "sha256":
+        print(digest(sys.stdin.readline().strip()).hex())
+        return 0
+    item = {"name": args.name, "role": args.role, "token": secrets.token_urlsafe(32)}
+    if args.room is not None:
+        item["room"] = args.room
+    try:
+        _entry(item, "entry")
+    except TokenConfigError as exc:
+        parser.error(str(exc))
+    print(json.dumps(item))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -231,17 +231,17 @@ class Storage:
             self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
                               {"latest": summary})
         self._rooms_changed()
-        self._audit_upload(actor, mrn, room, name, now, before if not created else None,
-                           record)
+        self._audit_upload(actor, mrn, room, name, now, before, created, record)
         patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
         return UploadResult(patient=patient, record=record, created=created)
 
     def _audit_upload(self, actor, mrn: int, room: int, name, now, before: dict | None,
-                      record: dict | None) -> None:
-        if before is None:
+                      created: bool, record: dict | None) -> None:
+        if created:
             self._audit(actor, "patient_created", room, mrn, now,
                         new={"mrn": mrn, "name": name, "room": room})
-        else:
+            before = None
+        elif before is not None:  # (None: a racing first upload created it; it is audited)
             if name != before.get("name"):
                 self._audit(actor, "name_changed", room, mrn, now, old=before.get("name"),
                             new=name)

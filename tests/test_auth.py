@@ -380,3 +380,19 @@ def test_missing_token_file_refuses_to_start(tmp_path):
     with pytest.raises(auth.TokenConfigError, match="cannot read"):
         create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
                     "API_TOKENS_FILE": str(tmp_path / "nope.json")})
+
+
+def test_cli_makes_entries_the_api_accepts(capsys, monkeypatch):
+    assert auth.main(["new", "bed-7", "station", "7"]) == 0
+    item = json.loads(capsys.readouterr().out)
+    assert (item["name"], item["role"], item["room"]) == ("bed-7", "station", 7)
+    assert len(item["token"]) >= 40
+    monkeypatch.setattr("sys.stdin", io.StringIO(item["token"] + "\n"))
+    assert auth.main(["sha256"]) == 0
+    hashed = {"name": "bed-7", "role": "station", "room": 7,
+              "token_sha256": capsys.readouterr().out.strip()}
+    entry, = auth.parse_tokens(json.dumps([hashed]))
+    assert auth.identify(item["token"], (entry,)) == entry
+    with pytest.raises(SystemExit):
+        auth.main(["new", "desk", "monitor", "3"])  # only stations name a room
+    assert "only a station" in capsys.readouterr().err
