@@ -3,14 +3,425 @@
 Run with ``python server.py`` (Flask debug server on API_HOST:API_PORT) or under
 gunicorn: ``gunicorn 'server:create_app()'``. All state lives in MongoDB, so any
 number of workers or hosts can serve at once.
+
+Routes live on one blueprint mounted at ``/api/v1`` (canonical) and ``/api``
+(alias of the latest version); the older API's routes are kept for existing
+clients. Route handlers validate (``validation``), call ``storage`` and shape
+the JSON (``*_out`` functions); they never touch pymongo.
 """
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
+import json
+import logging
 import os
 
-from flask import Flask, jsonify
+from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
+import auth
+import openapi
 import storage
+import validation
+from auth import ANYONE, MONITOR, STATION, ADMIN, roles
+from storage import get_storage
+from validation import ValidationError
+
+log = logging.getLogger(__name__)
+
+#: Default body limits: JSON bodies (an upload with a 2 MB image is ~2.7 MB), and
+#: raw CPAP recordings (an 8-hour file at 100 Hz is ~110 MB).
+DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: Records are immutable, so their images may be cached for a year.
+IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
+DEFAULT_RECORDS_LIMIT, MAX_RECORDS_LIMIT = 100, 10_000
+DEFAULT_PER_PAGE, MAX_PER_PAGE = 50, 500
+DEFAULT_HISTORY_LIMIT = 50
+
+api = Blueprint("api", __name__)
+
+
+# -- JSON shapes ---------------------------------------------------------------
+def iso(value) -> str | None:
+    """ISO 8601 UTC with a ``Z`` and milliseconds (BSON dates keep milliseconds)."""
+    value = storage.as_utc(value)
+    if not isinstance(value, dt.datetime):
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _opt(value, kind):
+    return None if value is None else kind(value)
+
+
+def record_out(doc: dict | None) -> dict | None:
+    if doc is None:
+        return None
+    return {
+        "id": str(doc.get("_id", doc.get("id"))),
+        "mrn": doc["mrn"], "room": doc["room"], "received_at": iso(doc["received_at"]),
+        "cpap_pressure_cmh2o": _opt(doc.get("cpap_pressure_cmh2o"), int),
+        "breath_rate_bpm": _opt(doc.get("breath_rate_bpm"), float),
+        "apnea_count": _opt(doc.get("apnea_count"), int),
+        "breaths": _opt(doc.get("breaths"), int),
+        "duration_s": _opt(doc.get("duration_s"), float),
+        "ahi": _opt(doc.get("ahi"), float),
+        "leakage_l": _opt(doc.get("leakage_l"), float),
+        "has_image": bool(doc.get("has_image")),
+    }
+
+
+def patient_out(doc: dict, with_latest: bool = False) -> dict:
+    out = {"mrn": doc["mrn"], "name": doc.get("name"), "room": doc.get("room"),
+           "created_at": iso(doc.get("created_at")),
+           "updated_at": iso((doc.get("updated") or {}).get("at")),
+           "record_count": int(doc.get("record_count") or 0)}
+    if with_latest:
+        out["latest"] = record_out(doc.get("latest"))
+    return out
+
+
+def command_out(doc: dict | None) -> dict | None:
+    if doc is None:
+        return None
+    ack = doc.get("ack")
+    return {"id": str(doc.get("_id", doc.get("id"))), "room": doc["room"],
+            "mrn": doc.get("mrn"), "pressure_cmh2o": int(doc["pressure_cmh2o"]),
+            "commanded_at": iso(doc["commanded_at"]), "source": doc.get("source"),
+            "applied": ack is not None, "applied_at": iso(ack["at"]) if ack else None}
+
+
+def room_out(doc: dict) -> dict:
+    occupant = doc.get("patient")
+    latest = doc.get("latest")
+    command = doc.get("command")
+    # A new occupant must not inherit the previous patient's record or pressure command.
+    if latest is not None and (occupant is None or latest.get("mrn") != occupant["mrn"]):
+        latest = None
+    if command is not None and (occupant is None or command.get("mrn") != occupant["mrn"]):
+        command = None
+    return {"room": doc["_id"],
+            "patient": ({"mrn": occupant["mrn"], "name": occupant.get("name"),
+                         "since": iso(occupant.get("since"))} if occupant else None),
+            "latest": record_out(latest), "command": command_out(command)}
+
+
+# -- request helpers -------------------------------------------------------------
+def json_body() -> dict:
+    """The request's JSON object (415 for another content type, 400 when malformed)."""
+    if not request.is_json:
+        raise UnsupportedMediaType("the request body must be JSON (Content-Type: "
+                                   "application/json)")
+    return validation.object_body(request.get_json())
+
+
+def room_param(room: str) -> int:
+    return validation.positive_id(room, "room")
+
+
+def mrn_param(mrn: str) -> int:
+    return validation.positive_id(mrn, "mrn")
+
+
+def existing_room(room: str) -> tuple[int, dict]:
+    number = room_param(room)
+    doc = get_storage().get_room(number)
+    if doc is None:
+        abort(404, description=f"room {number} has no patient")
+    return number, doc
+
+
+def existing_patient(mrn: str) -> tuple[int, dict]:
+    number = mrn_param(mrn)
+    doc = get_storage().get_patient(number)
+    if doc is None:
+        abort(404, description=f"no patient with mrn {number}")
+    return number, doc
+
+
+def records_limit() -> int:
+    return validation.query_int(request.args, "limit", DEFAULT_RECORDS_LIMIT, 1,
+                                MAX_RECORDS_LIMIT)
+
+
+def save_upload(clean: dict):
+    return get_storage().upload(clean["mrn"], clean["room"], name=clean["name"],
+                                metrics=clean["metrics"], image=clean["image"])
+
+
+# -- patients --------------------------------------------------------------------
+@api.post("/patients")
+@roles(STATION, ADMIN)
+def upload_patient():
+    body = json_body()
+    validation.known_fields(body, validation.UPLOAD_FIELDS)
+    result = save_upload(validation.upload(body))
+    return (jsonify(patient=patient_out(result.patient), record=record_out(result.record)),
+            201 if result.created else 200)
+
+
+@api.get("/patients")
+@roles(*ANYONE)
+def list_patients():
+    page = validation.query_int(request.args, "page", 1, 1, 10**9)
+    per_page = validation.query_int(request.args, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
+    docs, total = get_storage().list_patients(page, per_page)
+    return jsonify(patients=[patient_out(d, with_latest=True) for d in docs],
+                   page=page, per_page=per_page, total=total)
+
+
+@api.get("/patients/<mrn>")
+@roles(*ANYONE)
+def get_patient(mrn):
+    number, doc = existing_patient(mrn)
+    records = get_storage().patient_records(number, records_limit())
+    return jsonify(patient=patient_out(doc), records=[record_out(r) for r in records])
+
+
+@api.get("/patients/<mrn>/records")
+@roles(*ANYONE)
+def patient_records(mrn):
+    number, _ = existing_patient(mrn)
+    records = get_storage().patient_records(number, records_limit())
+    return jsonify(records=[record_out(r) for r in records])
+
+
+CSV_COLUMNS = ("received_at", "mrn", "room", "cpap_pressure_cmh2o", "breath_rate_bpm",
+               "apnea_count", "breaths", "duration_s", "ahi", "leakage_l", "has_image", "id")
+
+
+@api.get("/patients/<mrn>/records.csv")
+@roles(*ANYONE)
+def patient_records_csv(mrn):
+    number, _ = existing_patient(mrn)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for doc in get_storage().patient_records(number):
+        writer.writerow(record_out(doc))
+    return Response(out.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="patient-{number}-records.csv"'})
+
+
+@api.get("/records/<record_id>/image")
+@roles(*ANYONE)
+def record_image(record_id):
+    image = get_storage().get_image(record_id)
+    if image is None:
+        abort(404, description=f"no image for record {record_id!r}")
+    response = Response(image.data, mimetype=image.content_type)
+    response.headers["Cache-Control"] = IMAGE_CACHE_CONTROL
+    response.set_etag(image.etag)
+    return response.make_conditional(request)
+
+
+# -- rooms -----------------------------------------------------------------------
+@api.get("/rooms")
+@roles(*ANYONE)
+def list_rooms():
+    return jsonify(rooms=[room_out(doc) for doc in get_storage().list_rooms()],
+                   server_time=iso(storage.utc_now()))
+
+
+@api.get("/rooms/<room>")
+@roles(*ANYONE)
+def get_room(room):
+    _, doc = existing_room(room)
+    return jsonify(room_out(doc))
+
+
+@api.post("/rooms/<room>/recordings")
+@roles(STATION, ADMIN)
+def upload_recording(room):
+    """A raw CPAP file (multipart): analysed here, stored as a record with its plot."""
+    request.max_content_length = current_app.config["MAX_UPLOAD_BYTES"]
+    number = room_param(room)
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("send the recording as multipart/form-data with a "
+                                   "'file' part")
+    upload = request.files.get("file")
+    if upload is None:
+        raise ValidationError("file is required (the CPAP recording)", "file")
+    form = request.form
+    base = {"mrn": form.get("mrn"), "room": number, "name": form.get("name")}
+    validation.upload(base)  # MRN and name errors first, before the costly analysis
+    if not form.get("cpap_pressure_cmh2o"):
+        raise ValidationError("cpap_pressure_cmh2o is required", "cpap_pressure_cmh2o")
+    validation.pressure(form.get("cpap_pressure_cmh2o"))
+
+    import cpap_measurements  # the analysis stack (NumPy/SciPy/Matplotlib) loads on first use
+    try:
+        result = cpap_measurements.analyze(upload.stream.read())
+    except cpap_measurements.CpapFileError as exc:
+        raise ValidationError(str(exc), "file", status=422) from exc
+    metrics = {"cpap_pressure_cmh2o": form.get("cpap_pressure_cmh2o"),
+               "breath_rate_bpm": result.breath_rate_bpm, "apnea_count": result.apnea_count,
+               "breaths": result.breaths, "duration_s": result.duration, "ahi": result.ahi,
+               "leakage_l": result.leakage}
+    try:
+        clean = validation.upload({**base, **metrics})
+    except ValidationError as exc:
+        raise ValidationError(f"the recording gives an implausible result: {exc.message}",
+                              "file", status=422) from exc
+    clean["image"] = (cpap_measurements.flow_plot_png(result), "image/png")
+    saved = save_upload(clean)
+    return jsonify(patient=patient_out(saved.patient), record=record_out(saved.record),
+                   metrics=result.to_dict()), 201
+
+
+# -- pressure commands -------------------------------------------------------------
+def command_pressure(room: str, pressure_cmh2o: int, source: str) -> dict:
+    number, doc = existing_room(room)
+    return get_storage().add_command(number, doc["patient"]["mrn"], pressure_cmh2o, source)
+
+
+def latest_command(room: str) -> dict:
+    """The latest command for the room's current patient; 404 when there is none."""
+    number, doc = existing_room(room)
+    command = get_storage().latest_command(number, doc["patient"]["mrn"])
+    if command is None:
+        abort(404, description=f"no pressure command for room {number}")
+    return command
+
+
+@api.put("/rooms/<room>/pressure")
+@roles(MONITOR, ADMIN)
+def set_pressure(room):
+    body = json_body()
+    validation.known_fields(body, {"pressure_cmh2o", "source"})
+    if body.get("pressure_cmh2o") is None:
+        raise ValidationError("pressure_cmh2o is required", "pressure_cmh2o")
+    value = validation.pressure(body["pressure_cmh2o"], "pressure_cmh2o")
+    source = validation.text(body.get("source"), "source", validation.MAX_SOURCE_CHARS)
+    return jsonify(command_out(command_pressure(room, value, source or "monitor"))), 201
+
+
+@api.get("/rooms/<room>/pressure")
+@roles(*ANYONE)
+def get_pressure(room):
+    return jsonify(command_out(latest_command(room)))
+
+
+@api.post("/rooms/<room>/pressure/<command_id>/applied")
+@roles(STATION, ADMIN)
+def mark_applied(room, command_id):
+    number = room_param(room)
+    command = get_storage().mark_applied(number, command_id)
+    if command is None:
+        abort(404, description=f"no command {command_id!r} for room {number}")
+    return jsonify(command_out(command))
+
+
+@api.get("/rooms/<room>/pressure/history")
+@roles(*ANYONE)
+def pressure_history(room):
+    number = room_param(room)
+    limit = validation.query_int(request.args, "limit", DEFAULT_HISTORY_LIMIT, 1,
+                                 MAX_RECORDS_LIMIT)
+    return jsonify(commands=[command_out(c) for c in get_storage().command_history(number, limit)])
+
+
+@api.get("/openapi.json")
+@roles(*ANYONE)
+def openapi_document():
+    return jsonify(openapi.document())
+
+
+# -- compatibility routes (the older API) -------------------------------------------
+legacy = Blueprint("legacy", __name__)
+
+LEGACY_NAMES = {"name": "patient_name", "mrn": "patient_mrn", "room": "room_number",
+                "cpap_pressure_cmh2o": "CPAP_pressure", "breath_rate_bpm": "breath_rate",
+                "apnea_count": "apnea_count", "flow_image": "flow_image"}
+
+
+@legacy.post("/add_patient")
+@roles(STATION, ADMIN)
+def legacy_add_patient():
+    body = json_body()
+    clean = validation.upload({ours: body.get(theirs) for ours, theirs in LEGACY_NAMES.items()},
+                              names=LEGACY_NAMES)
+    result = save_upload(clean)
+    message = "New patient created" if result.created else "Patient successfully updated"
+    return Response(message, status=200, mimetype="text/plain")
+
+
+@legacy.get("/CPAP_query/<room_number>")
+@roles(*ANYONE)
+def legacy_cpap_query(room_number):
+    validation.positive_id(room_number, "room_number")
+    return jsonify(int(latest_command(room_number)["pressure_cmh2o"]))
+
+
+@legacy.get("/new_cpap_pressure/<room_number>/<value>")
+@roles(MONITOR, ADMIN)
+def legacy_new_cpap_pressure(room_number, value):
+    number = validation.positive_id(room_number, "room_number")
+    pressure_cmh2o = validation.pressure(value, "value")
+    command_pressure(room_number, pressure_cmh2o, "legacy")
+    return Response(f"CPAP pressure for room {number} set to {pressure_cmh2o} cmH2O",
+                    status=200, mimetype="text/plain")
+
+
+@legacy.get("/get_all_patients")
+@roles(*ANYONE)
+def legacy_get_all_patients():
+    """One entry per room's current occupant, its lists built from the records."""
+    occupants = [doc for doc in get_storage().list_rooms() if doc.get("patient")]
+    lists = get_storage().record_lists([doc["patient"]["mrn"] for doc in occupants])
+    out = []
+    for doc in occupants:
+        records = lists.get(doc["patient"]["mrn"], [])
+        out.append({
+            "room_number": doc["_id"], "patient_mrn": doc["patient"]["mrn"],
+            "patient_name": doc["patient"].get("name") or "",
+            "CPAP_pressure": [int(r["cpap_pressure_cmh2o"]) for r in records],
+            "breath_rate": [float(r["breath_rate_bpm"]) for r in records],
+            "apnea_count": [int(r["apnea_count"]) for r in records],
+            "timestamp": [iso(r["received_at"]) for r in records],
+        })
+    return jsonify(out)
+
+
+# -- errors ----------------------------------------------------------------------------
+def error_response(status: int, error: str, message: str, field: str | None = None,
+                   response: Response | None = None) -> Response:
+    payload = {"status": status, "error": error, "message": message}
+    if field:
+        payload["field"] = field
+    response = response or Response()
+    response.status_code = status
+    response.set_data(json.dumps(payload))
+    response.mimetype = "application/json"
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    from http import HTTPStatus
+
+    @app.errorhandler(ValidationError)
+    def on_validation_error(exc: ValidationError):
+        return error_response(exc.status, HTTPStatus(exc.status).phrase, exc.message, exc.field)
+
+    @app.errorhandler(HTTPException)
+    def on_http_exception(exc: HTTPException):
+        # get_response() keeps headers such as Allow (405); only the body is replaced.
+        return error_response(exc.code or 500, exc.name, exc.description or exc.name,
+                              response=exc.get_response())
+
+    @app.errorhandler(storage.DatabaseError)
+    def on_database_error(exc):
+        log.error("database error: %s", exc)
+        return error_response(503, "Service Unavailable",
+                              "the database is unavailable; try again shortly")
+
+    @app.errorhandler(Exception)
+    def on_unexpected(exc):  # a bug: logged with its traceback, never shown to the caller
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal Server Error", "unexpected server error")
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -19,20 +430,29 @@ def create_app(test_config: dict | None = None) -> Flask:
     ``test_config`` may set ``MONGO_CLIENT`` (e.g. a mongomock client) to bypass
     ``MONGODB_URI``.
     """
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config.from_mapping(
         MONGODB_URI=os.environ.get("MONGODB_URI", storage.DEFAULT_URI),
+        MAX_CONTENT_LENGTH=int(os.environ.get("API_MAX_JSON_BYTES", DEFAULT_MAX_JSON_BYTES)),
+        MAX_UPLOAD_BYTES=int(os.environ.get("API_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)),
     )
+    app.json.sort_keys = False
     if test_config:
         app.config.update(test_config)
     storage.init_app(app)
+    app.before_request(auth.authorize)
+    register_error_handlers(app)
 
     @app.get("/health")
+    @roles(*ANYONE)
     def health():
-        ok = storage.get_storage().ping()
+        ok = get_storage().ping()
         return jsonify(status="ok" if ok else "unavailable",
                        database="ok" if ok else "unreachable"), (200 if ok else 503)
 
+    app.register_blueprint(api, url_prefix="/api/v1")
+    app.register_blueprint(api, url_prefix="/api", name="api_latest")
+    app.register_blueprint(legacy)
     return app
 
 

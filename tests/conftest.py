@@ -24,3 +24,19 @@ def local_mongo(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def app():
+    """The API on a fresh in-memory mongomock database (same storage module)."""
+    import mongomock
+
+    from server import create_app
+
+    return create_app({"TESTING": True,
+                       "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,356 @@
+"""Synthetic CPAP venturi recordings with known truth, in the exact field file format.
+
+The generator builds a flow signal (L/min) breath by breath, records the truth (time of each
+inspiratory peak, apnea events = gaps of more than 10 s between consecutive peaks), and turns
+the flow into the 7 ADC columns with the exact inverse of the analysis formulas
+(flow -> venturi pressure difference -> ADC steps), rounding to integer ADC units so the
+quantization of real files (one ADC step ~5 L/min near zero flow) appears by itself.
+
+Hard cases (all optional): leak offset, weak expiration (quantized away), cardiogenic
+oscillation, single-sample ADC spikes, double-humped inspirations, pauses just under or
+just over 10 s, fast breathing, bad lines and CRLF line endings.
+
+Command line::
+
+    python cpap_synth.py OUT.txt [--seed N] [--duration 120] [--rate 15] [--apneas 2] ...
+
+writes ``OUT.txt`` and ``OUT.truth.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cpap_measurements import (ADC_OFFSET, APNEA_GAP_S, CMH2O_PER_ADC, FLOW_M3S_PER_SQRT_ADC,
+                               M3S_TO_LPM, N_COLUMNS)
+
+SAMPLE_RATE_HZ = 100.0
+HEADER = ("Time [s],Pressure V1-P2 [ADC],Pressure V1-P1-Ins [ADC],Pressure V1-P1-Exp [ADC], "
+          "Pressure V2-P2 [ADC],Pressure V2-P1-Ins [ADC], Pressure V2-P1-Ins [ADC]")
+MAX_NORMAL_PERIOD_S = 9.0       # keeps ordinary breath-to-breath gaps clear of the 10 s rule
+BAD_LINE_KINDS = ("nan", "bad data", "empty field", "too few columns", "too many columns", "blank")
+FLOW_LPM_PER_SQRT_ADC = FLOW_M3S_PER_SQRT_ADC * M3S_TO_LPM
+
+
+@dataclass
+class SynthConfig:
+    """Parameters of one synthetic recording (flows in L/min, times in s)."""
+
+    duration_s: float = 120.0
+    rate_bpm: float = 15.0
+    rate_jitter: float = 0.08          # relative SD of the breath period
+    amplitude_lpm: float = 30.0        # inspiratory peak flow
+    amplitude_jitter: float = 0.1      # relative SD of the peak flow
+    ie_ratio: float = 0.5              # inspiratory / expiratory time
+    pause_fraction: float = 0.15       # end-expiratory zero-flow pause, fraction of the period
+    apnea_gaps_s: tuple = ()           # gaps between inspiratory peaks to insert (s)
+    noise_adc: float = 0.35            # SD of each pressure channel's noise, ADC steps
+    cpap_cmh2o: float = 6.5
+    leak_lpm: float = 0.0              # constant leak flow added everywhere
+    expiration_scale: float = 1.0      # < 0.2 gives an expiration quantized away
+    cardiogenic_lpm: float = 0.0       # amplitude of a ~1 Hz oscillation
+    cardiogenic_hz: float = 1.1
+    spikes_per_min: float = 0.0        # single-sample spikes of 1-2 ADC steps (5-7 L/min)
+    double_hump: bool = False          # inspirations with a dip in the middle
+    bad_lines: int = 0                 # samples replaced by bad lines (every kind in turn)
+    blank_lines: int = 0               # blank lines inserted
+    crlf: bool = False
+    start_time_s: float = 1.5
+    time_decimals: int = 3
+    seed: int = 0
+
+
+def _inspiration_shape(u: np.ndarray, double_hump: bool) -> np.ndarray:
+    shape = np.sin(np.pi * u)
+    if double_hump:
+        # a dip to ~45 % in the middle; the first hump a little higher, so the peak is defined
+        shape = shape * (1 - 0.6 * np.exp(-((u - 0.5) / 0.12) ** 2)) * (1.1 - 0.2 * u)
+        shape /= shape.max()
+    return shape
+
+
+def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
+    """Flow signal and the truth.
+
+    Returns
+    -------
+    time_s : numpy.ndarray
+    flow_lpm : numpy.ndarray
+        Flow, L/min (no leak, no oscillation yet).
+    peak_times_s : numpy.ndarray
+        True inspiratory peak times, s.
+    """
+    n = int(round(cfg.duration_s * SAMPLE_RATE_HZ))
+    time_s = cfg.start_time_s + np.arange(n) / SAMPLE_RATE_HZ
+    flow = np.zeros(n)
+    peaks = []
+    fine_u = np.linspace(0, 1, 401)
+    t = cfg.start_time_s + 0.5 + rng.uniform(0, 1.0)
+    apnea_gaps = list(cfg.apnea_gaps_s)
+    n_breaths_est = max(1, int(cfg.duration_s * cfg.rate_bpm / 60))
+    apnea_after = set(rng.choice(np.arange(1, max(2, n_breaths_est - 2)),
+                                 size=min(len(apnea_gaps), max(1, n_breaths_est - 3)), replace=False)
+                      if apnea_gaps else [])
+    apnea_after = sorted(apnea_after)
+    end_t = time_s[-1] - 0.3
+    k = 0
+    pending_gap = None
+    while True:
+        period = 60.0 / cfg.rate_bpm * float(np.clip(1 + cfg.rate_jitter * rng.standard_normal(), 0.7, 1.3))
+        period = min(period, MAX_NORMAL_PERIOD_S)
+        active = period * (1 - cfg.pause_fraction)
+        ti = active * cfg.ie_ratio / (1 + cfg.ie_ratio)
+        te = active - ti
+        amp = cfg.amplitude_lpm * float(np.clip(1 + cfg.amplitude_jitter * rng.standard_normal(), 0.6, 1.4))
+        u = fine_u
+        shape = _inspiration_shape(u, cfg.double_hump)
+        peak_t = t + ti * u[np.argmax(shape)]
+        if pending_gap is not None:  # shift this breath so its peak is exactly the apnea gap away
+            t += pending_gap - (peak_t - peaks[-1])
+            peak_t = peaks[-1] + pending_gap
+            pending_gap = None
+        if t + ti + te > end_t:
+            break
+        i0, i1, i2 = np.searchsorted(time_s, [t, t + ti, t + ti + te])
+        flow[i0:i1] = amp * _inspiration_shape((time_s[i0:i1] - t) / ti, cfg.double_hump)
+        exp_amp = amp * ti / te * cfg.expiration_scale  # volume out = volume in
+        flow[i1:i2] -= exp_amp * np.sin(np.pi * (time_s[i1:i2] - t - ti) / te)
+        peaks.append(peak_t)
+        k += 1
+        t += period
+        if apnea_after and k == apnea_after[0]:
+            apnea_after.pop(0)
+            pending_gap = apnea_gaps.pop(0)
+    return time_s, flow, np.array(peaks)
+
+
+def flow_to_adc(flow_lpm: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Inverse of the analysis: flow (L/min) -> 7 integer ADC columns (without time).
+
+    The sign picks the branch as in the analysis: inspiration (and zero) on p1-ins with
+    p1-exp at the ADC offset, expiration on p1-exp with p1-ins at the offset.
+    """
+    n = len(flow_lpm)
+    dp_adc = (np.abs(flow_lpm) / FLOW_LPM_PER_SQRT_ADC) ** 2
+    p2 = ADC_OFFSET + cfg.cpap_cmh2o / CMH2O_PER_ADC + 40 * np.sin(np.arange(n) / 700.0)
+    p2_noisy = p2 + cfg.noise_adc * rng.standard_normal(n)
+    p1 = p2 + dp_adc + cfg.noise_adc * rng.standard_normal(n)
+    p2_adc = np.rint(p2_noisy)
+    p1_adc = np.rint(p1)
+    if cfg.spikes_per_min > 0:
+        n_spikes = int(cfg.spikes_per_min * n / SAMPLE_RATE_HZ / 60)
+        quiet = np.flatnonzero(np.abs(flow_lpm) < 1.0)
+        if len(quiet) and n_spikes:
+            where = rng.choice(quiet, size=min(n_spikes, len(quiet)), replace=False)
+            p1_adc[where] = p2_adc[where] + rng.integers(1, 3, size=len(where))  # 1-2 steps
+    inspiratory = flow_lpm >= 0
+    offset = np.full(n, float(ADC_OFFSET))
+    cols = np.empty((n, N_COLUMNS - 1))
+    cols[:, 0] = p2_adc
+    cols[:, 1] = np.where(inspiratory, p1_adc, offset)
+    cols[:, 2] = np.where(inspiratory, offset, p1_adc)
+    cols[:, 3] = p2_adc + 150
+    cols[:, 4] = np.where(inspiratory, p1_adc + 150, offset)
+    cols[:, 5] = np.where(inspiratory, offset, p1_adc + 150)
+    return np.clip(cols, 0, 16383).astype(np.int64)
+
+
+def _truth(peaks: np.ndarray, time_s: np.ndarray) -> dict:
+    gaps = np.diff(peaks)
+    events = [{"start": round(float(peaks[i]), 4), "end": round(float(peaks[i + 1]), 4),
+               "duration": round(float(gaps[i]), 4)} for i in np.flatnonzero(gaps > APNEA_GAP_S)]
+    duration = float(time_s[-1] - time_s[0])
+    return {
+        "duration": round(duration, 4),
+        "breaths": int(len(peaks)),
+        "breath_rate_bpm": round(60.0 * len(peaks) / duration, 4),
+        "breath_times": [round(float(p), 4) for p in peaks],
+        "apnea_count": len(events),
+        "apnea_events": events,
+    }
+
+
+def _bad_line(kind: str, row: str) -> str:
+    fields = row.split(",")
+    if kind == "nan":
+        fields[2] = "NaN"
+    elif kind == "bad data":
+        fields[0] = "bad data"
+    elif kind == "empty field":
+        fields[3] = ""
+    elif kind == "too few columns":
+        fields = fields[:4]
+    elif kind == "too many columns":
+        fields = fields + ["1638"]
+    elif kind == "blank":
+        fields = [""]
+    return ",".join(fields)
+
+
+def generate(cfg: SynthConfig | None = None, **overrides):
+    """Make one recording.
+
+    Parameters
+    ----------
+    cfg : SynthConfig, optional
+    **overrides
+        Fields of :class:`SynthConfig` to change.
+
+    Returns
+    -------
+    content : bytes
+        The recording, exactly as a bedside station writes it.
+    truth : dict
+        ``duration`` (s), ``breaths``, ``breath_rate_bpm``, ``breath_times`` (s),
+        ``apnea_count``, ``apnea_events`` (start/end/duration s), ``bad_lines``
+        (1-based line number and kind) and ``config``.
+    """
+    cfg = dataclasses.replace(cfg or SynthConfig(), **overrides)
+    rng = np.random.default_rng(cfg.seed)
+    time_s, flow, peaks = synth_flow(cfg, rng)
+    flow = flow + cfg.leak_lpm
+    if cfg.cardiogenic_lpm:
+        phase = rng.uniform(0, 2 * np.pi)
+        flow = flow + cfg.cardiogenic_lpm * np.sin(2 * np.pi * cfg.cardiogenic_hz * time_s + phase)
+    adc = flow_to_adc(flow, cfg, rng)
+    frame = pd.DataFrame(adc)
+    frame.insert(0, "t", time_s)
+    text = frame.to_csv(header=False, index=False, float_format=f"%.{cfg.time_decimals}f",
+                        lineterminator="\n")
+    truth = _truth(peaks, time_s)
+    bad = []
+    if cfg.bad_lines or cfg.blank_lines:
+        rows = text.split("\n")[:-1]
+        # never the first or last sample, so the duration stays the truth's
+        replace = sorted(rng.choice(np.arange(1, len(rows) - 1), size=cfg.bad_lines, replace=False))
+        for j, r in enumerate(replace):
+            kind = BAD_LINE_KINDS[j % (len(BAD_LINE_KINDS) - 1)]
+            rows[r] = _bad_line(kind, rows[r])
+            bad.append([r, kind])
+        inserts = sorted(rng.choice(np.arange(1, len(rows) - 1), size=cfg.blank_lines, replace=False),
+                         reverse=True)
+        for r in inserts:
+            rows.insert(r, "")
+        # line numbers after the insertions (+1 for the header, +1 for 1-based)
+        inserted = np.array(sorted(inserts))
+        bad = [{"line": int(r + np.searchsorted(inserted, r, side="right") + 2), "kind": kind}
+               for r, kind in bad]
+        bad += [{"line": int(r + i + 2), "kind": "blank"} for i, r in enumerate(sorted(inserts))]
+        bad.sort(key=lambda b: b["line"])
+        text = "\n".join(rows) + "\n"
+    truth["bad_lines"] = bad
+    truth["config"] = dataclasses.asdict(cfg)
+    newline = "\r\n" if cfg.crlf else "\n"
+    content = (HEADER + "\n" + text)
+    if cfg.crlf:
+        content = content.replace("\n", newline)
+    return content.encode("ascii"), truth
+
+
+def write(path, cfg: SynthConfig | None = None, **overrides) -> dict:
+    """Write a recording to ``path`` and its truth to ``path`` with ``.truth.json``."""
+    content, truth = generate(cfg, **overrides)
+    path = Path(path)
+    path.write_bytes(content)
+    path.with_suffix(".truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    return truth
+
+
+# --- Seeded sets used by the tests ---------------------------------------------------------
+def plain_config(seed: int) -> SynthConfig:
+    """A varied, ordinary recording: rate 6-30 /min, 0-3 apneas of 11-40 s."""
+    rng = np.random.default_rng(10_000 + seed)
+    n_apneas = int(rng.integers(0, 4))
+    return SynthConfig(
+        duration_s=float(rng.uniform(120, 180)),
+        rate_bpm=float(rng.uniform(6, 30)),
+        rate_jitter=float(rng.uniform(0.0, 0.1)),
+        amplitude_lpm=float(rng.uniform(15, 50)),
+        amplitude_jitter=float(rng.uniform(0.0, 0.15)),
+        ie_ratio=float(rng.uniform(0.33, 1.0)),
+        pause_fraction=float(rng.uniform(0.0, 0.3)),
+        apnea_gaps_s=tuple(float(g) for g in rng.uniform(11, 40, size=n_apneas)),
+        noise_adc=float(rng.uniform(0.1, 0.5)),
+        cpap_cmh2o=float(rng.uniform(4, 12)),
+        start_time_s=float(rng.uniform(0, 3)),
+        time_decimals=int(rng.choice([3, 6])),
+        seed=seed,
+    )
+
+
+HARD_KINDS = ("leak", "weak expiration", "cardiogenic", "spikes", "double hump",
+              "pause under 10 s", "pause over 10 s", "fast")
+
+
+def hard_config(seed: int) -> SynthConfig:
+    """A recording with one or two of the hard cases (cycled through by seed)."""
+    base = plain_config(seed)
+    rng = np.random.default_rng(20_000 + seed)
+    kinds = {HARD_KINDS[seed % len(HARD_KINDS)], HARD_KINDS[int(rng.integers(len(HARD_KINDS)))]}
+    changes = {"rate_bpm": float(rng.uniform(8, 25))}
+    if "leak" in kinds:
+        changes["leak_lpm"] = float(rng.uniform(2, 8))
+    if "weak expiration" in kinds:
+        changes["expiration_scale"] = float(rng.uniform(0.05, 0.2))
+    if "cardiogenic" in kinds:
+        changes["cardiogenic_lpm"] = float(rng.uniform(1.5, 4))
+        changes["cardiogenic_hz"] = float(rng.uniform(0.8, 1.4))
+        changes["apnea_gaps_s"] = tuple(float(g) for g in rng.uniform(15, 40, size=int(rng.integers(1, 3))))
+    if "spikes" in kinds:
+        changes["spikes_per_min"] = float(rng.uniform(10, 60))
+    if "double hump" in kinds:
+        changes["double_hump"] = True
+    if "pause under 10 s" in kinds:
+        changes["apnea_gaps_s"] = (float(rng.uniform(9.3, 9.7)),) * int(rng.integers(1, 3))
+    if "pause over 10 s" in kinds:
+        changes["apnea_gaps_s"] = (float(rng.uniform(10.3, 10.7)),) * int(rng.integers(1, 3))
+    if "fast" in kinds:
+        changes["rate_bpm"] = float(rng.uniform(40, 50))
+        changes["amplitude_lpm"] = float(rng.uniform(15, 30))
+        changes["apnea_gaps_s"] = base.apnea_gaps_s[:1]
+    changes["double_hump"] = changes.get("double_hump", False) and not any("pause" in k for k in kinds)
+    return dataclasses.replace(base, **changes)
+
+
+def main(argv=None) -> int:
+    """Command line: write one synthetic recording and its truth."""
+    defaults = SynthConfig()
+    parser = argparse.ArgumentParser(description="Write a synthetic CPAP recording with known truth.")
+    parser.add_argument("out", help="output file; truth goes to OUT.truth.json")
+    parser.add_argument("--preset", choices=["plain", "hard"], help="use the seeded test-set config")
+    for f in dataclasses.fields(SynthConfig):
+        if f.name == "apnea_gaps_s":
+            parser.add_argument("--apnea-gaps", type=float, nargs="*", default=None,
+                                help="gaps between inspiratory peaks to insert, s (e.g. 15 25)")
+            continue
+        kind = type(getattr(defaults, f.name))
+        if kind is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true")
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+    args = parser.parse_args(argv)
+    if args.preset == "plain":
+        cfg = plain_config(args.seed or 0)
+    elif args.preset == "hard":
+        cfg = hard_config(args.seed or 0)
+    else:
+        cfg = defaults
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)
+                 if f.name != "apnea_gaps_s" and getattr(args, f.name) not in (None, False)}
+    if args.apnea_gaps is not None:
+        overrides["apnea_gaps_s"] = tuple(args.apnea_gaps)
+    truth = write(args.out, cfg, **overrides)
+    print(f"{args.out}: {truth['breaths']} breaths, {truth['apnea_count']} apneas, "
+          f"{truth['duration']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

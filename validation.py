@@ -1,0 +1,230 @@
+"""Input validation: small functions that return a clean value or raise
+:class:`ValidationError` with a field-specific message.
+
+Nothing from a request reaches a database query without passing through here, so
+an operator object such as ``{"$gt": ""}`` is refused (400) before any query.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import re
+import unicodedata
+import warnings
+
+from PIL import Image
+
+#: Largest integer accepted for an MRN or a room (JavaScript's safe integer).
+MAX_ID = 2**53 - 1
+PRESSURE_MIN_CMH2O, PRESSURE_MAX_CMH2O = 4, 25
+BREATH_RATE_MAX_BPM = 120.0
+MAX_NAME_CHARS = 100
+MAX_SOURCE_CHARS = 50
+MAX_IMAGE_BYTES = 2 * 1024 * 1024
+#: Upper bounds that keep counts and durations inside BSON's 64-bit numbers.
+MAX_COUNT = 10**7
+MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_AHI = 10_000.0
+MAX_LEAKAGE_L = 1e6
+
+_DIGITS = re.compile(r"\d{1,19}")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+
+
+class ValidationError(ValueError):
+    """One input is wrong; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.status = status
+
+
+def integer(value, field: str, minimum: int, maximum: int, what: str | None = None) -> int:
+    """An integer in [minimum, maximum]; numeric strings and whole floats accepted."""
+    what = what or f"an integer from {minimum} to {maximum}"
+    if isinstance(value, bool):
+        raise ValidationError(f"{field} must be {what}", field)
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value.strip())
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValidationError(f"{field} must be {what}", field)
+    return value
+
+
+def positive_id(value, field: str) -> int:
+    """An MRN or a room number: a positive integer."""
+    return integer(value, field, 1, MAX_ID, what="a positive integer")
+
+
+def pressure(value, field: str = "cpap_pressure_cmh2o") -> int:
+    return integer(value, field, PRESSURE_MIN_CMH2O, PRESSURE_MAX_CMH2O,
+                   what=f"an integer from {PRESSURE_MIN_CMH2O} to {PRESSURE_MAX_CMH2O} cmH2O")
+
+
+def count(value, field: str) -> int:
+    return integer(value, field, 0, MAX_COUNT, what="an integer ≥ 0")
+
+
+def number(value, field: str, minimum: float, maximum: float, what: str) -> float:
+    """A finite number in [minimum, maximum]; numeric strings accepted."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(f"{field} must be {what}", field)
+    value = float(value)
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ValidationError(f"{field} must be {what}", field)
+    return value
+
+
+def breath_rate(value, field: str = "breath_rate_bpm") -> float:
+    return number(value, field, 0.0, BREATH_RATE_MAX_BPM,
+                  f"a finite number from 0 to {BREATH_RATE_MAX_BPM:g} breaths per minute")
+
+
+def text(value, field: str, max_chars: int) -> str | None:
+    """Free text (a name): a string ≤ max_chars without control characters; "" → None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string", field)
+    value = value.strip()
+    if len(value) > max_chars:
+        raise ValidationError(f"{field} must be at most {max_chars} characters", field)
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValidationError(f"{field} must not contain control characters", field)
+    return value or None
+
+
+def image_bytes(data: bytes, field: str) -> tuple[bytes, str]:
+    """Check raw image bytes: PNG or JPEG by magic bytes and by decoding with Pillow.
+
+    Returns ``(data, content_type)``.
+    """
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValidationError(f"{field} must be at most {MAX_IMAGE_BYTES // (1024 * 1024)} MB",
+                              field, status=413)
+    magic = next((fmt for sig, fmt in _MAGIC.items() if data.startswith(sig)), None)
+    if magic is None:
+        raise ValidationError(f"{field} must be a PNG or JPEG image", field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format
+                img.load()  # decodes every pixel: truncated or corrupt files fail here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as exc:
+        raise ValidationError(f"{field} is not a readable {magic} image ({exc})", field) from exc
+    if fmt != magic:
+        raise ValidationError(f"{field} must be a PNG or JPEG image", field)
+    return data, IMAGE_FORMATS[fmt]
+
+
+def image_base64(value, field: str = "flow_image") -> tuple[bytes, str]:
+    """A base64 PNG/JPEG (a ``data:image/...;base64,`` prefix is accepted)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a base64-encoded PNG or JPEG image", field)
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    if len(value) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise ValidationError(f"{field} must be at most {MAX_IMAGE_BYTES // (1024 * 1024)} MB",
+                              field, status=413)
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationError(f"{field} is not valid base64", field) from exc
+    return image_bytes(data, field)
+
+
+def object_body(body) -> dict:
+    if not isinstance(body, dict):
+        raise ValidationError("the request body must be a JSON object")
+    return body
+
+
+def known_fields(body: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
+
+
+#: Upload fields: the measurement group, and the extras allowed only with it.
+MEASUREMENT_GROUP = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count")
+MEASUREMENT_EXTRAS = ("flow_image", "breaths", "duration_s", "ahi", "leakage_l")
+UPLOAD_FIELDS = {"mrn", "room", "name", *MEASUREMENT_GROUP, *MEASUREMENT_EXTRAS}
+
+
+def _given(value) -> bool:
+    return value is not None and value != ""
+
+
+def upload(body: dict, names: dict[str, str] | None = None) -> dict:
+    """Validate a patient-station upload.
+
+    ``names`` maps canonical field names to the names the caller used (the
+    compatibility route's ``patient_mrn`` etc.), so messages name the caller's field.
+    Returns ``{"mrn", "room", "name", "metrics" (dict or None), "image" (tuple or None)}``.
+    """
+    names = names or {}
+
+    def n(field):
+        return names.get(field, field)
+
+    for field in ("mrn", "room"):
+        if not _given(body.get(field)):
+            raise ValidationError(f"{n(field)} is required", n(field))
+    out = {"mrn": positive_id(body["mrn"], n("mrn")),
+           "room": positive_id(body["room"], n("room")),
+           "name": text(body.get("name"), n("name"), MAX_NAME_CHARS),
+           "metrics": None, "image": None}
+    present = [f for f in MEASUREMENT_GROUP if _given(body.get(f))]
+    if present and len(present) < len(MEASUREMENT_GROUP):
+        missing = next(f for f in MEASUREMENT_GROUP if f not in present)
+        raise ValidationError(
+            f"{n(missing)} is required with {n(present[0])}: CPAP pressure, breath rate and "
+            "apnea count come together", n(missing))
+    if not present:
+        extra = next((f for f in MEASUREMENT_EXTRAS if _given(body.get(f))), None)
+        if extra:
+            raise ValidationError(
+                f"{n(extra)} is only accepted with cpap pressure, breath rate and apnea count",
+                n(extra))
+        return out
+    metrics = {
+        "cpap_pressure_cmh2o": pressure(body["cpap_pressure_cmh2o"], n("cpap_pressure_cmh2o")),
+        "breath_rate_bpm": breath_rate(body["breath_rate_bpm"], n("breath_rate_bpm")),
+        "apnea_count": count(body["apnea_count"], n("apnea_count")),
+        "breaths": None, "duration_s": None, "ahi": None, "leakage_l": None,
+    }
+    optional = {
+        "breaths": lambda v, f: count(v, f),
+        "duration_s": lambda v, f: number(v, f, 0.0, MAX_DURATION_S,
+                                          f"a finite number from 0 to {MAX_DURATION_S:g} s"),
+        "ahi": lambda v, f: number(v, f, 0.0, MAX_AHI,
+                                   f"a finite number from 0 to {MAX_AHI:g} events per hour"),
+        "leakage_l": lambda v, f: number(v, f, -MAX_LEAKAGE_L, MAX_LEAKAGE_L,
+                                         "a finite number of litres"),
+    }
+    for field, check in optional.items():
+        if _given(body.get(field)):
+            metrics[field] = check(body[field], n(field))
+    out["metrics"] = metrics
+    if _given(body.get("flow_image")):
+        out["image"] = image_base64(body["flow_image"], n("flow_image"))
+    return out
+
+
+def query_int(args, field: str, default: int, minimum: int, maximum: int) -> int:
+    """An integer query-string parameter (``?limit=``, ``?page=``) with a default."""
+    if field not in args:
+        return default
+    return integer(args.get(field), field, minimum, maximum)
