@@ -71,7 +71,7 @@ def api_url() -> str:
 
 
 API_TIMEOUT_S = _env_number("API_TIMEOUT_S", 5, 0.5, 60)
-STALE_AFTER_MIN = _env_number("STALE_AFTER_MIN", 15, 0.1, 24 * 60)
+STALE_AFTER_MIN = _env_number("STALE_AFTER_MIN", 15, 0, 24 * 60)
 PRESSURE_POLL_S = _env_number("PRESSURE_POLL_S", 10, 1, 30)
 MONITOR_REFRESH_S = _env_number("MONITOR_REFRESH_S", 10, 5, 30)
 
@@ -128,7 +128,8 @@ def parse_positive_int(text: str, label: str) -> tuple[int | None, str | None]:
     try:
         value = int(text)
     except ValueError:
-        return None, f"{label} must be a positive whole number (you entered “{text}”)."
+        entered = md_escape(text)
+        return None, f"{label} must be a positive whole number (you entered “{entered}”)."
     if not 1 <= value <= MAX_ID:
         return None, f"{label} must be a positive whole number (you entered {value})."
     return value, None
@@ -144,7 +145,7 @@ def parse_pressure(text: str) -> tuple[int | None, str | None]:
     try:
         value = int(text)
     except ValueError:
-        return None, f"{rule} (you entered “{text}”)."
+        return None, f"{rule} (you entered “{md_escape(text)}”)."
     if not PRESSURE_MIN_CMH2O <= value <= PRESSURE_MAX_CMH2O:
         return None, f"{rule} (you entered {value})."
     return value, None
@@ -180,7 +181,8 @@ def api_call(method: str, path: str, **kwargs) -> requests.Response:
             message = resp.json().get("message") or resp.reason
         except (ValueError, AttributeError):
             message = resp.reason or "unexpected answer"
-        raise ApiError(f"The server refused the request ({resp.status_code}): {message}",
+        raise ApiError(f"The server refused the request ({resp.status_code}): "
+                       f"{md_escape(message)}",
                        status=resp.status_code)
     return resp
 
@@ -239,6 +241,16 @@ def clear_fetch_caches() -> None:
     """After a change on the server, the next render must not show cached data."""
     for fetch in (fetch_rooms, fetch_patients, fetch_patient):
         fetch.clear()
+
+
+def refresh_monitor() -> None:
+    fetch_rooms.clear()
+    fetch_patient.clear()
+
+
+def refresh_patients() -> None:
+    fetch_patients.clear()
+    fetch_patient.clear()
 
 
 def post_patient(payload: dict) -> dict:
@@ -395,7 +407,7 @@ def selected_recording() -> tuple[str, bytes, str] | None:
         data = path.read_bytes()
         stat = path.stat()
     except OSError as exc:
-        st.error(f"The sample {ss.ps_sample} cannot be read: {exc.strerror}.")
+        st.error(f"The sample {md_escape(ss.ps_sample)} cannot be read: {exc.strerror}.")
         return None
     token = f"sample:{path}:{stat.st_size}:{stat.st_mtime_ns}"
     return path.name, data, _file_digest(token, lambda: data)
@@ -552,8 +564,8 @@ def render_analysis(analysis: dict, file_name: str) -> None:
         line, reason = skipped[0]
         st.caption(f"{len(skipped)} unreadable line(s) skipped, e.g. line {line}: "
                    f"{md_escape(reason)}")
-    st.image(analysis["plot_png"], width="stretch",
-             caption=f"Flow of {file_name}: breath markers and apnea intervals")
+    st.caption(f"Flow of {md_escape(file_name)}: breath markers and apnea intervals")
+    st.image(analysis["plot_png"], width="stretch")
     st.caption("Zoomable flow (scroll to zoom, drag to pan, double-click to reset)")
     st.altair_chart(flow_chart(analysis), width="stretch")
 
@@ -606,7 +618,8 @@ def render_patient_station() -> None:
         file_name, data, digest = chosen
         analysis = analyse_recording(digest, data)
         if "error" in analysis:
-            st.error(f"{file_name} cannot be analysed: {analysis['error']}")
+            st.error(f"{md_escape(file_name)} cannot be analysed: "
+                     f"{md_escape(analysis['error'])}")
         else:
             ss.ps_analysis = analysis
             render_analysis(analysis, file_name)
@@ -614,10 +627,10 @@ def render_patient_station() -> None:
     payload, error = upload_payload()
     can_upload = payload is not None
     buttons = st.columns([1, 1, 4])
-    buttons[0].button("Upload", type="primary", on_click=do_upload, disabled=not can_upload,
-                      icon=":material/cloud_upload:", width="stretch")
-    buttons[1].button("Reset", on_click=reset_patient_station, icon=":material/restart_alt:",
-                      width="stretch")
+    buttons[0].button("Upload", key="ps_upload", type="primary", on_click=do_upload,
+                      disabled=not can_upload, icon=":material/cloud_upload:", width="stretch")
+    buttons[1].button("Reset", key="ps_reset", on_click=reset_patient_station,
+                      icon=":material/restart_alt:", width="stretch")
     with buttons[2]:
         if error:
             st.caption(f"Upload is disabled: {error}")
@@ -651,7 +664,8 @@ def command_text(command: dict | None) -> str:
     text = (f"{command['pressure_cmh2o']} cmH2O commanded at "
             f"{fmt_time(command.get('commanded_at'))} ")
     if command.get("applied"):
-        return text + f":green-badge[:material/check: applied {fmt_time(command.get('applied_at'))}]"
+        applied = fmt_time(command.get("applied_at"))
+        return text + f":green-badge[:material/check: applied {applied}]"
     return text + ":orange-badge[:material/hourglass_top: waiting for the bedside station]"
 
 
@@ -820,8 +834,8 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
 def render_monitor_live() -> None:
     base = api_url()
     head = st.columns([4, 1])
-    head[1].button("Refresh now", icon=":material/refresh:", on_click=fetch_rooms.clear,
-                   width="stretch")
+    head[1].button("Refresh now", key="mon_refresh", icon=":material/refresh:",
+                   on_click=refresh_monitor, width="stretch")
     try:
         body = fetch_rooms(base)
     except ApiError as exc:
@@ -866,7 +880,8 @@ def render_monitoring_station() -> None:
 
 # --- Patients -------------------------------------------------------------------------
 
-def highlight_apnea_rows(frame: pd.DataFrame, column: str = "Apnea count") -> pd.io.formats.style.Styler:
+def highlight_apnea_rows(frame: pd.DataFrame, column: str = "Apnea count"):
+    """Styler that shades every row whose apnea count is APNEA_ALERT_COUNT or more."""
     def row_style(row):
         alert = pd.notna(row[column]) and row[column] >= APNEA_ALERT_COUNT
         return [HIGHLIGHT_CSS if alert else ""] * len(row)
@@ -909,7 +924,7 @@ def render_patients() -> None:
     head = st.columns([4, 1])
     head[0].subheader("Patients")
     head[1].button("Refresh", key="pt_refresh", icon=":material/refresh:",
-                   on_click=fetch_patients.clear, width="stretch")
+                   on_click=refresh_patients, width="stretch")
     try:
         patients = fetch_patients(base)
     except ApiError as exc:
