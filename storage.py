@@ -45,6 +45,10 @@ DatabaseError = pymongo.errors.PyMongoError
 RECORD_METRICS = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count",
                   "breaths", "duration_s", "ahi", "leakage_l")
 
+#: Newest first; ``_id`` (an ObjectId, increasing) breaks ties within a millisecond.
+NEWEST_RECORDS = [("received_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+NEWEST_COMMANDS = [("commanded_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+
 #: How often an upsert that lost a race on the unique MRN index is retried.
 UPSERT_RETRIES = 3
 
@@ -98,6 +102,7 @@ class Storage:
         self.records = db["records"]
         self.images = db["images"]
         self.commands = db["commands"]
+        self.meta = db["meta"]
 
     # -- set-up ------------------------------------------------------------------
     def ping(self) -> bool:
@@ -140,13 +145,29 @@ class Storage:
 
     def _guarded_set(self, collection, key: dict, stamp_field: str, now, values: dict,
                      upsert: bool = False) -> None:
-        """``$set`` values unless the document already holds something newer."""
-        parent = stamp_field.split(".")[0]
-        query = dict(key, **{"$or": [{parent: None}, {stamp_field: {"$lte": now}}]})
-        try:
-            collection.update_one(query, {"$set": values}, upsert=upsert)
-        except DuplicateKeyError:
-            pass  # the document exists and holds a newer value: nothing to do
+        """``$set`` values unless the document already holds something newer.
+
+        Each step is one atomic update; the filters never use ``$or`` (nx-27017 drops
+        the other conditions of a filter that has one, and updates the wrong document).
+        1. set where the stamp is not newer than ``now``; 2. otherwise set where there
+        is no value yet (or insert the document when ``upsert``); 3. if a racing writer
+        got in between, try step 1 once more. Whatever is left is newer than ours.
+        """
+        not_newer = dict(key, **{stamp_field: {"$lte": now}})
+        if collection.update_one(not_newer, {"$set": values}).matched_count:
+            return
+        if upsert:
+            try:
+                if collection.update_one(key, {"$setOnInsert": values},
+                                         upsert=True).upserted_id is not None:
+                    return
+            except DuplicateKeyError:
+                pass  # another writer inserted it first
+        else:
+            empty = dict(key, **{stamp_field.split(".")[0]: None})
+            if collection.update_one(empty, {"$set": values}).matched_count:
+                return
+        collection.update_one(not_newer, {"$set": values})
 
     def upload(self, mrn: int, room: int, name: str | None = None,
                metrics: dict | None = None, image: tuple[bytes, str] | None = None
@@ -171,8 +192,9 @@ class Storage:
                       **{k: metrics.get(k) for k in RECORD_METRICS},
                       "has_image": image is not None}
             self.records.insert_one(record)
-        patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
-        occupant = {"mrn": mrn, "name": patient.get("name"), "since": now}
+        if name is None:  # the room shows the name the patient already has
+            name = (self.patients.find_one({"mrn": mrn}, {"name": 1}) or {}).get("name")
+        occupant = {"mrn": mrn, "name": name, "since": now}
         self._guarded_set(self.rooms, {"_id": room}, "patient.since", now,
                           {"room": room, "patient": occupant}, upsert=True)
         if record is not None:
@@ -181,7 +203,8 @@ class Storage:
                               {"latest": summary})
             self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
                               {"latest": summary})
-            patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
+        self._rooms_changed()
+        patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
         return UploadResult(patient=patient, record=record, created=created)
 
     def get_patient(self, mrn: int) -> dict | None:
@@ -195,7 +218,7 @@ class Storage:
 
     def patient_records(self, mrn: int, limit: int | None = None) -> list[dict]:
         """A patient's records, newest first (no images)."""
-        cursor = self.records.find({"mrn": mrn}).sort("received_at", pymongo.DESCENDING)
+        cursor = self.records.find({"mrn": mrn}).sort(NEWEST_RECORDS)
         if limit:
             cursor = cursor.limit(limit)
         return list(cursor)
@@ -207,7 +230,8 @@ class Storage:
             {"mrn": {"$in": mrns}},
             {"_id": 0, "mrn": 1, "received_at": 1, "cpap_pressure_cmh2o": 1,
              "breath_rate_bpm": 1, "apnea_count": 1},
-        ).sort([("mrn", pymongo.ASCENDING), ("received_at", pymongo.ASCENDING)])
+        ).sort([("mrn", pymongo.ASCENDING), ("received_at", pymongo.ASCENDING),
+                ("_id", pymongo.ASCENDING)])
         for doc in cursor:
             grouped.setdefault(doc["mrn"], []).append(doc)
         return grouped
@@ -226,6 +250,14 @@ class Storage:
         return self.records.count_documents(query or {})
 
     # -- rooms -------------------------------------------------------------------
+    def _rooms_changed(self) -> None:
+        """Bump the rooms version after a change (lets readers cache the wall)."""
+        self.meta.update_one({"_id": "rooms"}, {"$inc": {"version": 1}}, upsert=True)
+
+    def rooms_version(self) -> int:
+        """A number that changes whenever a room document changes (one tiny read)."""
+        return int((self.meta.find_one({"_id": "rooms"}) or {}).get("version", 0))
+
     def list_rooms(self) -> list[dict]:
         return list(self.rooms.find({}).sort("_id", pymongo.ASCENDING))
 
@@ -242,17 +274,16 @@ class Storage:
         self.commands.insert_one(command)
         self._guarded_set(self.rooms, {"_id": room}, "command.commanded_at", now,
                           {"command": command_summary(command)})
+        self._rooms_changed()
         return command
 
     def latest_command(self, room: int, mrn: int) -> dict | None:
         """The latest command for the room's patient ``mrn`` (a new occupant never
         receives the pressure commanded for the previous one)."""
-        return self.commands.find_one({"room": room, "mrn": mrn},
-                                      sort=[("commanded_at", pymongo.DESCENDING)])
+        return self.commands.find_one({"room": room, "mrn": mrn}, sort=NEWEST_COMMANDS)
 
     def command_history(self, room: int, limit: int) -> list[dict]:
-        return list(self.commands.find({"room": room})
-                    .sort("commanded_at", pymongo.DESCENDING).limit(limit))
+        return list(self.commands.find({"room": room}).sort(NEWEST_COMMANDS).limit(limit))
 
     def mark_applied(self, room: int, command_id: str) -> dict | None:
         """Mark a command applied (idempotent: the first time stamp is kept)."""
@@ -265,6 +296,7 @@ class Storage:
         if command is not None:
             self.rooms.update_one({"_id": room, "command.id": str(oid)},
                                   {"$set": {"command": command_summary(command)}})
+            self._rooms_changed()
         return command
 
 
@@ -284,8 +316,10 @@ def command_summary(command: dict) -> dict:
 def _client(app):
     client = app.config.get("MONGO_CLIENT")
     if client is None:
+        timeout_ms = app.config.get("MONGO_TIMEOUT_MS", 3000)
         client = pymongo.MongoClient(app.config["MONGODB_URI"], tz_aware=True,
-                                     serverSelectionTimeoutMS=3000)
+                                     serverSelectionTimeoutMS=timeout_ms,
+                                     connectTimeoutMS=timeout_ms)
         app.config["MONGO_CLIENT"] = client
     return client
 
@@ -313,7 +347,10 @@ def get_storage() -> Storage:
     if "storage" not in g:
         storage = Storage(current_app.extensions["storage_db"])
         if not current_app.extensions.get("storage_indexed"):
-            storage.ensure_indexes()
-            current_app.extensions["storage_indexed"] = True
+            try:
+                storage.ensure_indexes()
+                current_app.extensions["storage_indexed"] = True
+            except DatabaseError:
+                pass  # still down: the request's own query reports it (503)
         g.storage = storage
     return g.storage

@@ -29,8 +29,8 @@ MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_AHI = 10_000.0
 MAX_LEAKAGE_L = 1e6
 
-_DIGITS = re.compile(r"\d{1,19}")
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
