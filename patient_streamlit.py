@@ -54,6 +54,8 @@ WALL_COLUMNS = 4
 REFRESH_CHOICES_S = {"5 s": 5, "10 s": 10, "15 s": 15, "30 s": 30, "Paused": None}
 UPLOAD_SOURCE, SAMPLE_SOURCE = "Upload a file", "Sample recording"
 HIGHLIGHT_CSS = "background-color: #fde8e8"
+WHOLE_COLUMNS = ("Room", "MRN", "Records", "Pressure (cmH2O)", "Apnea count", "Breaths")
+DECIMAL_COLUMNS = ("Breath rate (bpm)", "Duration (s)")
 
 
 def _env_number(name: str, default: float, low: float, high: float) -> float:
@@ -332,7 +334,7 @@ def analyse_recording(sha256: str, _data: bytes) -> dict:
 def flow_chart(analysis: dict) -> alt.LayerChart:
     """Zoomable (x axis) flow chart with apnea intervals shaded red."""
     line = alt.Chart(analysis["chart"]).mark_line(strokeWidth=1).encode(
-        x=alt.X("time_s:Q", title="Time (s)"),
+        x=alt.X("time_s:Q", title="Time (s)", scale=alt.Scale(nice=False, zero=False)),
         y=alt.Y("flow_lpm:Q", title="Flow (L/min)"),
         tooltip=[alt.Tooltip("time_s:Q", format=".2f"), alt.Tooltip("flow_lpm:Q", format=".1f")],
     )
@@ -609,9 +611,10 @@ def render_patient_station() -> None:
             samples = sample_files()
             if not samples:
                 st.warning(f"No sample recordings found in {SAMPLE_DIR}.")
-            st.selectbox("Sample recording", samples, key="ps_sample", index=None,
+            st.selectbox("Sample file", samples, key="ps_sample", index=None,
                          placeholder="Choose a sample")
 
+    actions = st.container()         # Upload/Reset sit above the (long) analysis results
     chosen = selected_recording()
     ss.ps_analysis = None
     if chosen is not None:
@@ -624,9 +627,15 @@ def render_patient_station() -> None:
             ss.ps_analysis = analysis
             render_analysis(analysis, file_name)
 
+    with actions:
+        render_upload_actions()
+
+
+def render_upload_actions() -> None:
+    ss = st.session_state
     payload, error = upload_payload()
     can_upload = payload is not None
-    buttons = st.columns([1, 1, 4])
+    buttons = st.columns([1, 1, 4], vertical_alignment="center")
     buttons[0].button("Upload", key="ps_upload", type="primary", on_click=do_upload,
                       disabled=not can_upload, icon=":material/cloud_upload:", width="stretch")
     buttons[1].button("Reset", key="ps_reset", on_click=reset_patient_station,
@@ -651,10 +660,16 @@ def render_patient_station() -> None:
 
 # --- Monitoring Station ---------------------------------------------------------------
 
-def is_stale(latest: dict | None, server_time: str | None) -> bool:
-    received = parse_time((latest or {}).get("received_at"))
+def is_stale(entry: dict, server_time: str | None) -> bool:
+    """True when the room has sent nothing (data or patient details) for STALE_AFTER_MIN.
+
+    Measured against the server's clock, so a client with a wrong clock still judges right.
+    """
+    moments = [parse_time((entry.get("latest") or {}).get("received_at")),
+               parse_time((entry.get("patient") or {}).get("since"))]
+    moments = [m for m in moments if m is not None]
     reference = parse_time(server_time) or datetime.now(timezone.utc)
-    return received is None or (reference - received).total_seconds() > STALE_AFTER_MIN * 60
+    return not moments or (reference - max(moments)).total_seconds() > STALE_AFTER_MIN * 60
 
 
 def command_text(command: dict | None) -> str:
@@ -674,7 +689,7 @@ def render_room_card(entry: dict, server_time: str | None) -> None:
     latest = entry.get("latest") or {}
     command = entry.get("command")
     badges = []
-    if is_stale(entry.get("latest"), server_time):
+    if is_stale(entry, server_time):
         badges.append(f":orange-badge[:material/schedule: stale > {STALE_AFTER_MIN:g} min]")
     if command and not command.get("applied"):
         badges.append(f":blue-badge[pending {command['pressure_cmh2o']} cmH2O]")
@@ -769,7 +784,11 @@ def trend_chart(records: list[dict]) -> alt.LayerChart:
         "breath_rate_bpm": r.get("breath_rate_bpm"),
         "apnea_count": r.get("apnea_count"),
     } for r in records if parse_time(r.get("received_at"))])
-    base = alt.Chart(frame).encode(x=alt.X("time:T", title="Record time"))
+    span_s = (frame["time"].max() - frame["time"].min()).total_seconds() if len(frame) else 0
+    time_format = "%H:%M:%S" if span_s < 3600 else "%d %b %H:%M"
+    base = alt.Chart(frame).encode(x=alt.X("time:T", title="Record time",
+                                           axis=alt.Axis(format=time_format, labelAngle=0,
+                                                         labelOverlap=True)))
     apneas = base.mark_bar(color="#d62728", opacity=0.45, size=12).encode(
         y=alt.Y("apnea_count:Q", title="Apnea count", axis=alt.Axis(titleColor="#d62728")),
         tooltip=["time:T", "apnea_count:Q"])
@@ -787,12 +806,14 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
     mrn = patient.get("mrn")
     st.markdown(f"#### Room {room} — MRN {mrn if mrn is not None else '—'} · "
                 f"{md_escape(patient.get('name') or 'no name')}")
-    cols = st.columns(5)
+    cols = st.columns([1, 1, 1, 1.4, 0.8])
     cols[0].metric("Pressure", f"{fmt_number((latest or {}).get('cpap_pressure_cmh2o'))} cmH2O")
     cols[1].metric("Breath rate", f"{fmt_number((latest or {}).get('breath_rate_bpm'))} bpm")
     cols[2].metric("Apnea count", apnea_markdown((latest or {}).get("apnea_count")))
-    cols[3].metric("Data time", fmt_time((latest or {}).get("received_at")))
-    cols[4].metric("Status", ":orange[stale]" if is_stale(latest, server_time) else "live")
+    received = parse_time((latest or {}).get("received_at"))
+    cols[3].metric("Data time", received.astimezone().strftime("%d %b %H:%M:%S") if received
+                   else "—", help=fmt_time((latest or {}).get("received_at")))
+    cols[4].metric("Status", ":orange[stale]" if is_stale(entry, server_time) else "live")
 
     records: list[dict] = []
     if mrn is not None:
@@ -803,32 +824,36 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
     if latest is None and records:
         latest = records[0]
 
-    left, right = st.columns([3, 2], gap="large")
+    left, right = st.columns([2, 3], gap="large")
     with left:
-        if latest is None:
-            st.info("No CPAP data from this room yet.")
-        else:
-            earlier = [r for r in records if r.get("id") != latest.get("id")]
-            chosen_id = st.selectbox(
-                "Compare with an earlier record", [r["id"] for r in earlier], index=None,
-                key=f"mon_history_{room}_{mrn}", placeholder="Choose a date and time",
-                format_func=lambda rid: record_label(next(r for r in earlier if r["id"] == rid)))
-            chosen = next((r for r in earlier if r["id"] == chosen_id), None)
-            image_cols = st.columns(2)
-            with image_cols[0]:
-                render_record_image(base, latest, "Latest", room, key=f"mon_dl_latest_{room}")
-            with image_cols[1]:
-                if chosen is None:
-                    st.caption("Choose an earlier record to show it beside the latest one."
-                               if earlier else "No earlier records for this patient.")
-                else:
-                    render_record_image(base, chosen, "Earlier", room,
-                                        key=f"mon_dl_earlier_{room}")
-    with right:
         render_pressure_command(entry)
-        if len(records) >= 1:
-            st.markdown("**Trend over this patient's records**")
+    with right:
+        st.markdown("**Trend over this patient's records**")
+        if records:
             st.altair_chart(trend_chart(records), width="stretch")
+        else:
+            st.caption("No records yet.")
+
+    if latest is None:
+        st.info("No CPAP data from this room yet.")
+        return
+    earlier = [r for r in records if r.get("id") != latest.get("id")]
+    labels = {r["id"]: record_label(r) for r in earlier}
+    picker, _ = st.columns([2, 3], gap="large")
+    chosen_id = picker.selectbox(
+        "Compare with an earlier record", list(labels), index=None,
+        key=f"mon_history_{room}_{mrn}", placeholder="Choose a date and time",
+        format_func=labels.__getitem__)
+    chosen = next((r for r in earlier if r["id"] == chosen_id), None)
+    image_cols = st.columns(2, gap="large")
+    with image_cols[0]:
+        render_record_image(base, latest, "Latest", room, key=f"mon_dl_latest_{room}")
+    with image_cols[1]:
+        if chosen is None:
+            st.caption("Choose an earlier record to show it beside the latest one."
+                       if earlier else "No earlier records for this patient.")
+        else:
+            render_record_image(base, chosen, "Earlier", room, key=f"mon_dl_earlier_{room}")
 
 
 def render_monitor_live() -> None:
@@ -882,10 +907,17 @@ def render_monitoring_station() -> None:
 
 def highlight_apnea_rows(frame: pd.DataFrame, column: str = "Apnea count"):
     """Styler that shades every row whose apnea count is APNEA_ALERT_COUNT or more."""
+    frame = frame.copy()
+    formats = {}
+    for name in frame.columns:       # None -> NaN so missing numbers show as a dash
+        if name in WHOLE_COLUMNS or name in DECIMAL_COLUMNS:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+            formats[name] = "{:.0f}" if name in WHOLE_COLUMNS else "{:.1f}"
+
     def row_style(row):
         alert = pd.notna(row[column]) and row[column] >= APNEA_ALERT_COUNT
         return [HIGHLIGHT_CSS if alert else ""] * len(row)
-    return frame.style.apply(row_style, axis=1).format(precision=1, na_rep="—")
+    return frame.style.apply(row_style, axis=1).format(formats, na_rep="—")
 
 
 def patients_frame(patients: list[dict]) -> pd.DataFrame:
