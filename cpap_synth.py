@@ -94,10 +94,11 @@ def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
     fine_u = np.linspace(0, 1, 401)
     t = cfg.start_time_s + 0.5 + rng.uniform(0, 1.0)
     apnea_gaps = list(cfg.apnea_gaps_s)
-    n_breaths_est = max(1, int(cfg.duration_s * cfg.rate_bpm / 60))
-    apnea_after = set(rng.choice(np.arange(1, max(2, n_breaths_est - 2)),
-                                 size=min(len(apnea_gaps), max(1, n_breaths_est - 3)), replace=False)
-                      if apnea_gaps else [])
+    # spread the apneas over the breaths that fit beside them (a little jitter, never adjacent)
+    mean_period = min(60.0 / cfg.rate_bpm, MAX_NORMAL_PERIOD_S)
+    n_breaths_est = int((cfg.duration_s - sum(apnea_gaps) - 2.0) / mean_period)
+    slots = np.linspace(1, max(1, n_breaths_est - 1), len(apnea_gaps) + 2)[1:-1]
+    apnea_after = set(int(round(p + rng.uniform(-0.3, 0.3))) for p in slots) if apnea_gaps else set()
     apnea_after = sorted(apnea_after)
     end_t = time_s[-1] - 0.3
     k = 0
@@ -270,7 +271,7 @@ def plain_config(seed: int) -> SynthConfig:
     n_apneas = int(rng.integers(0, 4))
     return SynthConfig(
         duration_s=float(rng.uniform(120, 180)),
-        rate_bpm=float(rng.uniform(6, 30)),
+        rate_bpm=6 + 24 * ((0.1 + seed * GOLDEN_FRACTION) % 1),  # evenly covers 6-30 /min
         rate_jitter=float(rng.uniform(0.0, 0.1)),
         amplitude_lpm=float(rng.uniform(15, 50)),
         amplitude_jitter=float(rng.uniform(0.0, 0.15)),
@@ -283,6 +284,9 @@ def plain_config(seed: int) -> SynthConfig:
         time_decimals=int(rng.choice([3, 6])),
         seed=seed,
     )
+
+
+GOLDEN_FRACTION = 0.6180339887498949
 
 
 HARD_KINDS = ("leak", "weak expiration", "cardiogenic", "spikes", "double hump",
@@ -319,11 +323,62 @@ def hard_config(seed: int) -> SynthConfig:
     return dataclasses.replace(base, **changes)
 
 
+# --- sample_data/ ---------------------------------------------------------------------------
+SAMPLE_RECORDINGS = {
+    "normal_15bpm": ("regular breathing, 15/min", dict(duration_s=120, rate_bpm=15, seed=101)),
+    "fast_28bpm": ("fast breathing, 28/min", dict(duration_s=90, rate_bpm=28, amplitude_lpm=22, seed=102)),
+    "slow_7bpm": ("slow breathing, 7/min", dict(duration_s=150, rate_bpm=7, ie_ratio=0.4, seed=103)),
+    "apnea_1": ("one apnea of 18 s", dict(duration_s=120, rate_bpm=14, apnea_gaps_s=(18.0,), seed=104)),
+    "apnea_4": ("four apneas of 12-28 s",
+                dict(duration_s=180, rate_bpm=16, apnea_gaps_s=(12.0, 20.0, 28.0, 15.0), seed=105)),
+    "bad_lines_crlf": ("12 bad lines of every kind + 3 blank lines, CRLF, time from 2.685 s with 6 decimals",
+                       dict(duration_s=90, rate_bpm=18, bad_lines=12, blank_lines=3, crlf=True,
+                            start_time_s=2.685, time_decimals=6, seed=106)),
+    "hard_leak_weak_exp": ("leak +5 L/min, expiration quantized away, spikes, cardiogenic ripple, one 14 s apnea",
+                           dict(duration_s=120, rate_bpm=12, leak_lpm=5.0, expiration_scale=0.1,
+                                spikes_per_min=30, cardiogenic_lpm=2.5, apnea_gaps_s=(14.0,), seed=107)),
+}
+SAMPLE_README_HEADER = """# Sample CPAP recordings
+
+Synthetic recordings in the exact bedside file format (header line + 7 comma-separated columns:
+time s, V1 p2, V1 p1-ins, V1 p1-exp, V2 p2, V2 p1-ins, V2 p1-exp in ADC units, 100 Hz), made by
+`cpap_synth.py` with known truth. Each `NAME.txt` has its truth in `NAME.truth.json` (breath
+times = inspiratory peaks, apnea events = gaps of more than 10 s between consecutive breaths,
+skipped line numbers). The table below is written from that truth, not from the analysis;
+`tests/test_cpap_sample_data.py` checks the analysis against it.
+
+Regenerate (deterministic) with:
+
+```bash
+python cpap_synth.py --sample-data sample_data
+```
+
+| file | what | duration (s) | breaths | breath rate (/min) | apneas | apnea times (s) | skipped lines |
+|---|---|---|---|---|---|---|---|
+"""
+
+
+def write_sample_data(directory) -> list:
+    """Write the sample recordings, their truth and a README table of expected results."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (what, params) in SAMPLE_RECORDINGS.items():
+        truth = write(directory / f"{name}.txt", SynthConfig(**params))
+        apnea_times = ", ".join(f"{e['start']:.2f}-{e['end']:.2f}" for e in truth["apnea_events"]) or "-"
+        rows.append(f"| {name}.txt | {what} | {truth['duration']:.2f} | {truth['breaths']} | "
+                    f"{truth['breath_rate_bpm']:.2f} | {truth['apnea_count']} | {apnea_times} | "
+                    f"{len(truth['bad_lines'])} |")
+    (directory / "README.md").write_text(SAMPLE_README_HEADER + "\n".join(rows) + "\n")
+    return rows
+
+
 def main(argv=None) -> int:
     """Command line: write one synthetic recording and its truth."""
     defaults = SynthConfig()
     parser = argparse.ArgumentParser(description="Write a synthetic CPAP recording with known truth.")
-    parser.add_argument("out", help="output file; truth goes to OUT.truth.json")
+    parser.add_argument("out", nargs="?", help="output file; truth goes to OUT.truth.json")
+    parser.add_argument("--sample-data", metavar="DIR", help="write the sample_data/ set to DIR and stop")
     parser.add_argument("--preset", choices=["plain", "hard"], help="use the seeded test-set config")
     for f in dataclasses.fields(SynthConfig):
         if f.name == "apnea_gaps_s":
@@ -336,6 +391,12 @@ def main(argv=None) -> int:
         else:
             parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
     args = parser.parse_args(argv)
+    if args.sample_data:
+        for row in write_sample_data(args.sample_data):
+            print(row)
+        return 0
+    if not args.out:
+        parser.error("OUT is required unless --sample-data is given")
     if args.preset == "plain":
         cfg = plain_config(args.seed or 0)
     elif args.preset == "hard":

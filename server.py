@@ -116,7 +116,16 @@ def json_body() -> dict:
     if not request.is_json:
         raise UnsupportedMediaType("the request body must be JSON (Content-Type: "
                                    "application/json)")
-    return validation.object_body(request.get_json())
+    try:
+        body = json.loads(request.get_data().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValidationError("the request body is not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"the request body is not valid JSON: {exc.msg} at line "
+                              f"{exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # 5000-digit numbers, nesting too deep
+        raise ValidationError(f"the request body is not acceptable JSON: {exc}") from None
+    return validation.object_body(body)
 
 
 def room_param(room: str) -> int:

@@ -246,9 +246,6 @@ class Storage:
         return Image(data=bytes(doc["data"]), content_type=doc["content_type"],
                      etag=doc["etag"])
 
-    def count_records(self, query: dict | None = None) -> int:
-        return self.records.count_documents(query or {})
-
     # -- rooms -------------------------------------------------------------------
     def _rooms_changed(self) -> None:
         """Bump the rooms version after a change (lets readers cache the wall)."""

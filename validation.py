@@ -99,8 +99,9 @@ def text(value, field: str, max_chars: int) -> str | None:
     value = value.strip()
     if len(value) > max_chars:
         raise ValidationError(f"{field} must be at most {max_chars} characters", field)
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ValidationError(f"{field} must not contain control characters", field)
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise ValidationError(f"{field} must not contain control characters or lone "
+                              "surrogates", field)
     return value or None
 
 

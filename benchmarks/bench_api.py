@@ -8,8 +8,8 @@ seeds 100 rooms x 20 records with 50 KB flow images, then measures:
 - requests/s and p50/p99 latency of GET /api/v1/rooms, GET /api/v1/rooms/{room} and
   POST /api/v1/patients with a 50 KB image (closed loop, ``--clients`` threads);
 - the size of the /api/rooms response;
-- p99 of GET /api/rooms paced at 100 requests/s (open loop: latency counted from the
-  scheduled send time, so a slow server cannot hide its queueing);
+- p99 of GET /api/rooms paced at 100 requests/s in three 10 s windows (open loop:
+  latency counted from the scheduled send time, so a slow server cannot hide its queueing);
 - upload throughput for the first vs the last 1,000 uploads to one patient.
 
 Everything stops by itself; nothing leaves the machine.
@@ -20,6 +20,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import random
 import statistics
 import sys
@@ -42,7 +43,7 @@ from storage import Storage  # noqa: E402
 
 ROOMS, RECORDS_PER_ROOM = 100, 20
 IMAGE_BYTES = 50 * 1024
-PACED_RATE_HZ, PACED_SECONDS = 100, 10
+PACED_RATE_HZ, PACED_SECONDS, PACED_WINDOWS = 100, 10, 3
 HISTORY_BATCH = 1000
 
 
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
 
     image = noise_png(IMAGE_BYTES)
     image_b64 = base64.b64encode(image).decode()
-    results: dict = {"image_bytes": len(image)}
+    results: dict = {"image_bytes": len(image), "load_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp, \
             LocalMongo(data_dir=Path(tmp), port=free_port()) as db:
         uri = db.uri()
@@ -186,8 +187,11 @@ def main(argv=None) -> int:
 
             results["POST /api/v1/patients (50 KB image)"] = closed_loop(
                 int(300 * scale), args.clients, post)
-            results["paced GET /api/rooms"] = paced(
-                f"{base}/api/rooms", PACED_RATE_HZ, max(2, int(PACED_SECONDS * scale)))
+            # three paced windows: on a shared machine one burst of foreign load can own
+            # a window's p99, so every window is reported
+            results["paced"] = [paced(f"{base}/api/rooms", PACED_RATE_HZ,
+                                      max(2, int(PACED_SECONDS * scale)))
+                                for _ in range(PACED_WINDOWS)]
             body = {"mrn": 7, "room": 500, "cpap_pressure_cmh2o": 10, "breath_rate_bpm": 14.0,
                     "apnea_count": 1, "flow_image": base64.b64encode(noise_png(2048)).decode()}
             first, last = history_growth(base, args.clients, history_batch, body)
@@ -195,6 +199,7 @@ def main(argv=None) -> int:
             count = session().get(f"{base}/api/v1/patients/7").json()["patient"]["record_count"]
             results["history_records"] = count
 
+    results["load_end"] = os.getloadavg()[0]
     print(table(results, args, history_batch))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -209,9 +214,9 @@ def table(r: dict, args, history_batch: int) -> str:
         m = r[key]
         rows.append(f"| {key} ({args.clients} clients) | {m['n']} | {m['rps']:.0f} | "
                     f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} |")
-    p = r["paced GET /api/rooms"]
-    rows.append(f"| GET /api/rooms paced at {p['target_rps']} req/s (open loop) | {p['n']} | "
-                f"{p['rps']:.0f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} |")
+    for i, p in enumerate(r["paced"], 1):
+        rows.append(f"| GET /api/rooms paced at {p['target_rps']} req/s (open loop), window {i} "
+                    f"| {p['n']} | {p['rps']:.0f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} |")
     f, l = r["history_first"], r["history_last"]
     rows.append(f"| POST to one patient: first {history_batch} uploads | {f['n']} | "
                 f"{f['rps']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} |")
@@ -224,7 +229,9 @@ def table(r: dict, args, history_batch: int) -> str:
              f"| records of the one patient at the end | {r['history_records']} |",
              f"| seed ({ROOMS} rooms x {RECORDS_PER_ROOM} records, "
              f"{r['image_bytes'] / 1024:.0f} KB images) | {r['seed_s']:.1f} s |",
-             f"| gunicorn workers / client threads | {args.workers} / {args.clients} |"]
+             f"| gunicorn workers / client threads | {args.workers} / {args.clients} |",
+             f"| 1-min load average at start / end ({os.cpu_count()} CPUs, shared) | "
+             f"{r['load_start']:.1f} / {r['load_end']:.1f} |"]
     return "\n".join(rows)
 
 

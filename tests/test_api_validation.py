@@ -92,7 +92,8 @@ def test_richer_metrics_checked(client, field, value, message):
 @pytest.mark.parametrize("value, message", [
     ("x" * 101, "at most 100 characters"), (123, "must be a string"),
     (["Ada"], "must be a string"), ({"$gt": ""}, "must be a string"),
-    ("Ada\x00", "control characters"), ("Ada\nKing", "control characters")], ids=repr)
+    ("Ada\x00", "control characters"), ("Ada\nKing", "control characters"),
+    ("Ada\ud800", "lone surrogates")], ids=repr)
 def test_name_rules(client, value, message):
     assert_error(post_json(client, upload_body(name=value)), 400, "name", message)
 
@@ -150,10 +151,14 @@ def test_unknown_field_refused(client):
                  "unknown field")
 
 
-@pytest.mark.parametrize("raw", [b"{bad json", b'{"mrn": 1,', b"", b"\xff\xfe"])
-def test_malformed_json_is_400(client, raw):
+@pytest.mark.parametrize("raw, message", [
+    (b"{bad json", "not valid JSON"), (b'{"mrn": 1,', "not valid JSON"), (b"", "not valid JSON"),
+    (b"\xff\xfe", "not UTF-8"), (b"[" * 100_000 + b"]" * 100_000, "not acceptable JSON"),
+    (b'{"mrn": ' + b"1" * 5000 + b', "room": 1}', "not acceptable JSON")],
+    ids=["bad", "truncated", "empty", "not-utf8", "deep-nesting", "5000-digits"])
+def test_malformed_json_is_400(client, raw, message):
     resp = client.post("/api/v1/patients", data=raw, content_type="application/json")
-    assert_error(resp, 400, None)
+    assert_error(resp, 400, None, message)
 
 
 @pytest.mark.parametrize("raw", [b"[]", b'"text"', b"5", b"null", b'[{"mrn": 1}]'])
@@ -267,3 +272,34 @@ def test_positive_id_raises(value):
 def test_image_bytes_returns_content_type():
     assert validation.image_bytes(PNG, "img") == (PNG, "image/png")
     assert validation.image_bytes(JPEG, "img") == (JPEG, "image/jpeg")
+
+
+@pytest.mark.parametrize("value", HOSTILE + [None, "", [], {}, "x" * 10_000], ids=repr)
+@pytest.mark.parametrize("path, method, field", [
+    ("/api/v1/rooms/1/pressure", "put", "pressure_cmh2o"),
+    ("/api/v1/rooms/1/pressure", "put", "source"),
+    ("/add_patient", "post", "patient_mrn"), ("/add_patient", "post", "room_number"),
+    ("/add_patient", "post", "CPAP_pressure"), ("/add_patient", "post", "breath_rate"),
+    ("/add_patient", "post", "patient_name"), ("/add_patient", "post", "flow_image")])
+def test_no_input_gives_a_500_on_other_json_routes(client, path, method, field, value):
+    client.post("/api/v1/patients", json={"mrn": 1, "room": 1})
+    base = ({"pressure_cmh2o": 10} if method == "put" else
+            {"patient_mrn": "1", "room_number": "1", "patient_name": "", "CPAP_pressure": "10",
+             "breath_rate": "12", "apnea_count": "0", "flow_image": ""})
+    resp = getattr(client, method)(path, data=json.dumps({**base, field: value}),
+                                   content_type="application/json")
+    assert resp.status_code < 500
+    if resp.status_code >= 400:
+        assert resp.get_json()["status"] == resp.status_code
+
+
+@pytest.mark.parametrize("segment", ["%00", "%7B%22%24gt%22%3A%22%22%7D", "1%0A", "9" * 300,
+                                     "-0", "+1", "1_000", "٣"])
+def test_no_path_value_gives_a_500(client, segment):
+    for path in (f"/api/v1/rooms/{segment}", f"/api/v1/patients/{segment}",
+                 f"/api/v1/records/{segment}/image", f"/CPAP_query/{segment}",
+                 f"/new_cpap_pressure/{segment}/10", f"/api/v1/rooms/{segment}/pressure/history"):
+        resp = client.get(path)
+        assert resp.status_code < 500
+        if resp.status_code >= 400:
+            assert resp.get_json()["status"] == resp.status_code

@@ -1,0 +1,68 @@
+"""Accuracy of the analysis on seeded synthetic sets (the tests' sets, optionally larger).
+
+    python benchmarks/accuracy_report.py [--plain 32] [--hard 40]
+
+Prints a markdown table: breath count exact / within +-1, apnea count exact, breath rate
+within 0.5 /min, mean absolute breath-time error; and per hard-case kind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cpap_measurements as cm  # noqa: E402
+from cpap_synth import HARD_KINDS, generate, hard_config, plain_config  # noqa: E402
+
+
+def score(make_config, n):
+    rows = []
+    for seed in range(n):
+        content, truth = generate(make_config(seed))
+        r = cm.analyze(content)
+        timing = np.nan
+        if r.breaths == truth["breaths"] and r.breaths:
+            timing = float(np.mean(np.abs(r.breath_times - np.array(truth["breath_times"]))))
+        rows.append(dict(seed=seed, db=r.breaths - truth["breaths"], da=r.apnea_count - truth["apnea_count"],
+                         drate=r.breath_rate_bpm - truth["breath_rate_bpm"], timing=timing,
+                         kind=HARD_KINDS[seed % len(HARD_KINDS)]))
+    return rows
+
+
+def line(name, rows):
+    n = len(rows)
+    pct = lambda k: f"{100 * sum(k(r) for r in rows) / n:.1f} %"  # noqa: E731
+    timing = np.nanmean([r["timing"] for r in rows]) * 1000
+    return (f"| {name} | {n} | {pct(lambda r: r['db'] == 0)} | {pct(lambda r: abs(r['db']) <= 1)} | "
+            f"{pct(lambda r: r['da'] == 0)} | {pct(lambda r: abs(r['drate']) <= 0.5)} | {timing:.0f} ms |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plain", type=int, default=32)
+    parser.add_argument("--hard", type=int, default=40)
+    args = parser.parse_args(argv)
+    plain, hard = score(plain_config, args.plain), score(hard_config, args.hard)
+    print("| set | recordings | breaths exact | breaths +-1 | apneas exact | rate within 0.5 /min "
+          "| mean peak-time error |")
+    print("|---|---|---|---|---|---|---|")
+    print(line("plain", plain))
+    print(line("hard (all)", hard))
+    by_kind = defaultdict(list)
+    for r in hard:
+        by_kind[r["kind"]].append(r)
+    for kind in HARD_KINDS:
+        print(line(f"hard: {kind}", by_kind[kind]))
+    misses = [r for r in plain + hard if r["db"] or r["da"]]
+    for r in misses:
+        print(f"miss: seed {r['seed']} ({r['kind']}): breaths {r['db']:+d}, apneas {r['da']:+d}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
