@@ -360,8 +360,8 @@ PATIENT_DEFAULTS = {
     "ps_digests": {},            # file token -> sha256, so a file is hashed once
 }
 MONITOR_DEFAULTS = {
-    "mon_interval": next(k for k, v in REFRESH_CHOICES_S.items() if v == MONITOR_REFRESH_S)
-    if MONITOR_REFRESH_S in REFRESH_CHOICES_S.values() else "10 s",
+    "mon_interval": (f"{MONITOR_REFRESH_S:g} s" if f"{MONITOR_REFRESH_S:g} s" in REFRESH_CHOICES_S
+                     else "10 s"),
     "mon_confirm": None,         # {"room", "pressure"} awaiting confirmation
     "mon_message": None,         # {"room", "kind", "text"} result of the last command
 }
@@ -858,7 +858,7 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
 
 def render_monitor_live() -> None:
     base = api_url()
-    head = st.columns([4, 1])
+    head = st.columns([4, 1], vertical_alignment="center")
     head[1].button("Refresh now", key="mon_refresh", icon=":material/refresh:",
                    on_click=refresh_monitor, width="stretch")
     try:
@@ -953,7 +953,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
 def render_patients() -> None:
     base = api_url()
-    head = st.columns([4, 1])
+    head = st.columns([4, 1], vertical_alignment="center")
     head[0].subheader("Patients")
     head[1].button("Refresh", key="pt_refresh", icon=":material/refresh:",
                    on_click=refresh_patients, width="stretch")
@@ -966,7 +966,7 @@ def render_patients() -> None:
         st.info("No patients yet.")
         return
     frame = patients_frame(patients)
-    st.dataframe(highlight_apnea_rows(frame), hide_index=True, width="stretch")
+    st.dataframe(highlight_apnea_rows(frame), hide_index=True, width="stretch", placeholder="—")
     st.download_button("Download CSV", frame.to_csv(index=False).encode("utf-8"),
                        file_name="patients.csv", mime="text/csv", key="pt_csv",
                        icon=":material/download:", on_click="ignore")
@@ -990,7 +990,15 @@ def render_patients() -> None:
                 st.caption("No CPAP records yet.")
                 continue
             st.dataframe(highlight_apnea_rows(records_frame(records)), hide_index=True,
-                         width="stretch")
+                         width="stretch", placeholder="—")
+            try:
+                csv = api_call("GET", f"/api/v1/patients/{mrn}/records.csv", base=base).content
+            except ApiError as exc:
+                st.caption(f"History CSV unavailable. {exc.message}")
+            else:
+                st.download_button("Download history CSV", csv, key=f"pt_csv_{mrn}",
+                                   file_name=f"mrn{mrn}_records.csv", mime="text/csv",
+                                   icon=":material/download:", on_click="ignore")
 
 
 # --- Page -----------------------------------------------------------------------------

@@ -103,19 +103,17 @@ def stack(local_mongo, tmp_path):
 def seed_other_rooms(api_url: str) -> None:
     """Two more rooms so the wall looks like a ward; one patient with a hostile name."""
     import cpap_measurements
-    import cpap_synth
 
-    def upload(mrn, room, name, seed, gaps, pressure):
-        content, _ = cpap_synth.generate(seed=seed, duration_s=120.0, apnea_gaps_s=gaps)
-        result = cpap_measurements.analyze(content)
+    def upload(mrn, room, name, sample, pressure):
+        result = cpap_measurements.analyze(ROOT / "sample_data" / sample)
         body = {"mrn": mrn, "room": room, "name": name, "cpap_pressure_cmh2o": pressure,
                 "breath_rate_bpm": result.breath_rate_bpm, "apnea_count": result.apnea_count,
                 "flow_image": base64.b64encode(cpap_measurements.flow_plot_png(result)).decode()}
         requests.post(f"{api_url}/api/v1/patients", json=body, timeout=10).raise_for_status()
 
-    upload(101, 1, "Grace Hopper", 3, (), 8)
-    upload(101, 1, "Grace Hopper", 0, (14.0, 18.0, 22.0), 9)
-    upload(102, 2, "<script>alert(1)</script>", 5, (), 11)
+    upload(101, 1, "Grace Hopper", "normal_15bpm.txt", 8)
+    upload(101, 1, "Grace Hopper", "apnea_4.txt", 9)
+    upload(102, 2, "<script>alert(1)</script>", "fast_28bpm.txt", 11)
 
 
 def screenshot(page, name: str) -> None:
@@ -160,8 +158,7 @@ def test_patient_to_monitor_and_back(stack):
                     "(apt-get install chromium; ./test.sh does it when run as root)")
     from playwright.sync_api import expect, sync_playwright
 
-    samples = sorted(p.name for p in (ROOT / "sample_data").glob("*.txt"))
-    assert samples, "sample_data/ has no recordings"
+    assert (ROOT / "sample_data" / "apnea_4.txt").exists(), "sample_data/apnea_4.txt missing"
     seed_other_rooms(stack["api"])
     SHOTS.mkdir(parents=True, exist_ok=True)
     dialogs: list[str] = []
@@ -184,9 +181,16 @@ def test_patient_to_monitor_and_back(stack):
             idle(page)
             station.get_by_text("Sample recording", exact=True).click()
             idle(page)
-            choose(page, "Sample file", samples[0])
+            choose(page, "Sample file", "apnea_4.txt")
             expect(station.get_by_text("Breath rate", exact=True)).to_be_visible(timeout=60_000)
             idle(page)
+            apnea = station.get_by_test_id("stMetric").filter(has_text="Apnea count") \
+                .get_by_test_id("stMetricValue")
+            expect(apnea).to_have_text("4")
+            red, green, blue = apnea.evaluate(
+                "e => getComputedStyle(e.querySelector('span') || e).color"
+                ".match(/\\d+/g).slice(0, 3).map(Number)")
+            assert red > green + 60 and red > blue + 60, f"apnea count 4 not red: {red, green, blue}"
             station.get_by_role("button", name="Upload").click()
             expect(station.get_by_text("Uploaded at")).to_be_visible(timeout=20_000)
             expect(station.get_by_label("MRN (medical record number)")).to_be_disabled()

@@ -3,13 +3,13 @@
 Every test serves the real Flask app (``server.create_app`` on a fresh mongomock
 database) from a thread on a free port and points ``API_URL`` at it; the script talks
 to it with ``requests`` exactly as in production. Recordings come from ``sample_data/``
-(the picker) and from ``cpap_synth`` (uploads whose true apnea count is known).
+(through the picker and through the file uploader), each with its known truth.
 """
 from __future__ import annotations
 
 import base64
 import io
-import os
+import json
 import sys
 from pathlib import Path
 
@@ -23,27 +23,27 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cpap_synth  # noqa: E402
 import patient_streamlit as ui  # noqa: E402
 from server import create_app  # noqa: E402
 from ui_support import closed_port_url, serve_api  # noqa: E402
 
 SCRIPT = str(ROOT / "patient_streamlit.py")
-SAMPLES = sorted(p.name for p in (ROOT / "sample_data").glob("*.txt")) \
-    if (ROOT / "sample_data").is_dir() else []
+SAMPLE_DIR = ROOT / "sample_data"
+SAMPLES = sorted(p.name for p in SAMPLE_DIR.glob("*.txt"))
 
 
 # --- fixtures -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def recordings():
-    """Synthetic recordings with their true apnea counts (independent of the UI)."""
-    calm, calm_truth = cpap_synth.generate(seed=11, duration_s=60.0)
-    apneic, apneic_truth = cpap_synth.generate(seed=0, duration_s=180.0,
-                                               apnea_gaps_s=(14.0, 18.0, 22.0))
-    assert calm_truth["apnea_count"] == 0 and apneic_truth["apnea_count"] == 3
-    return {"calm": calm, "apneic": apneic, "calm_truth": calm_truth,
-            "apneic_truth": apneic_truth}
+    """sample_data/ recordings with their true metrics (written by cpap_synth, not the UI)."""
+    out = {}
+    for key, name in (("calm", "normal_15bpm"), ("apneic", "apnea_4"), ("one", "apnea_1")):
+        out[key] = (SAMPLE_DIR / f"{name}.txt").read_bytes()
+        out[f"{key}_truth"] = json.loads((SAMPLE_DIR / f"{name}.truth.json").read_text())
+    assert (out["calm_truth"]["apnea_count"], out["one_truth"]["apnea_count"],
+            out["apneic_truth"]["apnea_count"]) == (0, 1, 4)
+    return out
 
 
 @pytest.fixture
@@ -159,6 +159,19 @@ def test_mrn_and_room_must_be_positive_integers(at, field, label):
         assert at.button(key="ps_upload").disabled, value
 
 
+def test_chart_frame_keeps_each_buckets_extremes():
+    import numpy as np
+    time_s = np.arange(100_000) / 100.0
+    flow = np.sin(time_s)
+    flow[54_321] = 99.0                                      # one spike must survive
+    frame = ui.chart_frame(time_s, flow, max_points=1000)
+    assert len(frame) <= 1000 and frame["flow_lpm"].max() == 99.0
+    assert frame["flow_lpm"].min() == flow.min()
+    assert frame["time_s"].is_monotonic_increasing
+    small = ui.chart_frame(time_s[:500], flow[:500], max_points=1000)
+    assert len(small) == 500
+
+
 def test_upload_enabled_only_with_mrn_and_room(at):
     assert at.button(key="ps_upload").disabled
     at.text_input(key="ps_mrn").input("12")
@@ -172,7 +185,7 @@ def test_upload_enabled_only_with_mrn_and_room(at):
 def test_apnea_count_red_from_two_normal_below(at, recordings):
     load_file(at, recordings["apneic"])
     run(at)
-    assert metric_values(station(at), "Apnea count") == [":red[3]"]
+    assert metric_values(station(at), "Apnea count") == [":red[4]"]
     load_file(at, recordings["calm"], name="calm.txt")
     run(at)
     assert metric_values(station(at), "Apnea count") == ["0"]
@@ -191,15 +204,15 @@ def test_analysis_shows_metrics_plot_and_zoomable_chart(at, recordings):
     assert charts, "the zoomable flow chart is missing"
 
 
-@pytest.mark.skipif(not SAMPLES, reason="sample_data/ not present")
-def test_sample_picker_analyses_a_sample(at):
+def test_sample_picker_analyses_a_sample(at, recordings):
     at.radio(key="ps_source").set_value(ui.SAMPLE_SOURCE)
     run(at)
-    assert at.selectbox(key="ps_sample").options == SAMPLES
-    at.selectbox(key="ps_sample").set_value(SAMPLES[0])
+    assert at.selectbox(key="ps_sample").options == SAMPLES      # .txt only, no truth files
+    at.selectbox(key="ps_sample").set_value("apnea_1.txt")
     run(at)
-    labels = [m.label for m in station(at).metric]
-    assert "Breath rate" in labels and "Apnea count" in labels
+    metrics = {m.label: m.value for m in station(at).metric}
+    assert metrics["Apnea count"] == "1"                           # normal colour at 1
+    assert metrics["Breath rate"] == f"{recordings['one_truth']['breath_rate_bpm']:.1f} bpm"
 
 
 def test_unusable_file_gives_a_clinician_message(at):
@@ -246,7 +259,7 @@ def test_reupload_replaces_name_and_appends_history(at, api, recordings):
     stored = patient(api, 12)
     assert stored["patient"]["name"] == "Ada Lovelace"
     assert [r["cpap_pressure_cmh2o"] for r in stored["records"]] == [11, 10]  # newest first
-    assert [r["apnea_count"] for r in stored["records"]] == [0, 3]
+    assert [r["apnea_count"] for r in stored["records"]] == [0, 4]
 
 
 def test_upload_without_pressure_sends_patient_only(at, api, recordings):
@@ -424,6 +437,7 @@ def test_patients_table_history_and_highlight(at, api):
     run(at)
     history = at.dataframe[-1].value
     assert list(history["Apnea count"]) == [0, 2]
+    (csv_button,) = [b for b in at.get("download_button") if b.key == "pt_csv_12"]
 
 
 def test_patients_csv_matches_table(api):
