@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import logging
 import math
@@ -346,6 +347,20 @@ def flow_chart(analysis: dict) -> alt.LayerChart:
 
 # --- Session state --------------------------------------------------------------------
 
+def safe_callback(callback):
+    """Widget callbacks run outside the tabs' guard: turn a failure into a message too."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown as a message, never a traceback
+            log.exception("%s failed", callback.__name__)
+            st.session_state.ui_error = (
+                f"The last action hit an unexpected problem ({type(exc).__name__}). "
+                "Your entries are kept; check the server and try again.")
+    return wrapper
+
+
 PATIENT_DEFAULTS = {
     "ps_name": "", "ps_mrn": "", "ps_room": "", "ps_pressure": "",
     "ps_source": UPLOAD_SOURCE, "ps_sample": None,
@@ -375,6 +390,7 @@ def init_session_state() -> None:
             st.session_state[key] = copy.deepcopy(value)
 
 
+@safe_callback
 def reset_patient_station() -> None:
     """Forget the patient: entries, recording, results, lock and pending notices."""
     ss = st.session_state
@@ -456,6 +472,7 @@ def upload_payload() -> tuple[dict | None, str | None]:
     return payload, None
 
 
+@safe_callback
 def do_upload() -> None:
     """Upload button callback (runs before the rerun, so the page shows the new lock)."""
     ss = st.session_state
@@ -543,11 +560,14 @@ def render_pressure_link() -> None:
                    "upload.")
         return
 
-    @st.fragment(run_every=PRESSURE_POLL_S)
-    def pressure_link():
+    def show_link():
         poll_pressure_command()
         kind, text = st.session_state.ps_link or ("ok", "")
         (st.warning if kind == "warning" else st.caption)(text)
+
+    @st.fragment(run_every=PRESSURE_POLL_S)
+    def pressure_link():
+        guarded(show_link)       # a fragment's own error must not escape as a traceback
 
     pressure_link()
 
@@ -703,6 +723,7 @@ def render_room_card(entry: dict, server_time: str | None) -> None:
         st.caption(f"Latest data {fmt_time(latest.get('received_at'))}")
 
 
+@safe_callback
 def ask_confirm(room: int) -> None:
     ss = st.session_state
     pressure, error = parse_pressure(ss.get(f"mon_pressure_{room}", ""))
@@ -715,6 +736,7 @@ def ask_confirm(room: int) -> None:
     ss.mon_message = None
 
 
+@safe_callback
 def send_command(room: int, pressure: int) -> None:
     ss = st.session_state
     ss.mon_confirm = None
@@ -900,7 +922,11 @@ def render_monitoring_station() -> None:
     cols[1].caption(
         (f"Refreshes every {interval_s} s" if interval_s else "Auto-refresh paused")
         + f". Rooms without data for {STALE_AFTER_MIN:g} min are marked stale.")
-    st.fragment(render_monitor_live, run_every=interval_s)()
+    @st.fragment(run_every=interval_s)
+    def monitor_live():
+        guarded(render_monitor_live)     # a fragment's own error must not escape
+
+    monitor_live()
 
 
 # --- Patients -------------------------------------------------------------------------
@@ -1019,6 +1045,8 @@ def main() -> None:
     init_session_state()
     st.title("Sleep Lab Monitor")
     st.caption(f"Server: {api_url()}")
+    if st.session_state.get("ui_error"):
+        st.error(st.session_state.pop("ui_error"))
     tabs = st.tabs(["Patient Station", "Monitoring Station", "Patients"])
     for tab, render in zip(tabs, (render_patient_station, render_monitoring_station,
                                   render_patients)):

@@ -489,3 +489,55 @@ def test_server_error_message_is_shown(api):
     assert caught.value.status == 404
     server_message = requests.get(f"{api}/api/v1/patients/999", timeout=5).json()["message"]
     assert caught.value.message.endswith(ui.md_escape(server_message))
+
+
+def test_server_lost_after_upload_keeps_the_patient(monkeypatch, recordings):
+    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+    with serve_api(app) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        at = run(AppTest.from_file(SCRIPT, default_timeout=30))
+        enter_patient(at, name="Ada", pressure="10")
+        load_file(at, recordings["calm"])
+        run(at)
+        click(at, "ps_upload")
+    st.cache_data.clear()                     # the server is gone now
+    at.text_input(key="ps_name").input("Ada L.")
+    run(at)
+    assert any("Pressure link: last check" in w and "Cannot reach the server" in w
+               for w in texts(station(at).warning))
+    assert at.text_input(key="ps_mrn").disabled and at.text_input(key="ps_mrn").value == "12"
+    assert at.text_input(key="ps_name").value == "Ada L."
+    click(at, "ps_upload")
+    assert any(e.startswith("Not uploaded. Cannot reach the server") for e in texts(at.error))
+
+
+def test_malformed_server_answers_become_messages(monkeypatch):
+    from flask import Flask, jsonify
+
+    broken = Flask("broken")
+
+    @broken.get("/api/v1/rooms")
+    def rooms():
+        return jsonify(rooms=[{"unexpected": True}], server_time="not a time")
+
+    @broken.get("/api/v1/patients")
+    def patients():
+        return "<html>proxy error page</html>", 200
+
+    @broken.post("/api/v1/patients")
+    def upload():
+        return jsonify([1, 2, 3]), 201
+
+    with serve_api(broken) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        at = run(AppTest.from_file(SCRIPT, default_timeout=30))
+        errors = texts(at.error)
+        assert any("unexpected problem" in e for e in texts(monitor(at).error)), errors
+        assert any("not JSON" in e for e in texts(patients_tab(at).error)), errors
+        enter_patient(at)
+        run(at)
+        click(at, "ps_upload")
+    assert any("The last action hit an unexpected problem" in e for e in texts(at.error))
+    assert at.text_input(key="ps_mrn").value == "12" and not at.text_input(key="ps_mrn").disabled
