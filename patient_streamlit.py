@@ -523,9 +523,7 @@ def poll_pressure_command() -> None:
         if command and command.get("id") == ss.ps_command_id and ss.ps_command_unmarked:
             post_applied(room, command["id"])
             ss.ps_command_unmarked = False
-        elif (command and not command.get("applied") and command.get("id") != ss.ps_command_id
-              and (parse_time(command.get("commanded_at")) or datetime.max.replace(
-                  tzinfo=timezone.utc)) >= parse_time(locked["since"])):
+        elif is_new_command(command, locked):
             apply_command(room, command)
             st.rerun()       # a fragment run: redraw the pressure field with the new value
     except ApiError as exc:
@@ -533,6 +531,19 @@ def poll_pressure_command() -> None:
         return
     ss.ps_link = ("ok", f"Pressure link active for room {room}: checks every "
                         f"{PRESSURE_POLL_S:g} s, last check {checked}.")
+
+
+def is_new_command(command: dict | None, locked: dict) -> bool:
+    """An unapplied command not seen yet, given since this patient's first upload.
+
+    Older commands were meant for an earlier stay (the server already hides other
+    patients' commands), so a re-admitted patient never gets a stale pressure.
+    """
+    if not command or command.get("applied") \
+            or command.get("id") == st.session_state.ps_command_id:
+        return False
+    commanded, since = parse_time(command.get("commanded_at")), parse_time(locked["since"])
+    return commanded is None or since is None or commanded >= since
 
 
 def apply_command(room: int, command: dict) -> None:
