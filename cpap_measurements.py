@@ -239,8 +239,8 @@ def _line_text(data: bytes, start: int, end: int, limit: int = 40) -> str:
 def _scan_chunk(raw: bytes):
     """Classify the lines of a chunk of whole lines.
 
-    Returns relative line ``starts`` and ``ends``, ``n_commas`` per line and ``suspect``
-    flags: the line holds a byte that cannot be part of a number, or an empty field.
+    Returns relative line ``starts`` and ``ends`` and ``good``: the line has exactly 6
+    commas, no byte that cannot be part of a number, no empty field, a plausible length.
     """
     chunk = np.frombuffer(raw, dtype=np.uint8)
     newlines = np.flatnonzero(chunk == NEWLINE)
@@ -250,11 +250,11 @@ def _scan_chunk(raw: bytes):
         starts, ends = starts[:-1], ends[:-1]
     safe_starts = np.minimum(starts, len(chunk) - 1)
     comma = chunk == COMMA
-    n_commas = _commas_per_line(comma, starts, ends)
-    suspect = np.zeros(len(starts), dtype=bool)
+    good = _has_six_commas(comma, starts, ends)
+    good &= (ends - starts) <= MAX_LINE_BYTES
     # bytes.translate deletes every allowed byte at C speed: usually nothing is left
     if raw.translate(None, _ALLOWED_BYTES):
-        suspect[np.searchsorted(starts, np.flatnonzero(_FORBIDDEN_BYTES[chunk]), side="right") - 1] = True
+        good[np.searchsorted(starts, np.flatnonzero(_FORBIDDEN_BYTES[chunk]), side="right") - 1] = False
     # an empty field: a comma followed by a comma or the line end, or a line starting with one
     after = np.empty_like(comma)
     after[:-1] = chunk[1:] == COMMA
@@ -264,28 +264,27 @@ def _scan_chunk(raw: bytes):
     after &= comma
     after[safe_starts] |= comma[safe_starts]
     if after.any():
-        suspect[np.searchsorted(starts, np.flatnonzero(after), side="right") - 1] = True
-    return starts, ends, n_commas, suspect
+        good[np.searchsorted(starts, np.flatnonzero(after), side="right") - 1] = False
+    return starts, ends, good
 
 
-def _commas_per_line(comma: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Number of commas on each line (``comma`` is the chunk's comma mask)."""
+def _has_six_commas(comma: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """True for lines with exactly N_COLUMNS - 1 commas (``comma``: the chunk's comma mask)."""
     n_lines = len(starts)
     positions = np.flatnonzero(comma)
     if len(positions) == (N_COLUMNS - 1) * n_lines:
         # Usual case, proved cheaply: the k-th group of 6 commas lies inside line k.
         groups = positions.reshape(n_lines, N_COLUMNS - 1)
         if (groups[:, 0] >= starts).all() and (groups[:, -1] < ends).all():
-            return np.full(n_lines, N_COLUMNS - 1, dtype=np.int64)
+            return np.ones(n_lines, dtype=bool)
     # uint8 sums wrap above 255 commas; such lines are longer than MAX_LINE_BYTES and
     # rejected on length anyway. Summing in uint8 is ~10x faster than in int64.
-    n_commas = np.add.reduceat(comma.view(np.uint8), np.minimum(starts, len(comma) - 1)).astype(np.int64)
-    n_commas[ends == starts] = 0
-    return n_commas
+    n_commas = np.add.reduceat(comma.view(np.uint8), np.minimum(starts, len(comma) - 1))
+    return (n_commas == N_COLUMNS - 1) & (ends > starts)
 
 
 def _scan_lines(data: bytes, chunk_bytes: int = SCAN_CHUNK_BYTES):
-    """Locate lines and classify them without a Python loop over lines.
+    """Locate lines and find the good ones without a Python loop over lines.
 
     The content is scanned in chunks of whole lines that fit in the CPU cache, which is
     several times faster than whole-file temporaries and keeps memory flat.
@@ -294,29 +293,24 @@ def _scan_lines(data: bytes, chunk_bytes: int = SCAN_CHUNK_BYTES):
     -------
     starts, ends : numpy.ndarray
         Byte offsets of each line (``end`` excludes the newline).
-    n_commas : numpy.ndarray
-        Commas per line.
-    has_text : numpy.ndarray of bool
-        Line holds a byte that cannot be part of a number (letters, ``NaN``, ...) or is
-        longer than any valid line.
+    good : numpy.ndarray of bool
+        The line looks like a sample: 7 non-empty fields of digits, signs, points and
+        blanks, not longer than any valid line. Numbers are checked by the parser.
     """
-    buf = np.frombuffer(data, dtype=np.uint8)
     parts = []
     pos = 0
-    while pos < len(buf):
-        stop = min(pos + chunk_bytes, len(buf))
-        if stop < len(buf):
+    while pos < len(data):
+        stop = min(pos + chunk_bytes, len(data))
+        if stop < len(data):
             nl = data.rfind(b"\n", pos, stop)
-            stop = nl + 1 if nl >= pos else (data.find(b"\n", stop) + 1 or len(buf))
-        starts, ends, n_commas, has_text = _scan_chunk(data[pos:stop])
-        parts.append((starts + pos, ends + pos, n_commas, has_text))
+            stop = nl + 1 if nl >= pos else (data.find(b"\n", stop) + 1 or len(data))
+        starts, ends, good = _scan_chunk(data[pos:stop])
+        parts.append((starts + pos, ends + pos, good))
         pos = stop
     if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty, np.zeros(0, dtype=bool)
-    starts, ends, n_commas, has_text = (np.concatenate(p) for p in zip(*parts))
-    has_text |= (ends - starts) > MAX_LINE_BYTES
-    return starts, ends, n_commas, has_text
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    starts, ends, good = (np.concatenate(p) for p in zip(*parts))
+    return starts, ends, good
 
 
 def _reason(data: bytes, start: int, end: int) -> str:
@@ -397,8 +391,7 @@ def read_samples(source: Source) -> Samples:
     if _looks_binary(data):
         raise CpapFileError("the file is not a CPAP text recording (it contains binary data)")
 
-    starts, ends, n_commas, has_text = _scan_lines(data)
-    good = (n_commas == N_COLUMNS - 1) & ~has_text
+    starts, ends, good = _scan_lines(data)
     has_header = not good[0]
     good[0] = False if has_header else good[0]
     bad_idx = np.flatnonzero(~good)

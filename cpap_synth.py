@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,10 +252,9 @@ def generate(cfg: SynthConfig | None = None, **overrides):
         text = "\n".join(rows) + "\n"
     truth["bad_lines"] = bad
     truth["config"] = dataclasses.asdict(cfg)
-    newline = "\r\n" if cfg.crlf else "\n"
-    content = (HEADER + "\n" + text)
+    content = HEADER + "\n" + text
     if cfg.crlf:
-        content = content.replace("\n", newline)
+        content = content.replace("\n", "\r\n")
     return content.encode("ascii"), truth
 
 
