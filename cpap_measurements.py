@@ -394,12 +394,12 @@ def read_samples(source: Source) -> Samples:
     starts, ends, good = _scan_lines(data)
     has_header = not good[0]
     good[0] = False if has_header else good[0]
-    bad_idx = np.flatnonzero(~good)
-    skipped = [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i]))
-               for i in bad_idx[1 if has_header else 0:]]
+    bad_idx = np.flatnonzero(~good)[1 if has_header else 0:]
     good_idx = np.flatnonzero(good)
-    if len(good_idx) == 0:
-        raise CpapFileError(_no_samples_message(skipped))
+    if len(good_idx) == 0:  # word only a sample of the reasons: the file may be huge
+        sample = [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i])) for i in bad_idx[:1000]]
+        raise CpapFileError(_no_samples_message(sample, len(bad_idx)))
+    skipped = [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i])) for i in bad_idx]
 
     frame = _parse_columns(data, has_header, good, starts, ends)
     if len(frame) != len(good_idx):  # the scanner and pandas disagree on lines: not our format
@@ -411,7 +411,7 @@ def read_samples(source: Source) -> Samples:
         skipped.sort()
         frame = frame[~invalid]
     if len(frame) == 0:
-        raise CpapFileError(_no_samples_message(skipped))
+        raise CpapFileError(_no_samples_message(skipped, len(skipped)))
     if skipped:
         log.warning("skipped %d unusable line(s), first: line %d: %s",
                     len(skipped), skipped[0].line_number, skipped[0].reason)
@@ -421,7 +421,8 @@ def read_samples(source: Source) -> Samples:
                    frame[COL_P1_INS].to_numpy(), frame[COL_P1_EXP].to_numpy(), skipped)
 
 
-def _no_samples_message(skipped: list) -> str:
+def _no_samples_message(skipped: list, n_bad: int) -> str:
+    """Why a file has no sample, from (a sample of) its skipped lines."""
     if not skipped:
         return "no valid samples: the file holds only a header line"
     reasons = [s.reason for s in skipped]
@@ -429,7 +430,7 @@ def _no_samples_message(skipped: list) -> str:
         return (f"no valid samples: every line has the wrong number of columns; a CPAP recording "
                 f"has {N_COLUMNS} comma-separated values per line (e.g. line "
                 f"{skipped[0].line_number}: {skipped[0].reason})")
-    return (f"no valid samples: every one of the {len(skipped)} data lines is unusable "
+    return (f"no valid samples: every one of the {n_bad} data lines is unusable "
             f"(e.g. line {skipped[0].line_number}: {skipped[0].reason})")
 
 
