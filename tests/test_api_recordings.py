@@ -95,3 +95,22 @@ def test_default_upload_limit_fits_an_overnight_file(app):
     # 8 h at 100 Hz is ~110 MB of text; JSON bodies stay limited to a few MB.
     assert app.config["MAX_UPLOAD_BYTES"] >= 150 * 1024 * 1024
     assert app.config["MAX_CONTENT_LENGTH"] <= 8 * 1024 * 1024
+
+
+SAMPLE_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "sample_data"
+
+
+@pytest.mark.parametrize("name", ["apnea_4", "bad_lines_crlf"])
+def test_sample_recordings_through_the_api(client, name):
+    """The repository's sample files, posted as a script would (curl -F file=@...)."""
+    import json
+
+    truth = json.loads((SAMPLE_DATA / f"{name}.truth.json").read_text())
+    resp = send(client, (SAMPLE_DATA / f"{name}.txt").read_bytes(), filename=f"{name}.txt")
+    assert resp.status_code == 201, resp.get_json()
+    record = resp.get_json()["record"]
+    assert record["apnea_count"] == truth["apnea_count"]
+    assert record["breaths"] == pytest.approx(truth["breaths"], abs=1)
+    assert record["duration_s"] == pytest.approx(truth["duration"], abs=0.05)
+    skipped = resp.get_json()["metrics"]["skipped_lines"]
+    assert [s["line"] for s in skipped] == [b["line"] for b in truth["bad_lines"]]
