@@ -756,6 +756,7 @@ def send_command(room: int, pressure: int) -> None:
     except ApiError as exc:
         ss.mon_message = {"room": room, "kind": "error", "text": f"Not sent. {exc.message}"}
         return
+    ss[f"mon_pressure_{room}"] = ""      # sent: an empty field cannot be sent twice by mistake
     ss.mon_message = {"room": room, "kind": "success",
                       "text": f"{pressure} cmH2O sent to room {room} at "
                               f"{fmt_time(command.get('commanded_at'))}."}

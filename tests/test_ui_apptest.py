@@ -348,6 +348,9 @@ def test_monitor_command_validates_and_needs_confirmation(at, api):
     click(at, "mon_send_3")
     click(at, "mon_confirm_3")
     assert requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()["pressure_cmh2o"] == 12
+    assert at.text_input(key="mon_pressure_3").value == ""
+    (card,) = [m for m in texts(monitor(at).markdown) if m.startswith("**Room 3**")]
+    assert "pending 12 cmH2O" in card                    # the wall shows the pending command
     assert any("waiting for the bedside station" in m for m in texts(at.markdown))
 
 
