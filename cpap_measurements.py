@@ -66,7 +66,7 @@ SMOOTH_S = 0.25                 # centred moving average after the block median
 BASELINE_WINDOW_S = 30.0        # block length of the no-flow baseline (median) estimate
 AMPLITUDE_PERCENTILE = 98.0     # typical inspiratory peak above baseline ...
 AMPLITUDE_WINDOW_S = 120.0      # ... over windows of this length
-HIGH_FRACTION = 0.30            # hysteresis: enter inspiration above baseline + 30 % of peak
+HIGH_FRACTION = 0.25            # hysteresis: enter inspiration above baseline + 25 % of peak
 LOW_FRACTION = 0.10             # ... leave it below baseline + 10 % of peak
 MIN_HIGH_LPM = 6.0              # above one ADC step (~5 L/min): a one-step level or ripple is no breath
 MIN_LOW_LPM = 1.5
@@ -239,8 +239,8 @@ def _line_text(data: bytes, start: int, end: int, limit: int = 40) -> str:
 def _scan_chunk(raw: bytes):
     """Classify the lines of a chunk of whole lines.
 
-    Returns relative line ``starts`` and ``ends``, ``n_commas`` per line and ``suspect``
-    flags: the line holds a byte that cannot be part of a number, or an empty field.
+    Returns relative line ``starts`` and ``ends`` and ``good``: the line has exactly 6
+    commas, no byte that cannot be part of a number, no empty field, a plausible length.
     """
     chunk = np.frombuffer(raw, dtype=np.uint8)
     newlines = np.flatnonzero(chunk == NEWLINE)
@@ -250,11 +250,11 @@ def _scan_chunk(raw: bytes):
         starts, ends = starts[:-1], ends[:-1]
     safe_starts = np.minimum(starts, len(chunk) - 1)
     comma = chunk == COMMA
-    n_commas = _commas_per_line(comma, starts, ends)
-    suspect = np.zeros(len(starts), dtype=bool)
+    good = _has_six_commas(comma, starts, ends)
+    good &= (ends - starts) <= MAX_LINE_BYTES
     # bytes.translate deletes every allowed byte at C speed: usually nothing is left
     if raw.translate(None, _ALLOWED_BYTES):
-        suspect[np.searchsorted(starts, np.flatnonzero(_FORBIDDEN_BYTES[chunk]), side="right") - 1] = True
+        good[np.searchsorted(starts, np.flatnonzero(_FORBIDDEN_BYTES[chunk]), side="right") - 1] = False
     # an empty field: a comma followed by a comma or the line end, or a line starting with one
     after = np.empty_like(comma)
     after[:-1] = chunk[1:] == COMMA
@@ -264,28 +264,27 @@ def _scan_chunk(raw: bytes):
     after &= comma
     after[safe_starts] |= comma[safe_starts]
     if after.any():
-        suspect[np.searchsorted(starts, np.flatnonzero(after), side="right") - 1] = True
-    return starts, ends, n_commas, suspect
+        good[np.searchsorted(starts, np.flatnonzero(after), side="right") - 1] = False
+    return starts, ends, good
 
 
-def _commas_per_line(comma: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Number of commas on each line (``comma`` is the chunk's comma mask)."""
+def _has_six_commas(comma: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """True for lines with exactly N_COLUMNS - 1 commas (``comma``: the chunk's comma mask)."""
     n_lines = len(starts)
     positions = np.flatnonzero(comma)
     if len(positions) == (N_COLUMNS - 1) * n_lines:
         # Usual case, proved cheaply: the k-th group of 6 commas lies inside line k.
         groups = positions.reshape(n_lines, N_COLUMNS - 1)
         if (groups[:, 0] >= starts).all() and (groups[:, -1] < ends).all():
-            return np.full(n_lines, N_COLUMNS - 1, dtype=np.int64)
+            return np.ones(n_lines, dtype=bool)
     # uint8 sums wrap above 255 commas; such lines are longer than MAX_LINE_BYTES and
     # rejected on length anyway. Summing in uint8 is ~10x faster than in int64.
-    n_commas = np.add.reduceat(comma.view(np.uint8), np.minimum(starts, len(comma) - 1)).astype(np.int64)
-    n_commas[ends == starts] = 0
-    return n_commas
+    n_commas = np.add.reduceat(comma.view(np.uint8), np.minimum(starts, len(comma) - 1))
+    return (n_commas == N_COLUMNS - 1) & (ends > starts)
 
 
 def _scan_lines(data: bytes, chunk_bytes: int = SCAN_CHUNK_BYTES):
-    """Locate lines and classify them without a Python loop over lines.
+    """Locate lines and find the good ones without a Python loop over lines.
 
     The content is scanned in chunks of whole lines that fit in the CPU cache, which is
     several times faster than whole-file temporaries and keeps memory flat.
@@ -294,29 +293,24 @@ def _scan_lines(data: bytes, chunk_bytes: int = SCAN_CHUNK_BYTES):
     -------
     starts, ends : numpy.ndarray
         Byte offsets of each line (``end`` excludes the newline).
-    n_commas : numpy.ndarray
-        Commas per line.
-    has_text : numpy.ndarray of bool
-        Line holds a byte that cannot be part of a number (letters, ``NaN``, ...) or is
-        longer than any valid line.
+    good : numpy.ndarray of bool
+        The line looks like a sample: 7 non-empty fields of digits, signs, points and
+        blanks, not longer than any valid line. Numbers are checked by the parser.
     """
-    buf = np.frombuffer(data, dtype=np.uint8)
     parts = []
     pos = 0
-    while pos < len(buf):
-        stop = min(pos + chunk_bytes, len(buf))
-        if stop < len(buf):
+    while pos < len(data):
+        stop = min(pos + chunk_bytes, len(data))
+        if stop < len(data):
             nl = data.rfind(b"\n", pos, stop)
-            stop = nl + 1 if nl >= pos else (data.find(b"\n", stop) + 1 or len(buf))
-        starts, ends, n_commas, has_text = _scan_chunk(data[pos:stop])
-        parts.append((starts + pos, ends + pos, n_commas, has_text))
+            stop = nl + 1 if nl >= pos else (data.find(b"\n", stop) + 1 or len(data))
+        starts, ends, good = _scan_chunk(data[pos:stop])
+        parts.append((starts + pos, ends + pos, good))
         pos = stop
     if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty, np.zeros(0, dtype=bool)
-    starts, ends, n_commas, has_text = (np.concatenate(p) for p in zip(*parts))
-    has_text |= (ends - starts) > MAX_LINE_BYTES
-    return starts, ends, n_commas, has_text
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    starts, ends, good = (np.concatenate(p) for p in zip(*parts))
+    return starts, ends, good
 
 
 def _reason(data: bytes, start: int, end: int) -> str:
@@ -342,7 +336,7 @@ def _parse_columns(data: bytes, has_header: bool, good: np.ndarray, starts: np.n
     """Parse time and the V1 pressures of the good lines with pandas' C engine.
 
     When the header is the only line to skip, the content is parsed as it is; otherwise
-    the runs of good lines are joined first (one copy). That is much faster than
+    pandas reads a stream of the runs of good lines (no copy). That is much faster than
     pandas' ``skiprows`` with a set, which tests every row. Quoting is off (faster, and
     the format has none). The C parser infers int64 for the ADC columns, float64 where a
     field is empty; a malformed number such as ``1.2.3`` (rare) makes a column text, and
@@ -354,19 +348,41 @@ def _parse_columns(data: bytes, has_header: bool, good: np.ndarray, starts: np.n
         content = data
         options["header"] = 0 if has_header else None
     else:
-        content = _join_good_lines(data, good, starts, ends)
+        content = _GoodLines(data, good, starts, ends)
         options["header"] = None
-    frame = pd.read_csv(io.BytesIO(content), **options)
+    frame = pd.read_csv(io.BytesIO(content) if isinstance(content, bytes) else content, **options)
     if any(not pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
         frame = frame.apply(pd.to_numeric, errors="coerce")
     return frame
 
 
-def _join_good_lines(data: bytes, good: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bytes:
-    """Concatenate the runs of good lines (one run per gap between bad lines)."""
-    flips = np.flatnonzero(np.diff(np.concatenate(([0], good.view(np.int8), [0]))))
-    return b"\n".join([data[starts[first]:ends[stop - 1]]
-                       for first, stop in zip(flips[::2], flips[1::2])]) + b"\n"
+class _GoodLines(io.RawIOBase):
+    """A read-only stream of the good runs of lines, served straight from the content
+    (no joined copy of a 100 MB file for a few bad lines)."""
+
+    def __init__(self, data: bytes, good: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+        super().__init__()
+        view = memoryview(data)
+        flips = np.flatnonzero(np.diff(np.concatenate(([0], good.view(np.int8), [0]))))
+        # each run up to and including the newline after its last line
+        self._pieces = [view[starts[first]:ends[stop - 1] + 1] for first, stop in zip(flips[::2], flips[1::2])]
+        if self._pieces and ends[flips[-1] - 1] == len(data):  # last line without a newline
+            self._pieces.append(memoryview(b"\n"))
+        self._pieces.reverse()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._pieces and not len(self._pieces[-1]):
+            self._pieces.pop()
+        if not self._pieces:
+            return 0
+        piece = self._pieces[-1]
+        n = min(len(buffer), len(piece))
+        buffer[:n] = piece[:n]
+        self._pieces[-1] = piece[n:]
+        return n
 
 
 def read_samples(source: Source) -> Samples:
@@ -397,16 +413,15 @@ def read_samples(source: Source) -> Samples:
     if _looks_binary(data):
         raise CpapFileError("the file is not a CPAP text recording (it contains binary data)")
 
-    starts, ends, n_commas, has_text = _scan_lines(data)
-    good = (n_commas == N_COLUMNS - 1) & ~has_text
+    starts, ends, good = _scan_lines(data)
     has_header = not good[0]
     good[0] = False if has_header else good[0]
-    bad_idx = np.flatnonzero(~good)
-    skipped = [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i]))
-               for i in bad_idx[1 if has_header else 0:]]
+    bad_idx = np.flatnonzero(~good)[1 if has_header else 0:]
     good_idx = np.flatnonzero(good)
-    if len(good_idx) == 0:
-        raise CpapFileError(_no_samples_message(skipped))
+    if len(good_idx) == 0:  # word only a sample of the reasons: the file may be huge
+        sample = [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i])) for i in bad_idx[:1000]]
+        raise CpapFileError(_no_samples_message(sample, len(bad_idx)))
+    skipped = [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i])) for i in bad_idx]
 
     frame = _parse_columns(data, has_header, good, starts, ends)
     if len(frame) != len(good_idx):  # the scanner and pandas disagree on lines: not our format
@@ -418,7 +433,7 @@ def read_samples(source: Source) -> Samples:
         skipped.sort()
         frame = frame[~invalid]
     if len(frame) == 0:
-        raise CpapFileError(_no_samples_message(skipped))
+        raise CpapFileError(_no_samples_message(skipped, len(skipped)))
     if skipped:
         log.warning("skipped %d unusable line(s), first: line %d: %s",
                     len(skipped), skipped[0].line_number, skipped[0].reason)
@@ -428,7 +443,8 @@ def read_samples(source: Source) -> Samples:
                    frame[COL_P1_INS].to_numpy(), frame[COL_P1_EXP].to_numpy(), skipped)
 
 
-def _no_samples_message(skipped: list) -> str:
+def _no_samples_message(skipped: list, n_bad: int) -> str:
+    """Why a file has no sample, from (a sample of) its skipped lines."""
     if not skipped:
         return "no valid samples: the file holds only a header line"
     reasons = [s.reason for s in skipped]
@@ -436,7 +452,7 @@ def _no_samples_message(skipped: list) -> str:
         return (f"no valid samples: every line has the wrong number of columns; a CPAP recording "
                 f"has {N_COLUMNS} comma-separated values per line (e.g. line "
                 f"{skipped[0].line_number}: {skipped[0].reason})")
-    return (f"no valid samples: every one of the {len(skipped)} data lines is unusable "
+    return (f"no valid samples: every one of the {n_bad} data lines is unusable "
             f"(e.g. line {skipped[0].line_number}: {skipped[0].reason})")
 
 
@@ -507,19 +523,20 @@ def _block_reduce(x: np.ndarray, how) -> np.ndarray:
 
 
 def _windowed(x: np.ndarray, samples_per_window: int, statistic) -> np.ndarray:
-    """A slowly varying level: ``statistic`` of consecutive windows, interpolated between
-    window centres (cheap at 8 hours, unlike a sliding-window median)."""
-    if len(x) <= samples_per_window:
-        return np.full(len(x), statistic(x))
-    n_win = max(1, round(len(x) / samples_per_window))
-    edges = np.linspace(0, len(x), n_win + 1).astype(int)
-    levels = np.array([statistic(x[a:b]) for a, b in zip(edges[:-1], edges[1:])])
-    centres = (edges[:-1] + edges[1:]) / 2
+    """A slowly varying level: ``statistic(windows, axis=1)`` of consecutive equal windows,
+    interpolated between window centres (one vectorised call; cheap at 8 hours, unlike a
+    sliding-window median). The last partial window joins the previous one."""
+    n_win = len(x) // samples_per_window
+    if n_win <= 1:
+        return np.full(len(x), statistic(x[np.newaxis, :], axis=1)[0])
+    full = x[: n_win * samples_per_window].reshape(n_win, samples_per_window)
+    levels = statistic(full, axis=1)
+    centres = (np.arange(n_win) + 0.5) * samples_per_window
     return np.interp(np.arange(len(x)), centres, levels)
 
 
-def _peak_level(x: np.ndarray) -> float:
-    return float(np.percentile(x, AMPLITUDE_PERCENTILE))
+def _peak_level(x: np.ndarray, axis: int) -> np.ndarray:
+    return np.percentile(x, AMPLITUDE_PERCENTILE, axis=axis)
 
 
 def detect_breaths(time, flow_lpm) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from cpap_measurements import (ADC_OFFSET, APNEA_GAP_S, CMH2O_PER_ADC, FLOW_M3S_
 SAMPLE_RATE_HZ = 100.0
 HEADER = ("Time [s],Pressure V1-P2 [ADC],Pressure V1-P1-Ins [ADC],Pressure V1-P1-Exp [ADC], "
           "Pressure V2-P2 [ADC],Pressure V2-P1-Ins [ADC], Pressure V2-P1-Ins [ADC]")
+SHALLOW_MIN_LPM = 10.0
 MAX_NORMAL_PERIOD_S = 9.0       # keeps ordinary breath-to-breath gaps clear of the 10 s rule
 BAD_LINE_KINDS = ("nan", "bad data", "empty field", "too few columns", "too many columns", "blank")
 FLOW_LPM_PER_SQRT_ADC = FLOW_M3S_PER_SQRT_ADC * M3S_TO_LPM
@@ -59,6 +59,7 @@ class SynthConfig:
     cardiogenic_hz: float = 1.1
     spikes_per_min: float = 0.0        # single-sample spikes of 1-2 ADC steps (5-7 L/min)
     double_hump: bool = False          # inspirations with a dip in the middle
+    shallow_fraction: float = 0.0      # share of breaths at 35-50 % of the amplitude (>= 10 L/min)
     bad_lines: int = 0                 # samples replaced by bad lines (every kind in turn)
     blank_lines: int = 0               # blank lines inserted
     crlf: bool = False
@@ -110,6 +111,9 @@ def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
         ti = active * cfg.ie_ratio / (1 + cfg.ie_ratio)
         te = active - ti
         amp = cfg.amplitude_lpm * float(np.clip(1 + cfg.amplitude_jitter * rng.standard_normal(), 0.6, 1.4))
+        if cfg.shallow_fraction and rng.random() < cfg.shallow_fraction:
+            # never below 10 L/min: two ADC steps are ~7 L/min, a smaller breath is lost in quantization
+            amp = max(amp * rng.uniform(0.35, 0.5), SHALLOW_MIN_LPM)
         u = fine_u
         shape = _inspiration_shape(u, cfg.double_hump)
         peak_t = t + ti * u[np.argmax(shape)]
@@ -248,10 +252,9 @@ def generate(cfg: SynthConfig | None = None, **overrides):
         text = "\n".join(rows) + "\n"
     truth["bad_lines"] = bad
     truth["config"] = dataclasses.asdict(cfg)
-    newline = "\r\n" if cfg.crlf else "\n"
-    content = (HEADER + "\n" + text)
+    content = HEADER + "\n" + text
     if cfg.crlf:
-        content = content.replace("\n", newline)
+        content = content.replace("\n", "\r\n")
     return content.encode("ascii"), truth
 
 
@@ -290,7 +293,7 @@ GOLDEN_FRACTION = 0.6180339887498949
 
 
 HARD_KINDS = ("leak", "weak expiration", "cardiogenic", "spikes", "double hump",
-              "pause under 10 s", "pause over 10 s", "fast")
+              "pause under 10 s", "pause over 10 s", "fast", "shallow breaths")
 
 
 def hard_config(seed: int) -> SynthConfig:
@@ -319,6 +322,8 @@ def hard_config(seed: int) -> SynthConfig:
         changes["rate_bpm"] = float(rng.uniform(40, 50))
         changes["amplitude_lpm"] = float(rng.uniform(15, 30))
         changes["apnea_gaps_s"] = base.apnea_gaps_s[:1]
+    if "shallow breaths" in kinds:
+        changes["shallow_fraction"] = float(rng.uniform(0.1, 0.3))
     changes["double_hump"] = changes.get("double_hump", False) and not any("pause" in k for k in kinds)
     return dataclasses.replace(base, **changes)
 

@@ -1,20 +1,1069 @@
-"""Sleep Lab Monitor UI (Streamlit). Talks only to the REST API at API_URL."""
-import os
+"""Sleep Lab Monitor UI (Streamlit): Patient Station, Monitoring Station and Patients tabs.
 
+The client talks only to the REST API at ``API_URL`` (``/api/v1`` routes, see
+docs/api-contract.md); it never touches the database. The recording analysis runs
+locally in the patient station with :mod:`cpap_measurements`.
+
+Run with ``streamlit run patient_streamlit.py``. Settings (environment variables):
+
+``API_URL``             base URL of the REST API (default ``http://127.0.0.1:5000``)
+``API_TIMEOUT_S``       seconds to wait for one API answer (default 5)
+``STALE_AFTER_MIN``     a room is marked stale after this many minutes without data (15)
+``PRESSURE_POLL_S``     how often a patient station asks for a commanded pressure (10, max 30)
+``MONITOR_REFRESH_S``   default refresh interval of the monitoring wall (10)
+
+User-supplied text (names) is never passed through ``unsafe_allow_html``; where it goes
+into Markdown it is escaped with :func:`md_escape` so it renders literally.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import hashlib
+import logging
+import math
+import os
+import string
+from datetime import datetime, timezone
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
 import requests
 import streamlit as st
 
-API_URL = os.environ.get("API_URL", "http://127.0.0.1:5000").rstrip("/")
+import cpap_measurements
+
+log = logging.getLogger("sleeplab.ui")
+
+ROOT = Path(__file__).resolve().parent
+SAMPLE_DIR = ROOT / "sample_data"
+SAMPLE_SUFFIXES = (".txt", ".csv")
+
+PRESSURE_MIN_CMH2O = 4
+PRESSURE_MAX_CMH2O = 25
+APNEA_ALERT_COUNT = 2           # apnea counts at or above this are shown in red
+MAX_ID = 2**53 - 1              # largest integer every JSON client reads exactly
+CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of this size
+ROOMS_TTL_S = 2                 # below the shortest refresh interval: one fetch per refresh
+PATIENTS_TTL_S = 5
+IMAGE_TTL_S = 3600              # images of a record never change
+PATIENTS_PAGE_SIZE = 100
+WALL_COLUMNS = 4
+REFRESH_CHOICES_S = {"5 s": 5, "10 s": 10, "15 s": 15, "30 s": 30, "Paused": None}
+UPLOAD_SOURCE, SAMPLE_SOURCE = "Upload a file", "Sample recording"
+HIGHLIGHT_CSS = "background-color: #fde8e8"
+WHOLE_COLUMNS = ("Room", "MRN", "Records", "Pressure (cmH2O)", "Apnea count", "Breaths")
+DECIMAL_COLUMNS = ("Breath rate (bpm)", "Duration (s)")
+
+
+def _env_number(name: str, default: float, low: float, high: float) -> float:
+    """A numeric setting from the environment, kept within [low, high]."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return min(max(value, low), high) if math.isfinite(value) else default
+
+
+def api_url() -> str:
+    """Base URL of the API, read on each run so a changed environment takes effect."""
+    return (os.environ.get("API_URL") or "http://127.0.0.1:5000").rstrip("/")
+
+
+API_TIMEOUT_S = _env_number("API_TIMEOUT_S", 5, 0.5, 60)
+STALE_AFTER_MIN = _env_number("STALE_AFTER_MIN", 15, 0, 24 * 60)
+PRESSURE_POLL_S = _env_number("PRESSURE_POLL_S", 10, 1, 30)
+MONITOR_REFRESH_S = _env_number("MONITOR_REFRESH_S", 10, 5, 30)
+
+
+# --- Text and time helpers --------------------------------------------------------------
+
+_MD_SPECIAL = set(string.punctuation)
+
+
+def md_escape(text: object) -> str:
+    """Escape every Markdown/HTML/LaTeX/directive character so ``text`` renders literally."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(text))
+
+
+def parse_time(iso: str | None) -> datetime | None:
+    if not iso:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def fmt_time(iso: str | None) -> str:
+    """An API time as local wall-clock time ``YYYY-MM-DD HH:MM:SS`` ('—' when missing)."""
+    moment = parse_time(iso)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def fmt_number(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def apnea_markdown(count) -> str:
+    """Apnea count for ``st.metric``/Markdown: red from APNEA_ALERT_COUNT on."""
+    if count is None:
+        return "—"
+    return f":red[{int(count)}]" if int(count) >= APNEA_ALERT_COUNT else str(int(count))
+
+
+# --- Input validation (each returns a value or a message naming the field) ----------
+
+def parse_positive_int(text: str, label: str) -> tuple[int | None, str | None]:
+    text = (text or "").strip()
+    if not text:
+        return None, None
+    try:
+        value = int(text)
+    except ValueError:
+        entered = md_escape(text)
+        return None, f"{label} must be a positive whole number (you entered “{entered}”)."
+    if not 1 <= value <= MAX_ID:
+        return None, f"{label} must be a positive whole number (you entered {value})."
+    return value, None
+
+
+def parse_pressure(text: str) -> tuple[int | None, str | None]:
+    """CPAP pressure in cmH2O: an integer 4–25; anything else is refused, never clamped."""
+    text = (text or "").strip()
+    if not text:
+        return None, None
+    rule = (f"CPAP pressure must be a whole number from {PRESSURE_MIN_CMH2O} to "
+            f"{PRESSURE_MAX_CMH2O} cmH2O")
+    try:
+        value = int(text)
+    except ValueError:
+        return None, f"{rule} (you entered “{md_escape(text)}”)."
+    if not PRESSURE_MIN_CMH2O <= value <= PRESSURE_MAX_CMH2O:
+        return None, f"{rule} (you entered {value})."
+    return value, None
+
+
+# --- REST API -------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """A failed API call, with a message a clinician can act on."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def api_call(method: str, path: str, **kwargs) -> requests.Response:
+    """One API request with a timeout; every failure becomes an :class:`ApiError`."""
+    base = kwargs.pop("base", None) or api_url()
+    try:
+        resp = requests.request(method, f"{base}{path}", timeout=API_TIMEOUT_S, **kwargs)
+    except requests.Timeout:
+        raise ApiError(f"The server at {base} did not answer within {API_TIMEOUT_S:g} s. "
+                       "Your entries are kept; try again in a moment.") from None
+    except requests.ConnectionError:
+        raise ApiError(f"Cannot reach the server at {base}. Check that it is running and "
+                       "the network is connected. Your entries are kept; try again.") from None
+    except requests.RequestException as exc:
+        raise ApiError(f"The request to the server failed ({type(exc).__name__}). "
+                       "Your entries are kept; try again.") from None
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("message") or resp.reason
+        except (ValueError, AttributeError):
+            message = resp.reason or "unexpected answer"
+        raise ApiError(f"The server refused the request ({resp.status_code}): "
+                       f"{md_escape(message)}",
+                       status=resp.status_code)
+    return resp
+
+
+def api_json(method: str, path: str, **kwargs) -> dict:
+    resp = api_call(method, path, **kwargs)
+    try:
+        return resp.json()
+    except ValueError:
+        raise ApiError(f"The server sent an answer that is not JSON for {path}.") from None
+
+
+@st.cache_data(ttl=ROOMS_TTL_S, show_spinner=False)
+def fetch_rooms(base: str) -> dict:
+    """All rooms with patient, latest record and latest command (one request)."""
+    return api_json("GET", "/api/v1/rooms", base=base)
+
+
+@st.cache_data(ttl=PATIENTS_TTL_S, show_spinner=False)
+def fetch_patients(base: str) -> list[dict]:
+    """Every patient with its latest record, following the pages."""
+    patients: list[dict] = []
+    page = 1
+    while True:
+        body = api_json("GET", "/api/v1/patients", base=base,
+                        params={"page": page, "per_page": PATIENTS_PAGE_SIZE})
+        batch = body.get("patients") or []
+        patients.extend(batch)
+        if not batch or len(patients) >= int(body.get("total") or 0):
+            return patients
+        page += 1
+
+
+@st.cache_data(ttl=PATIENTS_TTL_S, show_spinner=False)
+def fetch_patient(base: str, mrn: int) -> dict:
+    """One patient and all its records, newest first."""
+    return api_json("GET", f"/api/v1/patients/{mrn}", base=base)
+
+
+@st.cache_data(ttl=IMAGE_TTL_S, max_entries=64, show_spinner=False)
+def fetch_image(base: str, record_id: str) -> bytes:
+    return api_call("GET", f"/api/v1/records/{record_id}/image", base=base).content
+
+
+def fetch_latest_command(room: int) -> dict | None:
+    """Latest pressure command for a room (never cached: the bedside must see it)."""
+    try:
+        return api_json("GET", f"/api/v1/rooms/{room}/pressure")
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def clear_fetch_caches() -> None:
+    """After a change on the server, the next render must not show cached data."""
+    for fetch in (fetch_rooms, fetch_patients, fetch_patient):
+        fetch.clear()
+
+
+def refresh_monitor() -> None:
+    fetch_rooms.clear()
+    fetch_patient.clear()
+
+
+def refresh_patients() -> None:
+    fetch_patients.clear()
+    fetch_patient.clear()
+
+
+def post_patient(payload: dict) -> dict:
+    body = api_json("POST", "/api/v1/patients", json=payload)
+    clear_fetch_caches()
+    return body
+
+
+def put_pressure(room: int, pressure_cmh2o: int) -> dict:
+    body = api_json("PUT", f"/api/v1/rooms/{room}/pressure",
+                    json={"pressure_cmh2o": pressure_cmh2o, "source": "monitor"})
+    fetch_rooms.clear()
+    return body
+
+
+def post_applied(room: int, command_id: str) -> dict:
+    body = api_json("POST", f"/api/v1/rooms/{room}/pressure/{command_id}/applied")
+    fetch_rooms.clear()
+    return body
+
+
+# --- Analysis (local, cached by file hash) ----------------------------------------------
+
+def chart_frame(time_s: np.ndarray, flow_lpm: np.ndarray,
+                max_points: int = CHART_MAX_POINTS) -> pd.DataFrame:
+    """Flow for the zoomable chart: all points, or a min/max envelope of long recordings.
+
+    The envelope keeps each bucket's minimum and maximum so breaths and apnea gaps stay
+    visible while the browser gets a few thousand points instead of millions.
+    """
+    n = len(time_s)
+    if n <= max_points:
+        return pd.DataFrame({"time_s": time_s, "flow_lpm": flow_lpm})
+    bucket = math.ceil(n / (max_points // 2))
+    usable = (n // bucket) * bucket
+    t = time_s[:usable].reshape(-1, bucket)
+    f = flow_lpm[:usable].reshape(-1, bucket)
+    rows = np.arange(len(f))
+    i_min, i_max = f.argmin(axis=1), f.argmax(axis=1)
+    first_is_min = i_min <= i_max
+    i_a = np.where(first_is_min, i_min, i_max)
+    i_b = np.where(first_is_min, i_max, i_min)
+    times = np.column_stack([t[rows, i_a], t[rows, i_b]]).ravel()
+    flows = np.column_stack([f[rows, i_a], f[rows, i_b]]).ravel()
+    return pd.DataFrame({"time_s": times, "flow_lpm": flows})
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@st.cache_data(max_entries=16, show_spinner="Analysing the recording…")
+def analyse_recording(sha256: str, _data: bytes) -> dict:
+    """Analyse one recording once per content hash; errors are cached as a message too."""
+    try:
+        result = cpap_measurements.analyze(_data)
+        png = cpap_measurements.flow_plot_png(result)
+    except cpap_measurements.CpapFileError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - the page must show a message, not a traceback
+        log.exception("analysis failed for %s", sha256)
+        return {"error": f"the analysis failed unexpectedly ({type(exc).__name__}: {exc})"}
+    return {
+        "sha256": sha256,
+        "duration_s": float(result.duration),
+        "breaths": int(result.breaths),
+        "breath_rate_bpm": _finite_or_none(result.breath_rate_bpm),
+        "apnea_count": int(result.apnea_count),
+        "ahi": _finite_or_none(result.ahi),
+        "leakage_l": _finite_or_none(result.leakage),
+        "apnea_events": [(float(e.start), float(e.end)) for e in result.apnea_events],
+        "skipped_lines": [(int(s.line_number), str(s.reason)) for s in result.skipped_lines],
+        "plot_png": png,
+        "chart": chart_frame(np.asarray(result.time), np.asarray(result.flow_lpm)),
+    }
+
+
+def flow_chart(analysis: dict) -> alt.LayerChart:
+    """Zoomable (x axis) flow chart with apnea intervals shaded red."""
+    line = alt.Chart(analysis["chart"]).mark_line(strokeWidth=1).encode(
+        x=alt.X("time_s:Q", title="Time (s)", scale=alt.Scale(nice=False, zero=False)),
+        y=alt.Y("flow_lpm:Q", title="Flow (L/min)"),
+        tooltip=[alt.Tooltip("time_s:Q", format=".2f"), alt.Tooltip("flow_lpm:Q", format=".1f")],
+    )
+    events = pd.DataFrame(analysis["apnea_events"], columns=["start_s", "end_s"])
+    shading = alt.Chart(events).mark_rect(color="#d62728", opacity=0.18).encode(
+        x="start_s:Q", x2="end_s:Q")
+    return alt.layer(shading, line).interactive(bind_y=False).properties(height=260)
+
+
+# --- Session state --------------------------------------------------------------------
+
+def safe_callback(callback):
+    """Widget callbacks run outside the tabs' guard: turn a failure into a message too."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown as a message, never a traceback
+            log.exception("%s failed", callback.__name__)
+            st.session_state.ui_error = (
+                f"The last action hit an unexpected problem ({type(exc).__name__}). "
+                "Your entries are kept; check the server and try again.")
+    return wrapper
+
+
+PATIENT_DEFAULTS = {
+    "ps_name": "", "ps_mrn": "", "ps_room": "", "ps_pressure": "",
+    "ps_source": UPLOAD_SOURCE, "ps_sample": None,
+    "ps_locked": None,           # {"mrn", "room", "since"} after the first successful upload
+    "ps_analysis": None,         # analysis of the recording on screen (what Upload sends)
+    "ps_uploaded": [],           # (sha256, pressure) pairs already sent for this patient
+    "ps_message": None,          # (kind, text) result of the last Upload
+    "ps_notice": None,           # pressure change received from the monitoring station
+    "ps_command_id": None,       # id of the last command applied at this station
+    "ps_command_unmarked": False,  # applied locally, the server not yet told
+    "ps_link": None,             # (kind, text) status of the last poll
+    "ps_digests": {},            # file token -> sha256, so a file is hashed once
+}
+MONITOR_DEFAULTS = {
+    "mon_interval": (f"{MONITOR_REFRESH_S:g} s" if f"{MONITOR_REFRESH_S:g} s" in REFRESH_CHOICES_S
+                     else "10 s"),
+    "mon_confirm": None,         # {"room", "pressure"} awaiting confirmation
+    "mon_message": None,         # {"room", "kind", "text"} result of the last command
+}
+
+
+def init_session_state() -> None:
+    """Session-state defaults, set once per browser session."""
+    st.session_state.setdefault("ps_uploader_gen", 0)
+    for key, value in {**PATIENT_DEFAULTS, **MONITOR_DEFAULTS}.items():
+        if key not in st.session_state:
+            st.session_state[key] = copy.deepcopy(value)
+
+
+@safe_callback
+def reset_patient_station() -> None:
+    """Forget the patient: entries, recording, results, lock and pending notices."""
+    ss = st.session_state
+    for key, value in PATIENT_DEFAULTS.items():
+        ss[key] = copy.deepcopy(value)
+    ss.ps_uploader_gen += 1      # a new key empties the file uploader
+    ss.ps_message = ("info", "Station reset: ready for the next patient.")
+
+
+# --- Patient Station ------------------------------------------------------------------
+
+def _file_digest(token: str, read) -> str:
+    digests = st.session_state.ps_digests
+    if token not in digests:
+        digests[token] = hashlib.sha256(read()).hexdigest()
+    return digests[token]
+
+
+def selected_recording() -> tuple[str, bytes, str] | None:
+    """(file name, content, sha256) of the recording chosen on screen, if any."""
+    ss = st.session_state
+    if ss.ps_source == UPLOAD_SOURCE:
+        uploaded = ss.get(f"ps_file_{ss.ps_uploader_gen}")
+        if uploaded is None:
+            return None
+        data = uploaded.getvalue()
+        return uploaded.name, data, _file_digest(f"upload:{uploaded.file_id}", lambda: data)
+    if not ss.ps_sample:
+        return None
+    path = SAMPLE_DIR / ss.ps_sample
+    try:
+        data = path.read_bytes()
+        stat = path.stat()
+    except OSError as exc:
+        st.error(f"The sample {md_escape(ss.ps_sample)} cannot be read: {exc.strerror}.")
+        return None
+    token = f"sample:{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    return path.name, data, _file_digest(token, lambda: data)
+
+
+def sample_files() -> list[str]:
+    if not SAMPLE_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SAMPLE_DIR.iterdir()
+                  if p.is_file() and p.suffix.lower() in SAMPLE_SUFFIXES)
+
+
+def upload_payload() -> tuple[dict | None, str | None]:
+    """What Upload sends for the entries on screen, or why nothing can be sent."""
+    ss = st.session_state
+    locked = ss.ps_locked
+    mrn, mrn_error = (locked["mrn"], None) if locked else parse_positive_int(ss.ps_mrn, "MRN")
+    room, room_error = (locked["room"], None) if locked else parse_positive_int(ss.ps_room,
+                                                                                "Room number")
+    pressure, pressure_error = parse_pressure(ss.ps_pressure)
+    for error in (mrn_error, room_error, pressure_error):
+        if error:
+            return None, error
+    if mrn is None or room is None:
+        return None, "Enter the MRN and the room number first."
+    payload = {"mrn": mrn, "room": room}
+    name = ss.ps_name.strip()
+    if name:
+        payload["name"] = name
+    analysis = ss.ps_analysis
+    if pressure is not None and analysis is not None \
+            and (analysis["sha256"], pressure) not in ss.ps_uploaded:
+        payload.update({
+            "cpap_pressure_cmh2o": pressure,
+            "breath_rate_bpm": analysis["breath_rate_bpm"] or 0.0,
+            "apnea_count": analysis["apnea_count"],
+            "flow_image": base64.b64encode(analysis["plot_png"]).decode("ascii"),
+            "breaths": analysis["breaths"],
+            "duration_s": analysis["duration_s"],
+            "ahi": analysis["ahi"],
+            "leakage_l": analysis["leakage_l"],
+        })
+        payload = {k: v for k, v in payload.items() if v is not None}
+    return payload, None
+
+
+@safe_callback
+def do_upload() -> None:
+    """Upload button callback (runs before the rerun, so the page shows the new lock)."""
+    ss = st.session_state
+    payload, error = upload_payload()
+    if error:
+        ss.ps_message = ("error", f"Not uploaded: {error}")
+        return
+    try:
+        body = post_patient(payload)
+    except ApiError as exc:
+        ss.ps_message = ("error", f"Not uploaded. {exc.message}")
+        return
+    record = body.get("record")
+    patient = body.get("patient") or {}
+    if ss.ps_locked is None:
+        since = (record or {}).get("received_at") or patient.get("updated_at") or now_iso()
+        ss.ps_locked = {"mrn": payload["mrn"], "room": payload["room"], "since": since}
+    if record:
+        ss.ps_uploaded.append((ss.ps_analysis["sha256"], payload["cpap_pressure_cmh2o"]))
+        ss.ps_message = ("success", (
+            f"Uploaded at {fmt_time(record.get('received_at'))}: new record for MRN "
+            f"{payload['mrn']} in room {payload['room']} "
+            f"({payload['cpap_pressure_cmh2o']} cmH2O, "
+            f"{fmt_number(payload['breath_rate_bpm'])} bpm, "
+            f"{payload['apnea_count']} apnea events)."))
+    else:
+        analysis = ss.ps_analysis
+        pressure, _ = parse_pressure(ss.ps_pressure)
+        why = ""
+        if analysis is not None and pressure is not None:
+            why = " This recording was already uploaded with this pressure."
+        elif analysis is not None:
+            why = " Enter a CPAP pressure to send the recording's results."
+        ss.ps_message = ("success", f"Patient details saved for MRN {payload['mrn']} in room "
+                                    f"{payload['room']}.{why}")
+
+
+def poll_pressure_command() -> None:
+    """Ask the server for a pressure commanded for this room; apply and acknowledge it."""
+    ss = st.session_state
+    locked = ss.ps_locked
+    if locked is None:
+        return
+    room = locked["room"]
+    checked = datetime.now().strftime("%H:%M:%S")
+    try:
+        command = fetch_latest_command(room)
+        if command and command.get("id") == ss.ps_command_id and ss.ps_command_unmarked:
+            post_applied(room, command["id"])
+            ss.ps_command_unmarked = False
+        elif is_new_command(command, locked):
+            apply_command(room, command)
+            st.rerun()       # a fragment run: redraw the pressure field with the new value
+    except ApiError as exc:
+        ss.ps_link = ("warning", f"Pressure link: last check at {checked} failed. {exc.message}")
+        return
+    ss.ps_link = ("ok", f"Pressure link active for room {room}: checks every "
+                        f"{PRESSURE_POLL_S:g} s, last check {checked}.")
+
+
+def is_new_command(command: dict | None, locked: dict) -> bool:
+    """An unapplied command not seen yet, given since this patient's first upload.
+
+    Older commands were meant for an earlier stay (the server already hides other
+    patients' commands), so a re-admitted patient never gets a stale pressure.
+    """
+    if not command or command.get("applied") \
+            or command.get("id") == st.session_state.ps_command_id:
+        return False
+    commanded, since = parse_time(command.get("commanded_at")), parse_time(locked["since"])
+    return commanded is None or since is None or commanded >= since
+
+
+def apply_command(room: int, command: dict) -> None:
+    ss = st.session_state
+    pressure = int(command["pressure_cmh2o"])
+    ss.ps_pressure = str(pressure)
+    ss.ps_command_id = command["id"]
+    ss.ps_command_unmarked = True
+    ss.ps_notice = (f"The monitoring station set the CPAP pressure to {pressure} cmH2O "
+                    f"(commanded at {fmt_time(command.get('commanded_at'))}, applied at "
+                    f"{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}). "
+                    "The next upload uses this pressure.")
+    st.toast(f"New CPAP pressure: {pressure} cmH2O", icon=":material/air:")
+    try:
+        post_applied(room, command["id"])
+        ss.ps_command_unmarked = False
+    except ApiError:
+        pass                 # told again on the next poll
+
+
+def render_pressure_link() -> None:
+    """Live part of the patient station: polls for commands (before the pressure field)."""
+    if st.session_state.ps_locked is None:
+        st.caption("The pressure link to the monitoring station starts after the first "
+                   "upload.")
+        return
+
+    def show_link():
+        poll_pressure_command()
+        kind, text = st.session_state.ps_link or ("ok", "")
+        (st.warning if kind == "warning" else st.caption)(text)
+
+    @st.fragment(run_every=PRESSURE_POLL_S)
+    def pressure_link():
+        guarded(show_link)       # a fragment's own error must not escape as a traceback
+
+    pressure_link()
+
+
+def render_analysis(analysis: dict, file_name: str) -> None:
+    cols = st.columns(5)
+    cols[0].metric("Breath rate", f"{fmt_number(analysis['breath_rate_bpm'])} bpm")
+    cols[1].metric("Apnea count", apnea_markdown(analysis["apnea_count"]),
+                   help=f"Gaps of more than {cpap_measurements.APNEA_GAP_S:g} s between "
+                        f"breaths; red from {APNEA_ALERT_COUNT}.")
+    cols[2].metric("Breaths", analysis["breaths"])
+    cols[3].metric("Duration", f"{analysis['duration_s'] / 60:.1f} min")
+    cols[4].metric("Leakage", f"{fmt_number(analysis['leakage_l'], 2)} L")
+    skipped = analysis["skipped_lines"]
+    if skipped:
+        line, reason = skipped[0]
+        st.caption(f"{len(skipped)} unreadable line(s) skipped, e.g. line {line}: "
+                   f"{md_escape(reason)}")
+    st.caption(f"Flow of {md_escape(file_name)}: breath markers and apnea intervals")
+    st.image(analysis["plot_png"], width="stretch")
+    st.caption("Zoomable flow (scroll to zoom, drag to pan, double-click to reset)")
+    st.altair_chart(flow_chart(analysis), width="stretch")
+
+
+def render_patient_station() -> None:
+    ss = st.session_state
+    st.subheader("Patient Station")
+    render_pressure_link()
+    if ss.ps_notice:
+        st.info(ss.ps_notice, icon=":material/notifications_active:")
+
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        locked = ss.ps_locked is not None
+        st.text_input("Patient name", key="ps_name", placeholder="optional")
+        st.text_input("MRN (medical record number)", key="ps_mrn", disabled=locked)
+        _, mrn_error = parse_positive_int(ss.ps_mrn, "MRN")
+        if mrn_error and not locked:
+            st.error(mrn_error)
+        st.text_input("Room number", key="ps_room", disabled=locked)
+        _, room_error = parse_positive_int(ss.ps_room, "Room number")
+        if room_error and not locked:
+            st.error(room_error)
+        st.text_input(f"CPAP pressure (cmH2O, {PRESSURE_MIN_CMH2O}–{PRESSURE_MAX_CMH2O})",
+                      key="ps_pressure")
+        _, pressure_error = parse_pressure(ss.ps_pressure)
+        if pressure_error:
+            st.error(pressure_error)
+        if locked:
+            st.caption(f":material/lock: MRN {ss.ps_locked['mrn']} and room "
+                       f"{ss.ps_locked['room']} are locked for this patient. "
+                       "Press Reset for the next patient.")
+
+    with right:
+        st.radio("Recording", [UPLOAD_SOURCE, SAMPLE_SOURCE], key="ps_source",
+                 horizontal=True)
+        if ss.ps_source == UPLOAD_SOURCE:
+            st.file_uploader("CPAP recording (text file, 7 columns at 100 Hz)",
+                             key=f"ps_file_{ss.ps_uploader_gen}")
+        else:
+            samples = sample_files()
+            if not samples:
+                st.warning(f"No sample recordings found in {SAMPLE_DIR}.")
+            st.selectbox("Sample file", samples, key="ps_sample", index=None,
+                         placeholder="Choose a sample")
+
+    actions = st.container()         # Upload/Reset sit above the (long) analysis results
+    chosen = selected_recording()
+    ss.ps_analysis = None
+    if chosen is not None:
+        file_name, data, digest = chosen
+        analysis = analyse_recording(digest, data)
+        if "error" in analysis:
+            st.error(f"{md_escape(file_name)} cannot be analysed: "
+                     f"{md_escape(analysis['error'])}")
+        else:
+            ss.ps_analysis = analysis
+            render_analysis(analysis, file_name)
+
+    with actions:
+        render_upload_actions()
+
+
+def render_upload_actions() -> None:
+    ss = st.session_state
+    payload, error = upload_payload()
+    can_upload = payload is not None
+    buttons = st.columns([1, 1, 4], vertical_alignment="center")
+    buttons[0].button("Upload", key="ps_upload", type="primary", on_click=do_upload,
+                      disabled=not can_upload, icon=":material/cloud_upload:", width="stretch")
+    buttons[1].button("Reset", key="ps_reset", on_click=reset_patient_station,
+                      icon=":material/restart_alt:", width="stretch")
+    with buttons[2]:
+        if error:
+            st.caption(f"Upload is disabled: {error}")
+        elif "cpap_pressure_cmh2o" not in payload:
+            if ss.ps_analysis is not None and ss.ps_pressure.strip():
+                st.caption("This recording was already uploaded with this pressure; "
+                           "Upload sends the patient details only.")
+            elif ss.ps_analysis is not None:
+                st.caption("Enter a CPAP pressure to send the recording's results; "
+                           "without it only the patient details are sent.")
+            else:
+                st.caption("Load a recording and enter a pressure to send results; "
+                           "without them only the patient details are sent.")
+    if ss.ps_message:
+        kind, text = ss.ps_message
+        {"success": st.success, "error": st.error}.get(kind, st.info)(text)
+
+
+# --- Monitoring Station ---------------------------------------------------------------
+
+def is_stale(entry: dict, server_time: str | None) -> bool:
+    """True when the room has sent nothing (data or patient details) for STALE_AFTER_MIN.
+
+    Measured against the server's clock, so a client with a wrong clock still judges right.
+    """
+    moments = [parse_time((entry.get("latest") or {}).get("received_at")),
+               parse_time((entry.get("patient") or {}).get("since"))]
+    moments = [m for m in moments if m is not None]
+    reference = parse_time(server_time) or datetime.now(timezone.utc)
+    return not moments or (reference - max(moments)).total_seconds() > STALE_AFTER_MIN * 60
+
+
+def command_text(command: dict | None) -> str:
+    """Markdown status of a room's latest pressure command."""
+    if not command:
+        return "No pressure commanded."
+    text = (f"{command['pressure_cmh2o']} cmH2O commanded at "
+            f"{fmt_time(command.get('commanded_at'))} ")
+    if command.get("applied"):
+        applied = fmt_time(command.get("applied_at"))
+        return text + f":green-badge[:material/check: applied {applied}]"
+    return text + ":orange-badge[:material/hourglass_top: waiting for the bedside station]"
+
+
+def render_room_card(entry: dict, server_time: str | None) -> None:
+    patient = entry.get("patient") or {}
+    latest = entry.get("latest") or {}
+    command = entry.get("command")
+    badges = []
+    if is_stale(entry, server_time):
+        badges.append(f":orange-badge[:material/schedule: stale > {STALE_AFTER_MIN:g} min]")
+    if command and not command.get("applied"):
+        badges.append(f":blue-badge[pending {command['pressure_cmh2o']} cmH2O]")
+    with st.container(border=True):
+        st.markdown(f"**Room {entry['room']}** " + " ".join(badges))
+        st.caption(f"MRN {patient.get('mrn', '—')} · {md_escape(patient.get('name') or '—')}")
+        cols = st.columns(3)
+        cols[0].metric("cmH2O", fmt_number(latest.get("cpap_pressure_cmh2o")))
+        cols[1].metric("bpm", fmt_number(latest.get("breath_rate_bpm")))
+        cols[2].metric("apneas", apnea_markdown(latest.get("apnea_count")))
+        st.caption(f"Latest data {fmt_time(latest.get('received_at'))}")
+
+
+@safe_callback
+def ask_confirm(room: int) -> None:
+    ss = st.session_state
+    pressure, error = parse_pressure(ss.get(f"mon_pressure_{room}", ""))
+    if error or pressure is None:
+        ss.mon_message = {"room": room, "kind": "error",
+                          "text": error or "Enter the new CPAP pressure first."}
+        ss.mon_confirm = None
+        return
+    ss.mon_confirm = {"room": room, "pressure": pressure}
+    ss.mon_message = None
+
+
+@safe_callback
+def send_command(room: int, pressure: int) -> None:
+    ss = st.session_state
+    ss.mon_confirm = None
+    try:
+        command = put_pressure(room, pressure)
+    except ApiError as exc:
+        ss.mon_message = {"room": room, "kind": "error", "text": f"Not sent. {exc.message}"}
+        return
+    ss[f"mon_pressure_{room}"] = ""      # sent: an empty field cannot be sent twice by mistake
+    ss.mon_message = {"room": room, "kind": "success",
+                      "text": f"{pressure} cmH2O sent to room {room} at "
+                              f"{fmt_time(command.get('commanded_at'))}."}
+
+
+def cancel_command() -> None:
+    st.session_state.mon_confirm = None
+
+
+def render_pressure_command(entry: dict) -> None:
+    ss = st.session_state
+    room = entry["room"]
+    st.markdown("**CPAP pressure command**")
+    st.markdown(command_text(entry.get("command")))
+    cols = st.columns([2, 1])
+    cols[0].text_input(f"New pressure for room {room} (cmH2O, {PRESSURE_MIN_CMH2O}–"
+                       f"{PRESSURE_MAX_CMH2O})", key=f"mon_pressure_{room}")
+    cols[1].button("Send…", key=f"mon_send_{room}", on_click=ask_confirm, args=(room,),
+                   width="stretch")
+    confirm = ss.mon_confirm
+    if confirm and confirm["room"] == room:
+        st.warning(f"Set the CPAP pressure of room {room} to **{confirm['pressure']} cmH2O**?")
+        yes, no = st.columns(2)
+        yes.button("Confirm", key=f"mon_confirm_{room}", type="primary", on_click=send_command,
+                   args=(room, confirm["pressure"]), width="stretch")
+        no.button("Cancel", key=f"mon_cancel_{room}", on_click=cancel_command, width="stretch")
+    message = ss.mon_message
+    if message and message["room"] == room:
+        {"success": st.success, "error": st.error}[message["kind"]](message["text"])
+
+
+def record_label(record: dict) -> str:
+    return (f"{fmt_time(record.get('received_at'))} · {record.get('cpap_pressure_cmh2o')} "
+            f"cmH2O · {fmt_number(record.get('breath_rate_bpm'))} bpm · "
+            f"{record.get('apnea_count')} apneas")
+
+
+def render_record_image(base: str, record: dict, title: str, room: int, key: str) -> None:
+    st.markdown(f"**{title}** — {fmt_time(record.get('received_at'))}")
+    if not record.get("has_image"):
+        st.caption("No flow image with this record.")
+        return
+    try:
+        image = fetch_image(base, record["id"])
+    except ApiError as exc:
+        st.warning(f"The image cannot be loaded. {exc.message}")
+        return
+    st.image(image, width="stretch")
+    moment = parse_time(record.get("received_at"))
+    stamp = moment.astimezone().strftime("%Y%m%d-%H%M%S") if moment else record["id"]
+    st.download_button("Download image", image, key=key, mime="image/png",
+                       file_name=f"room{room}_mrn{record.get('mrn')}_{stamp}.png",
+                       icon=":material/download:", on_click="ignore")
+
+
+def trend_chart(records: list[dict]) -> alt.LayerChart:
+    frame = pd.DataFrame([{
+        "time": parse_time(r.get("received_at")).astimezone().replace(tzinfo=None),
+        "breath_rate_bpm": r.get("breath_rate_bpm"),
+        "apnea_count": r.get("apnea_count"),
+    } for r in records if parse_time(r.get("received_at"))])
+    span_s = (frame["time"].max() - frame["time"].min()).total_seconds() if len(frame) else 0
+    time_format = "%H:%M:%S" if span_s < 3600 else "%d %b %H:%M"
+    base = alt.Chart(frame).encode(x=alt.X("time:T", title="Record time",
+                                           axis=alt.Axis(format=time_format, labelAngle=0,
+                                                         labelOverlap=True)))
+    apneas = base.mark_bar(color="#d62728", opacity=0.45, size=12).encode(
+        y=alt.Y("apnea_count:Q", title="Apnea count", axis=alt.Axis(titleColor="#d62728")),
+        tooltip=["time:T", "apnea_count:Q"])
+    rate = base.mark_line(point=True, color="#1f77b4").encode(
+        y=alt.Y("breath_rate_bpm:Q", title="Breath rate (bpm)",
+                axis=alt.Axis(titleColor="#1f77b4")),
+        tooltip=["time:T", alt.Tooltip("breath_rate_bpm:Q", format=".1f")])
+    return alt.layer(apneas, rate).resolve_scale(y="independent").properties(height=240)
+
+
+def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
+    room = entry["room"]
+    patient = entry.get("patient") or {}
+    latest = entry.get("latest")
+    mrn = patient.get("mrn")
+    st.markdown(f"#### Room {room} — MRN {mrn if mrn is not None else '—'} · "
+                f"{md_escape(patient.get('name') or 'no name')}")
+    cols = st.columns([1, 1, 1, 1.4, 0.8])
+    cols[0].metric("Pressure", f"{fmt_number((latest or {}).get('cpap_pressure_cmh2o'))} cmH2O")
+    cols[1].metric("Breath rate", f"{fmt_number((latest or {}).get('breath_rate_bpm'))} bpm")
+    cols[2].metric("Apnea count", apnea_markdown((latest or {}).get("apnea_count")))
+    received = parse_time((latest or {}).get("received_at"))
+    cols[3].metric("Data time", received.astimezone().strftime("%d %b %H:%M:%S") if received
+                   else "—", help=fmt_time((latest or {}).get("received_at")))
+    cols[4].metric("Status", ":orange[stale]" if is_stale(entry, server_time) else "live")
+
+    records: list[dict] = []
+    if mrn is not None:
+        try:
+            records = fetch_patient(base, mrn).get("records") or []
+        except ApiError as exc:
+            st.warning(f"The history of MRN {mrn} cannot be loaded. {exc.message}")
+    if latest is None and records:
+        latest = records[0]
+
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        render_pressure_command(entry)
+    with right:
+        st.markdown("**Trend over this patient's records**")
+        if records:
+            st.altair_chart(trend_chart(records), width="stretch")
+        else:
+            st.caption("No records yet.")
+
+    if latest is None:
+        st.info("No CPAP data from this room yet.")
+        return
+    earlier = [r for r in records if r.get("id") != latest.get("id")]
+    labels = {r["id"]: record_label(r) for r in earlier}
+    picker, _ = st.columns([2, 3], gap="large")
+    chosen_id = picker.selectbox(
+        "Compare with an earlier record", list(labels), index=None,
+        key=f"mon_history_{room}_{mrn}", placeholder="Choose a date and time",
+        format_func=labels.__getitem__)
+    chosen = next((r for r in earlier if r["id"] == chosen_id), None)
+    image_cols = st.columns(2, gap="large")
+    with image_cols[0]:
+        render_record_image(base, latest, "Latest", room, key=f"mon_dl_latest_{room}")
+    with image_cols[1]:
+        if chosen is None:
+            st.caption("Choose an earlier record to show it beside the latest one."
+                       if earlier else "No earlier records for this patient.")
+        else:
+            render_record_image(base, chosen, "Earlier", room, key=f"mon_dl_earlier_{room}")
+
+
+def render_monitor_live() -> None:
+    base = api_url()
+    head = st.columns([4, 1], vertical_alignment="center")
+    head[1].button("Refresh now", key="mon_refresh", icon=":material/refresh:",
+                   on_click=refresh_monitor, width="stretch")
+    try:
+        body = fetch_rooms(base)
+    except ApiError as exc:
+        st.error(exc.message)
+        return
+    rooms = body.get("rooms") or []
+    server_time = body.get("server_time")
+    head[0].caption(f"{len(rooms)} room(s) · updated {fmt_time(server_time)}")
+    if not rooms:
+        st.info("No rooms yet: a patient station appears here after its first upload.")
+        return
+    for start in range(0, len(rooms), WALL_COLUMNS):
+        cols = st.columns(WALL_COLUMNS)
+        for col, entry in zip(cols, rooms[start:start + WALL_COLUMNS]):
+            with col:
+                render_room_card(entry, server_time)
+
+    by_room = {entry["room"]: entry for entry in rooms}
+    if st.session_state.get("mon_room") not in by_room:
+        st.session_state.mon_room = rooms[0]["room"]
+
+    def room_label(room: int) -> str:
+        patient = by_room[room].get("patient") or {}
+        return f"Room {room} — MRN {patient.get('mrn', '—')} {patient.get('name') or ''}"
+
+    st.divider()
+    st.selectbox("Room", list(by_room), key="mon_room", format_func=room_label)
+    with st.container(key=f"mon_detail_{st.session_state.mon_room}"):
+        render_room_detail(base, by_room[st.session_state.mon_room], server_time)
+
+
+def render_monitoring_station() -> None:
+    st.subheader("Monitoring Station")
+    cols = st.columns([1, 3])
+    cols[0].selectbox("Auto-refresh", list(REFRESH_CHOICES_S), key="mon_interval")
+    interval_s = REFRESH_CHOICES_S[st.session_state.mon_interval]
+    cols[1].caption(
+        (f"Refreshes every {interval_s} s" if interval_s else "Auto-refresh paused")
+        + f". Rooms without data for {STALE_AFTER_MIN:g} min are marked stale.")
+    @st.fragment(run_every=interval_s)
+    def monitor_live():
+        guarded(render_monitor_live)     # a fragment's own error must not escape
+
+    monitor_live()
+
+
+# --- Patients -------------------------------------------------------------------------
+
+def highlight_apnea_rows(frame: pd.DataFrame, column: str = "Apnea count"):
+    """Styler that shades every row whose apnea count is APNEA_ALERT_COUNT or more."""
+    frame = frame.copy()
+    formats = {}
+    for name in frame.columns:       # None -> NaN so missing numbers show as a dash
+        if name in WHOLE_COLUMNS or name in DECIMAL_COLUMNS:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+            formats[name] = "{:.0f}" if name in WHOLE_COLUMNS else "{:.1f}"
+
+    def row_style(row):
+        alert = pd.notna(row[column]) and row[column] >= APNEA_ALERT_COUNT
+        return [HIGHLIGHT_CSS if alert else ""] * len(row)
+    return frame.style.apply(row_style, axis=1).format(formats, na_rep="—")
+
+
+def patients_frame(patients: list[dict]) -> pd.DataFrame:
+    rows = []
+    for patient in patients:
+        latest = patient.get("latest") or {}
+        rows.append({
+            "Room": patient.get("room"), "MRN": patient.get("mrn"),
+            "Name": patient.get("name") or "",
+            "Records": patient.get("record_count", 0),
+            "Pressure (cmH2O)": latest.get("cpap_pressure_cmh2o"),
+            "Breath rate (bpm)": latest.get("breath_rate_bpm"),
+            "Apnea count": latest.get("apnea_count"),
+            "Latest data": fmt_time(latest.get("received_at")) if latest else "—",
+        })
+    columns = ["Room", "MRN", "Name", "Records", "Pressure (cmH2O)", "Breath rate (bpm)",
+               "Apnea count", "Latest data"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "Time": fmt_time(r.get("received_at")),
+        "Room": r.get("room"),
+        "Pressure (cmH2O)": r.get("cpap_pressure_cmh2o"),
+        "Breath rate (bpm)": r.get("breath_rate_bpm"),
+        "Apnea count": r.get("apnea_count"),
+        "Breaths": r.get("breaths"),
+        "Duration (s)": r.get("duration_s"),
+    } for r in records], columns=["Time", "Room", "Pressure (cmH2O)", "Breath rate (bpm)",
+                                  "Apnea count", "Breaths", "Duration (s)"])
+
+
+def render_patients() -> None:
+    base = api_url()
+    head = st.columns([4, 1], vertical_alignment="center")
+    head[0].subheader("Patients")
+    head[1].button("Refresh", key="pt_refresh", icon=":material/refresh:",
+                   on_click=refresh_patients, width="stretch")
+    try:
+        patients = fetch_patients(base)
+    except ApiError as exc:
+        st.error(exc.message)
+        return
+    if not patients:
+        st.info("No patients yet.")
+        return
+    frame = patients_frame(patients)
+    st.dataframe(highlight_apnea_rows(frame), hide_index=True, width="stretch", placeholder="—")
+    st.download_button("Download CSV", frame.to_csv(index=False).encode("utf-8"),
+                       file_name="patients.csv", mime="text/csv", key="pt_csv",
+                       icon=":material/download:", on_click="ignore")
+    st.caption(f"Rows with {APNEA_ALERT_COUNT} or more apnea events are highlighted. "
+               "Open a patient for the history.")
+    for patient in patients:
+        mrn = patient.get("mrn")
+        label = (f"Room {patient.get('room')} · MRN {mrn} · "
+                 f"{md_escape(patient.get('name') or 'no name')} "
+                 f"({patient.get('record_count', 0)} records)")
+        expander = st.expander(label, key=f"pt_open_{mrn}", on_change="rerun")
+        if not expander.open:
+            continue
+        with expander:
+            try:
+                records = fetch_patient(base, mrn).get("records") or []
+            except ApiError as exc:
+                st.warning(exc.message)
+                continue
+            if not records:
+                st.caption("No CPAP records yet.")
+                continue
+            st.dataframe(highlight_apnea_rows(records_frame(records)), hide_index=True,
+                         width="stretch", placeholder="—")
+            try:
+                csv = api_call("GET", f"/api/v1/patients/{mrn}/records.csv", base=base).content
+            except ApiError as exc:
+                st.caption(f"History CSV unavailable. {exc.message}")
+            else:
+                st.download_button("Download history CSV", csv, key=f"pt_csv_{mrn}",
+                                   file_name=f"mrn{mrn}_records.csv", mime="text/csv",
+                                   icon=":material/download:", on_click="ignore")
+
+
+# --- Page -----------------------------------------------------------------------------
+
+def guarded(render) -> None:
+    """Run one tab; an unexpected error becomes a message, never a traceback."""
+    try:
+        render()
+    except Exception as exc:  # noqa: BLE001
+        log.exception("%s failed", render.__name__)
+        st.error(f"This part of the page hit an unexpected problem ({type(exc).__name__}). "
+                 "Your entries are kept; reload the page or try again.")
 
 
 def main() -> None:
-    st.set_page_config(page_title="Sleep Lab Monitor", layout="wide")
+    st.set_page_config(page_title="Sleep Lab Monitor", page_icon=":material/bedtime:",
+                       layout="wide")
+    init_session_state()
     st.title("Sleep Lab Monitor")
-    try:
-        requests.get(f"{API_URL}/health", timeout=3).raise_for_status()
-        st.success("Server reachable")
-    except requests.RequestException:
-        st.error(f"The server at {API_URL} is not reachable.")
+    st.caption(f"Server: {api_url()}")
+    if st.session_state.get("ui_error"):
+        st.error(st.session_state.pop("ui_error"))
+    tabs = st.tabs(["Patient Station", "Monitoring Station", "Patients"])
+    for tab, render in zip(tabs, (render_patient_station, render_monitoring_station,
+                                  render_patients)):
+        with tab:
+            guarded(render)
 
 
 if __name__ == "__main__":

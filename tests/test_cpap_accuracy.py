@@ -13,7 +13,7 @@ import cpap_measurements as cm
 from cpap_synth import HARD_KINDS, generate, hard_config, plain_config
 
 N_PLAIN = 32
-N_HARD = 40  # five of each hard kind
+N_HARD = 45  # five of each of the nine hard kinds
 
 
 def run_set(make_config, n):

@@ -1,0 +1,262 @@
+"""End to end in a real browser: nx-27017 + API under gunicorn + ``streamlit run`` + chromium.
+
+Debian's ``chromium`` is driven by Python Playwright (``executable_path``; never
+``playwright install``). The test enters a patient, loads a sample recording, uploads,
+commands a pressure from the Monitoring Station and sees it arrive at the Patient Station.
+It saves docs/screenshots/{patient,monitor,patients}.png for the README.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+VIEWPORT = {"width": 1440, "height": 1000}
+POLL_S = 2          # the station's pressure poll in this test (production default 10 s)
+
+pytestmark = pytest.mark.browser
+
+sys.path.insert(0, str(ROOT))
+from local_mongo import free_port  # noqa: E402
+
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # reported by the test itself
+    PlaywrightTimeout = TimeoutError
+
+
+def wait_http(url: str, proc: subprocess.Popen, what: str, log: Path, timeout_s=45.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with code {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{what} not healthy at {url} after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def start(cmd, env, log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def stack(local_mongo, tmp_path):
+    """The real system: database over TCP, API under gunicorn, Streamlit; yields URLs."""
+    env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"))
+    api_port, ui_port = free_port(), free_port()
+    api_log, ui_log = tmp_path / "api.log", tmp_path / "ui.log"
+    api = start([str(BIN / "gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{api_port}",
+                 "server:create_app()"], env, api_log)
+    procs = [api]
+    try:
+        api_url = f"http://127.0.0.1:{api_port}"
+        wait_http(f"{api_url}/health", api, "API", api_log)
+        ui_env = dict(env, API_URL=api_url, PRESSURE_POLL_S=str(POLL_S))
+        ui = start([str(BIN / "streamlit"), "run", "patient_streamlit.py",
+                    "--server.address", "127.0.0.1", "--server.port", str(ui_port),
+                    "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                   ui_env, ui_log)
+        procs.append(ui)
+        ui_url = f"http://127.0.0.1:{ui_port}"
+        wait_http(f"{ui_url}/_stcore/health", ui, "Streamlit", ui_log)
+        yield {"api": api_url, "ui": ui_url}
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def seed_other_rooms(api_url: str) -> None:
+    """Two more rooms so the wall looks like a ward; one patient with a hostile name."""
+    import cpap_measurements
+
+    def upload(mrn, room, name, sample, pressure):
+        result = cpap_measurements.analyze(ROOT / "sample_data" / sample)
+        body = {"mrn": mrn, "room": room, "name": name, "cpap_pressure_cmh2o": pressure,
+                "breath_rate_bpm": result.breath_rate_bpm, "apnea_count": result.apnea_count,
+                "flow_image": base64.b64encode(cpap_measurements.flow_plot_png(result)).decode()}
+        requests.post(f"{api_url}/api/v1/patients", json=body, timeout=10).raise_for_status()
+
+    upload(101, 1, "Grace Hopper", "normal_15bpm.txt", 8)
+    upload(101, 1, "Grace Hopper", "apnea_4.txt", 9)
+    upload(102, 2, "<script>alert(1)</script>", "fast_28bpm.txt", 11)
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its own container, so grow the viewport."""
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], "
+        "[data-testid=\"stAppViewContainer\"], section.main, body')]"
+        ".map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, 900), 4000)})
+    idle(page)
+    page.wait_for_timeout(300)       # charts finish their layout
+    page.screenshot(path=str(SHOTS / name))
+    page.set_viewport_size(VIEWPORT)
+
+
+def idle(page) -> None:
+    page.wait_for_selector(IDLE, timeout=30_000)
+
+
+def commit(locator, value: str) -> None:
+    """Type into a Streamlit text input and commit it (Enter), like a user."""
+    locator.fill(value)
+    locator.press("Enter")
+
+
+def choose(page, label: str, option) -> None:
+    """Pick ``option`` in a selectbox; retried once if an auto-refresh closed the list."""
+    for attempt in range(2):
+        idle(page)
+        page.get_by_role("combobox", name=label, exact=True).click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            if attempt:
+                raise
+
+
+def test_patient_to_monitor_and_back(stack):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package "
+                    "(apt-get install chromium; ./test.sh does it when run as root)")
+    from playwright.sync_api import expect, sync_playwright
+
+    assert (ROOT / "sample_data" / "apnea_4.txt").exists(), "sample_data/apnea_4.txt missing"
+    seed_other_rooms(stack["api"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    dialogs: list[str] = []
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(stack["ui"])
+            idle(page)
+            expect(page.get_by_role("tab", name="Patient Station")).to_be_visible()
+            station = page.get_by_role("tabpanel", name="Patient Station")
+
+            # Bedside: a new patient and a sample recording.
+            commit(station.get_by_label("Patient name"), "Ada Lovelace")
+            commit(station.get_by_label("MRN (medical record number)"), "4711")
+            commit(station.get_by_label("Room number"), "3")
+            commit(station.get_by_label("CPAP pressure (cmH2O, 4–25)"), "10")
+            idle(page)
+            station.get_by_text("Sample recording", exact=True).click()
+            idle(page)
+            choose(page, "Sample file", "apnea_4.txt")
+            expect(station.get_by_text("Breath rate", exact=True)).to_be_visible(timeout=60_000)
+            idle(page)
+            apnea = station.get_by_test_id("stMetric").filter(has_text="Apnea count") \
+                .get_by_test_id("stMetricValue")
+            expect(apnea).to_have_text("4")
+            red, green, blue = apnea.evaluate(
+                "e => getComputedStyle(e.querySelector('span') || e).color"
+                ".match(/\\d+/g).slice(0, 3).map(Number)")
+            assert red > green + 60 and red > blue + 60, f"apnea count not red: {red, green, blue}"
+            station.get_by_role("button", name="Upload").click()
+            expect(station.get_by_text("Uploaded at")).to_be_visible(timeout=20_000)
+            expect(station.get_by_label("MRN (medical record number)")).to_be_disabled()
+            expect(station.get_by_text("Pressure link active for room 3")).to_be_visible(
+                timeout=20_000)
+
+            # Monitoring Station: the new room on the wall, command 14 cmH2O with confirmation.
+            page.get_by_role("tab", name="Monitoring Station").click()
+            monitor = page.get_by_role("tabpanel", name="Monitoring Station")
+            monitor.get_by_role("button", name="Refresh now").click()
+            idle(page)
+            expect(monitor.get_by_text("Room 3", exact=True)).to_be_visible(timeout=20_000)
+            expect(monitor.get_by_text("MRN 102 · <script>alert(1)</script>")).to_be_visible()
+            choose(page, "Room", "Room 3 — MRN 4711 Ada Lovelace")
+            expect(monitor.get_by_text("Room 3 — MRN 4711 · Ada Lovelace")).to_be_visible(
+                timeout=20_000)
+            commit(monitor.get_by_label("New pressure for room 3 (cmH2O, 4–25)"), "14")
+            idle(page)
+            monitor.get_by_role("button", name="Send…").click()
+            monitor.get_by_role("button", name="Confirm").click()
+            expect(monitor.get_by_text("14 cmH2O sent to room 3")).to_be_visible(timeout=20_000)
+            command = requests.get(f"{stack['api']}/api/v1/rooms/3/pressure", timeout=5).json()
+            assert command["pressure_cmh2o"] == 14
+
+            # Back at the bedside: the poll brings the new pressure within a few seconds.
+            page.get_by_role("tab", name="Patient Station").click()
+            expect(station.get_by_text("set the CPAP pressure to 14 cmH2O")).to_be_visible(
+                timeout=(POLL_S + 15) * 1000)
+            expect(station.get_by_label("CPAP pressure (cmH2O, 4–25)")).to_have_value("14")
+            deadline = time.monotonic() + 15
+            while not requests.get(f"{stack['api']}/api/v1/rooms/3/pressure",
+                                   timeout=5).json()["applied"]:
+                assert time.monotonic() < deadline, "the station never marked the command applied"
+                time.sleep(0.3)
+            # The next upload carries the commanded pressure (a new record in the history).
+            station.get_by_role("button", name="Upload").click()
+            expect(station.get_by_text("(14 cmH2O,")).to_be_visible(timeout=20_000)
+            records = requests.get(f"{stack['api']}/api/v1/patients/4711", timeout=5).json()
+            assert [r["cpap_pressure_cmh2o"] for r in records["records"]] == [14, 10]
+            screenshot(page, "patient.png")
+
+            # The monitor shows the command applied; compare the latest with the first record.
+            page.get_by_role("tab", name="Monitoring Station").click()
+            monitor.get_by_role("button", name="Refresh now").click()
+            idle(page)
+            expect(monitor.get_by_text("applied", exact=False).first).to_be_visible(
+                timeout=20_000)
+            choose(page, "Compare with an earlier record",
+                   re.compile(r" · 10 cmH2O · "))
+            expect(monitor.get_by_text("Earlier", exact=False).first).to_be_visible(
+                timeout=20_000)
+            expect(monitor.get_by_role("button", name="Download image")).to_have_count(2)
+            screenshot(page, "monitor.png")
+
+            page.get_by_role("tab", name="Patients").click()
+            patients = page.get_by_role("tabpanel", name="Patients")
+            patients.get_by_role("button", name="Refresh").click()
+            idle(page)
+            expect(patients.get_by_text("Room 3 · MRN 4711 · Ada Lovelace (2 records)")
+                   ).to_be_visible(timeout=20_000)
+            patients.get_by_text("Room 1 · MRN 101 · Grace Hopper (2 records)").click()
+            screenshot(page, "patients.png")
+        except Exception:
+            page.screenshot(path=str(Path(os.environ.get("BROWSER_FAILSHOT", "/tmp")) /
+                                     "browser-failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert dialogs == [], f"a script in a patient name ran: {dialogs}"

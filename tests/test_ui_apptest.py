@@ -1,0 +1,546 @@
+"""Streamlit client (patient_streamlit.py) with AppTest against the real API over HTTP.
+
+Every test serves the real Flask app (``server.create_app`` on a fresh mongomock
+database) from a thread on a free port and points ``API_URL`` at it; the script talks
+to it with ``requests`` exactly as in production. Recordings come from ``sample_data/``
+(through the picker and through the file uploader), each with its known truth.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+from pathlib import Path
+
+import mongomock
+import pytest
+import requests
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import patient_streamlit as ui  # noqa: E402
+from server import create_app  # noqa: E402
+from ui_support import closed_port_url, serve_api  # noqa: E402
+
+SCRIPT = str(ROOT / "patient_streamlit.py")
+SAMPLE_DIR = ROOT / "sample_data"
+SAMPLES = sorted(p.name for p in SAMPLE_DIR.glob("*.txt"))
+
+
+# --- fixtures -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recordings():
+    """sample_data/ recordings with their true metrics (written by cpap_synth, not the UI)."""
+    out = {}
+    for key, name in (("calm", "normal_15bpm"), ("apneic", "apnea_4"), ("one", "apnea_1")):
+        out[key] = (SAMPLE_DIR / f"{name}.txt").read_bytes()
+        out[f"{key}_truth"] = json.loads((SAMPLE_DIR / f"{name}.truth.json").read_text())
+    assert (out["calm_truth"]["apnea_count"], out["one_truth"]["apnea_count"],
+            out["apneic_truth"]["apnea_count"]) == (0, 1, 4)
+    return out
+
+
+@pytest.fixture
+def api(monkeypatch):
+    """Base URL of the real API on a fresh database; API_URL points at it."""
+    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+    with serve_api(app) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        yield url
+
+
+@pytest.fixture
+def at(api):
+    app = AppTest.from_file(SCRIPT, default_timeout=30)
+    app.run()
+    assert not app.exception
+    return app
+
+
+def png_bytes(color="red") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def api_upload(url, mrn, room, name=None, pressure=10, rate=14.0, apneas=0, image=True):
+    body = {"mrn": mrn, "room": room, "cpap_pressure_cmh2o": pressure,
+            "breath_rate_bpm": rate, "apnea_count": apneas}
+    if name:
+        body["name"] = name
+    if image:
+        body["flow_image"] = base64.b64encode(png_bytes()).decode()
+    resp = requests.post(f"{url}/api/v1/patients", json=body, timeout=5)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+def station(at):
+    return at.tabs[0]
+
+
+def monitor(at):
+    return at.tabs[1]
+
+
+def patients_tab(at):
+    return at.tabs[2]
+
+
+def metric_values(block, label) -> list[str]:
+    return [m.value for m in block.metric if m.label == label]
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def enter_patient(at, name="Ada", mrn="12", room="3", pressure="10"):
+    at.text_input(key="ps_name").input(name)
+    at.text_input(key="ps_mrn").input(mrn)
+    at.text_input(key="ps_room").input(room)
+    at.text_input(key="ps_pressure").input(pressure)
+
+
+def load_file(at, content: bytes, name="night.txt"):
+    at.file_uploader[0].set_value((name, content, "text/plain"))
+
+
+def run(at):
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def click(at, key):
+    at.button(key=key).click()
+    return run(at)
+
+
+def patient(url, mrn):
+    return requests.get(f"{url}/api/v1/patients/{mrn}", timeout=5).json()
+
+
+# --- Patient Station ------------------------------------------------------------------
+
+def test_pressure_outside_4_to_25_is_refused_not_clamped(at):
+    enter_patient(at)
+    for value in ["3", "26", "12.5", "ten", "-5", "1e1"]:
+        at.text_input(key="ps_pressure").input(value)
+        run(at)
+        assert any("whole number from 4 to 25 cmH2O" in e for e in texts(at.error)), value
+        assert at.text_input(key="ps_pressure").value == value        # not clamped
+        assert at.button(key="ps_upload").disabled, value
+
+
+def test_pressure_within_range_is_accepted(at):
+    enter_patient(at)
+    for value in ["4", "25", " 12 "]:
+        at.text_input(key="ps_pressure").input(value)
+        run(at)
+        assert not at.error, value
+        assert not at.button(key="ps_upload").disabled, value
+
+
+@pytest.mark.parametrize("field,label", [("ps_mrn", "MRN"), ("ps_room", "Room number")])
+def test_mrn_and_room_must_be_positive_integers(at, field, label):
+    enter_patient(at)
+    for value in ["0", "-2", "abc", "1.5", str(2**60)]:
+        at.text_input(key=field).input(value)
+        run(at)
+        assert f"{label} must be a positive whole number" in " ".join(texts(at.error)), value
+        assert at.button(key="ps_upload").disabled, value
+
+
+def test_chart_frame_keeps_each_buckets_extremes():
+    import numpy as np
+    time_s = np.arange(100_000) / 100.0
+    flow = np.sin(time_s)
+    flow[54_321] = 99.0                                      # one spike must survive
+    frame = ui.chart_frame(time_s, flow, max_points=1000)
+    assert len(frame) <= 1000 and frame["flow_lpm"].max() == 99.0
+    assert frame["flow_lpm"].min() == flow.min()
+    assert frame["time_s"].is_monotonic_increasing
+    small = ui.chart_frame(time_s[:500], flow[:500], max_points=1000)
+    assert len(small) == 500
+
+
+def test_upload_enabled_only_with_mrn_and_room(at):
+    assert at.button(key="ps_upload").disabled
+    at.text_input(key="ps_mrn").input("12")
+    run(at)
+    assert at.button(key="ps_upload").disabled
+    at.text_input(key="ps_room").input("3")
+    run(at)
+    assert not at.button(key="ps_upload").disabled
+
+
+def test_apnea_count_red_from_two_normal_below(at, recordings):
+    load_file(at, recordings["apneic"])
+    run(at)
+    assert metric_values(station(at), "Apnea count") == [":red[4]"]
+    load_file(at, recordings["calm"], name="calm.txt")
+    run(at)
+    assert metric_values(station(at), "Apnea count") == ["0"]
+    assert ui.apnea_markdown(1) == "1" and ui.apnea_markdown(2) == ":red[2]"
+
+
+def test_analysis_shows_metrics_plot_and_zoomable_chart(at, recordings):
+    load_file(at, recordings["apneic"])
+    run(at)
+    metrics = {m.label: m.value for m in station(at).metric}
+    truth = recordings["apneic_truth"]
+    assert metrics["Breath rate"] == f"{truth['breath_rate_bpm']:.1f} bpm"
+    assert metrics["Breaths"] == str(truth["breaths"])
+    assert len(at.image) == 1                       # the flow plot PNG
+    charts = at.get("vega_lite_chart")
+    assert charts, "the zoomable flow chart is missing"
+
+
+def test_sample_picker_analyses_a_sample(at, recordings):
+    at.radio(key="ps_source").set_value(ui.SAMPLE_SOURCE)
+    run(at)
+    assert at.selectbox(key="ps_sample").options == SAMPLES      # .txt only, no truth files
+    at.selectbox(key="ps_sample").set_value("apnea_1.txt")
+    run(at)
+    metrics = {m.label: m.value for m in station(at).metric}
+    assert metrics["Apnea count"] == "1"                           # normal colour at 1
+    assert metrics["Breath rate"] == f"{recordings['one_truth']['breath_rate_bpm']:.1f} bpm"
+
+
+def test_unusable_file_gives_a_clinician_message(at):
+    enter_patient(at)
+    load_file(at, b"this is not a CPAP recording\n", name="notes.txt")
+    run(at)
+    message = " ".join(texts(at.error))
+    assert "notes\\.txt cannot be analysed" in message
+    assert not metric_values(station(at), "Apnea count")
+
+
+def test_upload_locks_mrn_and_room_and_keeps_entries(at, api, recordings):
+    enter_patient(at, name="Ada", mrn="12", room="3", pressure="10")
+    load_file(at, recordings["apneic"])
+    run(at)
+    click(at, "ps_upload")
+    assert at.text_input(key="ps_mrn").disabled and at.text_input(key="ps_room").disabled
+    assert at.text_input(key="ps_mrn").value == "12" and at.text_input(key="ps_room").value == "3"
+    assert at.text_input(key="ps_name").value == "Ada"
+    assert at.text_input(key="ps_pressure").value == "10"
+    assert any("Uploaded at" in s for s in texts(at.success))
+    stored = patient(api, 12)
+    assert stored["patient"]["name"] == "Ada" and stored["patient"]["room"] == 3
+    (record,) = stored["records"]
+    assert record["cpap_pressure_cmh2o"] == 10
+    assert record["apnea_count"] == recordings["apneic_truth"]["apnea_count"]
+    assert record["has_image"]
+    image = requests.get(f"{api}/api/v1/records/{record['id']}/image", timeout=5)
+    assert image.content.startswith(b"\x89PNG")
+
+
+def test_reupload_replaces_name_and_appends_history(at, api, recordings):
+    enter_patient(at, name="Ada", pressure="10")
+    load_file(at, recordings["apneic"])
+    run(at)
+    click(at, "ps_upload")
+    click(at, "ps_upload")              # same file, same pressure: no duplicate record
+    assert len(patient(api, 12)["records"]) == 1
+    at.text_input(key="ps_name").input("Ada Lovelace")
+    at.text_input(key="ps_pressure").input("11")
+    load_file(at, recordings["calm"], name="second.txt")
+    run(at)
+    click(at, "ps_upload")
+    stored = patient(api, 12)
+    assert stored["patient"]["name"] == "Ada Lovelace"
+    assert [r["cpap_pressure_cmh2o"] for r in stored["records"]] == [11, 10]  # newest first
+    assert [r["apnea_count"] for r in stored["records"]] == [0, 4]
+
+
+def test_upload_without_pressure_sends_patient_only(at, api, recordings):
+    enter_patient(at, pressure="")
+    load_file(at, recordings["calm"])
+    run(at)
+    click(at, "ps_upload")
+    stored = patient(api, 12)
+    assert stored["patient"]["mrn"] == 12 and stored["records"] == []
+    assert any("Enter a CPAP pressure" in s for s in texts(at.success))
+
+
+def test_reset_clears_everything_unlocks_and_sends_nothing_old(at, api, recordings):
+    enter_patient(at, name="Ada", pressure="10")
+    load_file(at, recordings["apneic"])
+    run(at)
+    click(at, "ps_upload")
+    click(at, "ps_reset")
+    for key in ("ps_name", "ps_mrn", "ps_room", "ps_pressure"):
+        assert at.text_input(key=key).value == ""
+        assert not at.text_input(key=key).disabled
+    assert not metric_values(station(at), "Apnea count")
+    assert at.file_uploader[0].value is None
+    # The next patient gets nothing of the previous one, even with a pressure entered.
+    enter_patient(at, name="Bob", mrn="13", room="4", pressure="9")
+    run(at)
+    click(at, "ps_upload")
+    stored = patient(api, 13)
+    assert stored["patient"]["name"] == "Bob" and stored["records"] == []
+    assert len(patient(api, 12)["records"]) == 1
+
+
+def test_pressure_command_reaches_patient_station_on_next_poll(at, api, recordings):
+    enter_patient(at, pressure="10")
+    load_file(at, recordings["calm"])
+    run(at)
+    click(at, "ps_upload")
+    # The monitoring station (same app, Monitoring tab) commands 14 cmH2O for room 3.
+    at.text_input(key="mon_pressure_3").input("14")
+    click(at, "mon_send_3")
+    assert requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).status_code == 404
+    click(at, "mon_confirm_3")
+    command = requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()
+    # The station applied it in the same run (its poll runs first) or does on the next one.
+    run(at)
+    assert at.text_input(key="ps_pressure").value == "14"
+    notice = " ".join(texts(at.info))
+    assert "set the CPAP pressure to 14 cmH2O" in notice and "applied at" in notice
+    command = requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()
+    assert command["applied"] is True and command["applied_at"]
+    # The monitor shows the applied status.
+    at.button(key="mon_refresh").click()
+    run(at)
+    assert any("applied" in m for m in texts(at.markdown) if "14 cmH2O commanded" in m)
+    # Later uploads use the commanded pressure.
+    load_file(at, recordings["apneic"], name="later.txt")
+    run(at)
+    click(at, "ps_upload")
+    assert patient(api, 12)["records"][0]["cpap_pressure_cmh2o"] == 14
+
+
+def test_command_from_before_this_patient_is_ignored(at, api):
+    api_upload(api, mrn=5, room=3, name="Previous patient")
+    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 20}, timeout=5)
+    enter_patient(at, pressure="10")
+    run(at)
+    click(at, "ps_upload")
+    run(at)
+    assert at.text_input(key="ps_pressure").value == "10"
+    assert not any("monitoring station set" in i for i in texts(station(at).info))
+
+
+# --- Monitoring Station ---------------------------------------------------------------
+
+def test_monitor_command_validates_and_needs_confirmation(at, api):
+    api_upload(api, mrn=12, room=3, name="Ada")
+    click(at, "mon_refresh")
+    at.text_input(key="mon_pressure_3").input("30")
+    click(at, "mon_send_3")
+    assert any("whole number from 4 to 25" in e for e in texts(at.error))
+    at.text_input(key="mon_pressure_3").input("12")
+    click(at, "mon_send_3")
+    assert any("to **12 cmH2O**?" in w for w in texts(at.warning))
+    click(at, "mon_cancel_3")
+    assert requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).status_code == 404
+    click(at, "mon_send_3")
+    click(at, "mon_confirm_3")
+    assert requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()["pressure_cmh2o"] == 12
+    assert at.text_input(key="mon_pressure_3").value == ""
+    (card,) = [m for m in texts(monitor(at).markdown) if m.startswith("**Room 3**")]
+    assert "pending 12 cmH2O" in card                    # the wall shows the pending command
+    assert any("waiting for the bedside station" in m for m in texts(at.markdown))
+
+
+def test_room_list_refreshes_from_server(at, api):
+    assert any("No rooms yet" in i for i in texts(at.info))
+    api_upload(api, mrn=12, room=3, name="Ada", apneas=2)
+    click(at, "mon_refresh")
+    assert at.selectbox(key="mon_room").options == ["Room 3 — MRN 12 Ada"]
+    api_upload(api, mrn=40, room=7, name="Grace")
+    click(at, "mon_refresh")
+    assert at.selectbox(key="mon_room").options == ["Room 3 — MRN 12 Ada",
+                                                     "Room 7 — MRN 40 Grace"]
+    wall = metric_values(monitor(at), "apneas")
+    assert wall == [":red[2]", "0"]
+
+
+def test_stale_marker_follows_setting(at, api, monkeypatch):
+    api_upload(api, mrn=12, room=3)
+    click(at, "mon_refresh")
+    assert not any("stale" in m for m in texts(at.markdown))
+    monkeypatch.setenv("STALE_AFTER_MIN", "0")
+    click(at, "mon_refresh")
+    assert any("stale" in m for m in texts(at.markdown) if m.startswith("**Room 3**"))
+
+
+def test_history_selection_shows_earlier_image_beside_latest(at, api):
+    first = api_upload(api, mrn=12, room=3, name="Ada", pressure=8, apneas=1)["record"]
+    api_upload(api, mrn=12, room=3, pressure=9, apneas=2)
+    latest = api_upload(api, mrn=12, room=3, pressure=10, apneas=0)["record"]
+    click(at, "mon_refresh")
+    history = at.selectbox(key="mon_history_3_12")
+    assert len(history.options) == 2                      # the two earlier records
+    assert any(b.key == "mon_dl_latest_3" for b in at.get("download_button"))
+    assert not any(b.key == "mon_dl_earlier_3" for b in at.get("download_button"))
+    history.set_value(first["id"])
+    run(at)
+    headings = [m for m in texts(at.markdown) if m.startswith(("**Latest**", "**Earlier**"))]
+    assert headings == [f"**Latest** — {ui.fmt_time(latest['received_at'])}",
+                        f"**Earlier** — {ui.fmt_time(first['received_at'])}"]
+    assert {b.key for b in at.get("download_button")} >= {"mon_dl_latest_3", "mon_dl_earlier_3"}
+    assert len(at.image) == 2
+    assert at.get("vega_lite_chart"), "trend chart missing"
+
+
+def test_switching_rooms_replaces_the_detail(at, api):
+    api_upload(api, mrn=12, room=3, name="Ada", apneas=3)
+    api_upload(api, mrn=40, room=7, name="Grace", apneas=0)
+    click(at, "mon_refresh")
+    at.text_input(key="mon_pressure_3").input("12")
+    click(at, "mon_send_3")
+    at.selectbox(key="mon_room").set_value(7)
+    run(at)
+    headers = [m for m in texts(at.markdown) if m.startswith("#### Room")]
+    assert headers == ["#### Room 7 — MRN 40 · Grace"]
+    assert metric_values(monitor(at), "Apnea count") == ["0"]
+    assert not any("Set the CPAP pressure of room" in w for w in texts(at.warning))
+    assert not any(w.key == "mon_pressure_3" for w in at.text_input)
+
+
+def test_refresh_interval_selectable_and_pausable(at):
+    assert at.selectbox(key="mon_interval").options == list(ui.REFRESH_CHOICES_S)
+    at.selectbox(key="mon_interval").set_value("Paused")
+    run(at)
+    assert any("Auto-refresh paused" in c for c in texts(at.caption))
+    at.selectbox(key="mon_interval").set_value("30 s")
+    run(at)
+    assert any("Refreshes every 30 s" in c for c in texts(at.caption))
+
+
+# --- Patients -------------------------------------------------------------------------
+
+def test_patients_table_history_and_highlight(at, api):
+    api_upload(api, mrn=12, room=3, name="Ada", apneas=2)
+    api_upload(api, mrn=12, room=3, apneas=0)
+    api_upload(api, mrn=40, room=7, name="Grace", apneas=4)
+    click(at, "pt_refresh")
+    table = at.dataframe[-1].value
+    assert list(table["MRN"]) == [12, 40] and list(table["Records"]) == [2, 1]
+    assert list(table["Apnea count"]) == [0, 4]
+    assert any(b.key == "pt_csv" for b in at.get("download_button"))
+    styles = ui.highlight_apnea_rows(ui.patients_frame(
+        requests.get(f"{api}/api/v1/patients", timeout=5).json()["patients"]))
+    styled = styles._compute().ctx
+    assert ("background-color", "#fde8e8") not in styled.get((0, 0), [])
+    assert ("background-color", "#fde8e8") in styled[(1, 0)]
+    at.session_state["pt_open_12"] = True                  # expand Ada's history
+    run(at)
+    history = at.dataframe[-1].value
+    assert list(history["Apnea count"]) == [0, 2]
+    (csv_button,) = [b for b in at.get("download_button") if b.key == "pt_csv_12"]
+
+
+def test_patients_csv_matches_table(api):
+    api_upload(api, mrn=12, room=3, name="Ada, \"Jr\"", apneas=2)
+    frame = ui.patients_frame(requests.get(f"{api}/api/v1/patients", timeout=5).json()["patients"])
+    import pandas as pd
+    back = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+    assert back.loc[0, "Name"] == "Ada, \"Jr\"" and back.loc[0, "Apnea count"] == 2
+
+
+# --- Safety and failures --------------------------------------------------------------
+
+def test_script_name_renders_as_text_everywhere(at, api):
+    name = "<script>alert(1)</script>"
+    api_upload(api, mrn=12, room=3, name=name)
+    at.button(key="mon_refresh").click()
+    click(at, "pt_refresh")
+    shown = [m for m in texts(at.markdown) + texts(at.caption) if "script" in m]
+    assert shown, "the name is not shown"
+    assert all("\\<script\\>" in m and "<script>" not in m for m in shown)
+    assert all(not m.proto.allow_html for m in list(at.markdown) + list(at.caption))
+    assert at.dataframe[-1].value.loc[0, "Name"] == name    # grid cells are plain text
+    (expander,) = [e for e in patients_tab(at).expander if "MRN 12" in e.label]
+    assert "\\<script\\>" in expander.label
+    assert ui.md_escape("**x** $y$ :red[z]") == "\\*\\*x\\*\\* \\$y\\$ \\:red\\[z\\]"
+
+
+def test_server_down_message_keeps_entries(monkeypatch, recordings):
+    monkeypatch.setenv("API_URL", closed_port_url())
+    st.cache_data.clear()
+    at = AppTest.from_file(SCRIPT, default_timeout=30)
+    run(at)
+    enter_patient(at, name="Ada", pressure="10")
+    load_file(at, recordings["calm"])
+    run(at)
+    click(at, "ps_upload")
+    errors = " ".join(texts(at.error))
+    assert "Not uploaded. Cannot reach the server" in errors
+    assert "Your entries are kept" in errors
+    assert at.text_input(key="ps_mrn").value == "12" and not at.text_input(key="ps_mrn").disabled
+    assert at.text_input(key="ps_pressure").value == "10"
+    assert metric_values(station(at), "Apnea count")
+    assert sum("Cannot reach the server" in e for e in texts(at.error)) >= 3   # every tab
+
+
+def test_server_error_message_is_shown(api):
+    with pytest.raises(ui.ApiError) as caught:
+        ui.api_json("GET", "/api/v1/patients/999", base=api)
+    assert caught.value.status == 404
+    server_message = requests.get(f"{api}/api/v1/patients/999", timeout=5).json()["message"]
+    assert caught.value.message.endswith(ui.md_escape(server_message))
+
+
+def test_server_lost_after_upload_keeps_the_patient(monkeypatch, recordings):
+    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+    with serve_api(app) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        at = run(AppTest.from_file(SCRIPT, default_timeout=30))
+        enter_patient(at, name="Ada", pressure="10")
+        load_file(at, recordings["calm"])
+        run(at)
+        click(at, "ps_upload")
+    st.cache_data.clear()                     # the server is gone now
+    at.text_input(key="ps_name").input("Ada L.")
+    run(at)
+    assert any("Pressure link: last check" in w and "Cannot reach the server" in w
+               for w in texts(station(at).warning))
+    assert at.text_input(key="ps_mrn").disabled and at.text_input(key="ps_mrn").value == "12"
+    assert at.text_input(key="ps_name").value == "Ada L."
+    click(at, "ps_upload")
+    assert any(e.startswith("Not uploaded. Cannot reach the server") for e in texts(at.error))
+
+
+def test_malformed_server_answers_become_messages(monkeypatch):
+    from flask import Flask, jsonify
+
+    broken = Flask("broken")
+
+    @broken.get("/api/v1/rooms")
+    def rooms():
+        return jsonify(rooms=[{"unexpected": True}], server_time="not a time")
+
+    @broken.get("/api/v1/patients")
+    def patients():
+        return "<html>proxy error page</html>", 200
+
+    @broken.post("/api/v1/patients")
+    def upload():
+        return jsonify([1, 2, 3]), 201
+
+    with serve_api(broken) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        at = run(AppTest.from_file(SCRIPT, default_timeout=30))
+        errors = texts(at.error)
+        assert any("unexpected problem" in e for e in texts(monitor(at).error)), errors
+        assert any("not JSON" in e for e in texts(patients_tab(at).error)), errors
+        enter_patient(at)
+        run(at)
+        click(at, "ps_upload")
+    assert any("The last action hit an unexpected problem" in e for e in texts(at.error))
+    assert at.text_input(key="ps_mrn").value == "12" and not at.text_input(key="ps_mrn").disabled

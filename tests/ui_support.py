@@ -1,0 +1,28 @@
+"""Helpers for the UI tests: the real Flask API served over HTTP from a thread."""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+from werkzeug.serving import make_server
+
+from local_mongo import free_port
+
+
+@contextmanager
+def serve_api(app):
+    """Serve ``app`` on a free 127.0.0.1 port in a daemon thread; yields the base URL."""
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+        server.server_close()
+
+
+def closed_port_url() -> str:
+    """A URL on which nothing listens (the port was free a moment ago)."""
+    return f"http://127.0.0.1:{free_port()}"
