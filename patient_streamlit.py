@@ -7,6 +7,8 @@ locally in the patient station with :mod:`cpap_measurements`.
 Run with ``streamlit run patient_streamlit.py``. Settings (environment variables):
 
 ``API_URL``             base URL of the REST API (default ``http://127.0.0.1:5000``)
+``SLEEPLAB_API_TOKEN``  API token sent as ``Authorization: Bearer`` on every request
+                        (unset: no header, for an API running without access control)
 ``API_TIMEOUT_S``       seconds to wait for one API answer (default 5)
 ``STALE_AFTER_MIN``     a room is marked stale after this many minutes without data (15)
 ``PRESSURE_POLL_S``     how often a patient station asks for a commanded pressure (10, max 30)
@@ -48,6 +50,8 @@ APNEA_ALERT_COUNT = 2           # apnea counts at or above this are shown in red
 MAX_ID = 2**53 - 1              # largest integer every JSON client reads exactly
 CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of this size
 ROOMS_TTL_S = 2                 # below the shortest refresh interval: one fetch per refresh
+AUDIT_LIMIT = 50                # audit entries shown for a room (newest first)
+TOKEN_ENV = "SLEEPLAB_API_TOKEN"
 PATIENTS_TTL_S = 5
 IMAGE_TTL_S = 3600              # images of a record never change
 PATIENTS_PAGE_SIZE = 100
@@ -71,6 +75,12 @@ def _env_number(name: str, default: float, low: float, high: float) -> float:
 def api_url() -> str:
     """Base URL of the API, read on each run so a changed environment takes effect."""
     return (os.environ.get("API_URL") or "http://127.0.0.1:5000").rstrip("/")
+
+
+def auth_headers() -> dict:
+    """The ``Authorization`` header from ``SLEEPLAB_API_TOKEN`` (read on each request)."""
+    token = (os.environ.get(TOKEN_ENV) or "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 API_TIMEOUT_S = _env_number("API_TIMEOUT_S", 5, 0.5, 60)
@@ -168,6 +178,7 @@ class ApiError(Exception):
 def api_call(method: str, path: str, **kwargs) -> requests.Response:
     """One API request with a timeout; every failure becomes an :class:`ApiError`."""
     base = kwargs.pop("base", None) or api_url()
+    kwargs["headers"] = {**(kwargs.get("headers") or {}), **auth_headers()}
     try:
         resp = requests.request(method, f"{base}{path}", timeout=API_TIMEOUT_S, **kwargs)
     except requests.Timeout:
@@ -184,6 +195,15 @@ def api_call(method: str, path: str, **kwargs) -> requests.Response:
             message = resp.json().get("message") or resp.reason
         except (ValueError, AttributeError):
             message = resp.reason or "unexpected answer"
+        if resp.status_code == 401:
+            raise ApiError("This screen is not signed in to the server: its access token is "
+                           f"{'not valid' if auth_headers() else 'missing'}. Ask your "
+                           f"administrator to set {TOKEN_ENV} for this station. Your "
+                           "entries are kept.", status=401)
+        if resp.status_code == 403:
+            raise ApiError("This screen's access token does not allow this "
+                           f"({md_escape(message)}). Ask your administrator for a token "
+                           "with the right role. Your entries are kept.", status=403)
         raise ApiError(f"The server refused the request ({resp.status_code}): "
                        f"{md_escape(message)}",
                        status=resp.status_code)
@@ -230,6 +250,13 @@ def fetch_image(base: str, record_id: str) -> bytes:
     return api_call("GET", f"/api/v1/records/{record_id}/image", base=base).content
 
 
+@st.cache_data(ttl=ROOMS_TTL_S, show_spinner=False)
+def fetch_audit(base: str, room: int) -> list[dict]:
+    """A room's audit trail, newest first (who changed what, from where)."""
+    return api_json("GET", f"/api/v1/rooms/{room}/audit", base=base,
+                    params={"limit": AUDIT_LIMIT}).get("entries") or []
+
+
 def fetch_latest_command(room: int) -> dict | None:
     """Latest pressure command for a room (never cached: the bedside must see it)."""
     try:
@@ -242,13 +269,14 @@ def fetch_latest_command(room: int) -> dict | None:
 
 def clear_fetch_caches() -> None:
     """After a change on the server, the next render must not show cached data."""
-    for fetch in (fetch_rooms, fetch_patients, fetch_patient):
+    for fetch in (fetch_rooms, fetch_patients, fetch_patient, fetch_audit):
         fetch.clear()
 
 
 def refresh_monitor() -> None:
     fetch_rooms.clear()
     fetch_patient.clear()
+    fetch_audit.clear()
 
 
 def refresh_patients() -> None:
@@ -266,12 +294,14 @@ def put_pressure(room: int, pressure_cmh2o: int) -> dict:
     body = api_json("PUT", f"/api/v1/rooms/{room}/pressure",
                     json={"pressure_cmh2o": pressure_cmh2o, "source": "monitor"})
     fetch_rooms.clear()
+    fetch_audit.clear()
     return body
 
 
 def post_applied(room: int, command_id: str) -> dict:
     body = api_json("POST", f"/api/v1/rooms/{room}/pressure/{command_id}/applied")
     fetch_rooms.clear()
+    fetch_audit.clear()
     return body
 
 
@@ -788,6 +818,71 @@ def render_pressure_command(entry: dict) -> None:
         {"success": st.success, "error": st.error}[message["kind"]](message["text"])
 
 
+AUDIT_ACTIONS = {"patient_created": "Patient added", "name_changed": "Name changed",
+                 "room_changed": "Room changed", "record_added": "New CPAP record",
+                 "pressure_commanded": "Pressure commanded",
+                 "pressure_applied": "Pressure applied at bedside"}
+
+
+def _audit_value(action: str, value) -> str:
+    """One side (old or new) of an audit entry as short plain text."""
+    if value is None:
+        return "—"
+    if not isinstance(value, dict):
+        return f"room {value}" if action == "room_changed" else str(value)
+    if action == "pressure_commanded":
+        source = value.get("source")
+        return (f"{value.get('pressure_cmh2o')} cmH2O"
+                + (f" (by {source})" if source and source != "monitor" else ""))
+    if action == "pressure_applied":
+        return (f"applied ({value.get('pressure_cmh2o')} cmH2O)" if value.get("applied")
+                else "not applied")
+    if action == "record_added":
+        return (f"{value.get('cpap_pressure_cmh2o')} cmH2O · "
+                f"{fmt_number(value.get('breath_rate_bpm'))} bpm · "
+                f"{value.get('apnea_count')} apneas")
+    if action == "patient_created":
+        return f"MRN {value.get('mrn')} · {value.get('name') or 'no name'} · room {value.get('room')}"
+    return ", ".join(f"{k}: {v}" for k, v in value.items())
+
+
+def audit_frame(entries: list[dict]) -> pd.DataFrame:
+    """Audit entries as a table (plain text cells: names are never rendered as markup)."""
+    rows = []
+    for entry in entries:
+        action = str(entry.get("action"))
+        who = entry.get("who") or {}
+        role = who.get("role")
+        rows.append({"When": fmt_time(entry.get("at")),
+                     "Who": f"{who.get('name') or 'anonymous'}" + (f" ({role})" if role else ""),
+                     "Action": AUDIT_ACTIONS.get(action, action),
+                     "Old": _audit_value(action, entry.get("old")),
+                     "New": _audit_value(action, entry.get("new")),
+                     "From": entry.get("address") or "—"})
+    return pd.DataFrame(rows, columns=["When", "Who", "Action", "Old", "New", "From"])
+
+
+def render_audit(base: str, room: int) -> None:
+    """The room's audit trail in an expander (fetched only while it is open)."""
+    expander = st.expander("Audit trail — who changed what in this room",
+                           key=f"mon_audit_{room}", on_change="rerun",
+                           icon=":material/history:")
+    if not expander.open:
+        return
+    with expander:
+        try:
+            entries = fetch_audit(base, room)
+        except ApiError as exc:
+            st.warning(f"The audit trail cannot be shown. {exc.message}")
+            return
+        if not entries:
+            st.caption("No changes recorded for this room yet.")
+            return
+        st.dataframe(audit_frame(entries), hide_index=True, width="stretch")
+        st.caption(f"Newest first; the last {AUDIT_LIMIT} changes. “Who” is the access "
+                   "token's name and role.")
+
+
 def record_label(record: dict) -> str:
     return (f"{fmt_time(record.get('received_at'))} · {record.get('cpap_pressure_cmh2o')} "
             f"cmH2O · {fmt_number(record.get('breath_rate_bpm'))} bpm · "
@@ -867,6 +962,7 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
             st.altair_chart(trend_chart(records), width="stretch")
         else:
             st.caption("No records yet.")
+    render_audit(base, room)
 
     if latest is None:
         st.info("No CPAP data from this room yet.")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import patient_streamlit as ui  # noqa: E402
 from server import create_app  # noqa: E402
-from ui_support import closed_port_url, serve_api  # noqa: E402
+from ui_support import click, closed_port_url, run, serve_api  # noqa: E402
 
 SCRIPT = str(ROOT / "patient_streamlit.py")
 SAMPLE_DIR = ROOT / "sample_data"
@@ -111,17 +111,6 @@ def enter_patient(at, name="Ada", mrn="12", room="3", pressure="10"):
 
 def load_file(at, content: bytes, name="night.txt"):
     at.file_uploader[0].set_value((name, content, "text/plain"))
-
-
-def run(at):
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def click(at, key):
-    at.button(key=key).click()
-    return run(at)
 
 
 def patient(url, mrn):

@@ -23,6 +23,18 @@ def serve_api(app):
         server.server_close()
 
 
+def run(at):
+    """Run an AppTest script; the run must not raise."""
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def click(at, key):
+    at.button(key=key).click()
+    return run(at)
+
+
 def closed_port_url() -> str:
     """A URL on which nothing listens (the port was free a moment ago)."""
     return f"http://127.0.0.1:{free_port()}"

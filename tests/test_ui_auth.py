@@ -1,0 +1,185 @@
+"""The Streamlit client with access control on: it sends its token on every request,
+turns 401/403 into messages a clinician can act on, and shows a room's audit trail.
+
+The real Flask API (tokens file, mongomock) is served over HTTP from a thread, as in
+tests/test_ui_apptest.py.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mongomock
+import pytest
+import requests
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import patient_streamlit as ui  # noqa: E402
+from server import create_app  # noqa: E402
+from ui_support import click, run, serve_api  # noqa: E402
+
+SCRIPT = str(ROOT / "patient_streamlit.py")
+TOKENS = {"ui-screen": ("admin", "ui-admin-token-0123456789"),
+          "ward-monitor": ("monitor", "ui-monitor-token-0123456789"),
+          "bed-3": ("station", "ui-station-token-0123456789")}
+
+
+def bearer(name):
+    return {"Authorization": f"Bearer {TOKENS[name][1]}"}
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [
+        {"name": name, "role": role, "token": token, **({"room": 3} if role == "station" else {})}
+        for name, (role, token) in TOKENS.items()]}))
+    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
+                      "API_TOKENS_FILE": str(path), "API_PROTECT_READS": "1"})
+    with serve_api(app) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        yield url
+    st.cache_data.clear()
+
+
+def start(monkeypatch, token_name: str | None) -> AppTest:
+    if token_name:
+        monkeypatch.setenv(ui.TOKEN_ENV, TOKENS[token_name][1])
+    else:
+        monkeypatch.delenv(ui.TOKEN_ENV, raising=False)
+    at = AppTest.from_file(SCRIPT, default_timeout=30)
+    return run(at)
+
+
+def upload(url, mrn=12, room=3, name="Ada", pressure=10, who="ui-screen"):
+    body = {"mrn": mrn, "room": room, "name": name, "cpap_pressure_cmh2o": pressure,
+            "breath_rate_bpm": 14.0, "apnea_count": 1}
+    resp = requests.post(f"{url}/api/v1/patients", json=body, headers=bearer(who), timeout=5)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+def texts(elements):
+    return [e.value for e in elements]
+
+
+def test_every_request_carries_the_token(api, monkeypatch):
+    sent = []
+    real = requests.request
+
+    def spy(method, url, **kwargs):
+        sent.append((method, url, (kwargs.get("headers") or {}).get("Authorization")))
+        return real(method, url, **kwargs)
+
+    monkeypatch.setattr(ui.requests, "request", spy)
+    upload(api)
+    at = start(monkeypatch, "ui-screen")
+    at.text_input(key="mon_pressure_3").input("12")
+    click(at, "mon_send_3")
+    click(at, "mon_confirm_3")
+    at.session_state["mon_audit_3"] = True
+    run(at)
+    assert {m for m, _, _ in sent} >= {"GET", "PUT"}
+    assert any("/audit" in u for _, u, _ in sent)
+    assert {h for _, _, h in sent} == {f"Bearer {TOKENS['ui-screen'][1]}"}
+    # The server knew who it was: the command is audited under the UI's token name.
+    trail = requests.get(f"{api}/api/v1/rooms/3/audit", headers=bearer("ward-monitor"),
+                         timeout=5).json()["entries"]
+    assert trail[0]["action"] == "pressure_commanded"
+    assert trail[0]["who"] == {"name": "ui-screen", "role": "admin"}
+
+
+def test_no_header_without_a_token(monkeypatch):
+    monkeypatch.delenv(ui.TOKEN_ENV, raising=False)
+    assert ui.auth_headers() == {}
+    monkeypatch.setenv(ui.TOKEN_ENV, "  abc-token-0123456789  ")
+    assert ui.auth_headers() == {"Authorization": "Bearer abc-token-0123456789"}
+
+
+def test_missing_token_gives_a_clinician_message_on_every_tab(api, monkeypatch):
+    upload(api)
+    at = start(monkeypatch, None)
+    messages = texts(at.error)
+    assert sum("not signed in to the server" in m and "SLEEPLAB\\_API\\_TOKEN" not in m
+               and ui.TOKEN_ENV in m for m in messages) >= 2, messages   # monitor + patients
+    assert not any("Traceback" in m or "401" in m for m in messages)
+
+
+def test_wrong_token_says_it_is_not_valid(api, monkeypatch):
+    monkeypatch.setenv(ui.TOKEN_ENV, "revoked-token-0123456789")
+    with pytest.raises(ui.ApiError, match="access token is not valid") as caught:
+        ui.api_json("GET", "/api/v1/rooms", base=api)
+    assert caught.value.status == 401
+
+
+def test_station_token_cannot_command_and_is_told_why(api, monkeypatch):
+    upload(api)
+    monkeypatch.setenv(ui.TOKEN_ENV, TOKENS["bed-3"][1])
+    with pytest.raises(ui.ApiError) as caught:
+        ui.put_pressure(3, 12)
+    assert caught.value.status == 403
+    assert caught.value.message.startswith("This screen's access token does not allow this")
+    assert "monitor or admin" in caught.value.message
+    assert requests.get(f"{api}/api/v1/rooms/3/pressure", headers=bearer("bed-3"),
+                        timeout=5).status_code == 404      # nothing was commanded
+
+
+def test_monitor_shows_the_rooms_audit_trail(api, monkeypatch):
+    name = "<b>Ada</b> <script>alert(1)</script>"
+    upload(api, name="Ada", pressure=9)
+    upload(api, name=name, pressure=10, who="bed-3")
+    command = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 13},
+                           headers=bearer("ward-monitor"), timeout=5).json()
+    requests.post(f"{api}/api/v1/rooms/3/pressure/{command['id']}/applied",
+                  headers=bearer("bed-3"), timeout=5)
+    at = start(monkeypatch, "ward-monitor")
+    assert not at.dataframe or all("Who" not in d.value.columns for d in at.dataframe)
+    at.session_state["mon_audit_3"] = True                 # open the expander
+    run(at)
+    (frame,) = [d.value for d in at.dataframe if "Who" in d.value.columns]
+    assert list(frame.columns) == ["When", "Who", "Action", "Old", "New", "From"]
+    rows = frame.to_dict("records")
+    assert [r["Action"] for r in rows] == [
+        "Pressure applied at bedside", "Pressure commanded", "New CPAP record",
+        "Name changed", "New CPAP record", "Patient added"]
+    applied, commanded, _, renamed, _, created = rows
+    assert applied["Who"] == "bed-3 (station)" and applied["New"] == "applied (13 cmH2O)"
+    assert commanded["Who"] == "ward-monitor (monitor)"
+    assert (commanded["Old"], commanded["New"]) == ("—", "13 cmH2O")
+    assert (renamed["Old"], renamed["New"]) == ("Ada", name)    # the raw text, as text
+    assert created["Who"] == "ui-screen (admin)" and created["From"] == "127.0.0.1"
+    assert commanded["When"] == ui.fmt_time(
+        requests.get(f"{api}/api/v1/rooms/3/audit", headers=bearer("ward-monitor"),
+                     timeout=5).json()["entries"][1]["at"])
+    # Nothing of the name reached Markdown unescaped anywhere on the page.
+    assert not any("<script>" in m for m in texts(at.markdown))
+
+
+def test_audit_trail_refused_for_a_station_screen(api, monkeypatch):
+    upload(api)
+    at = start(monkeypatch, "bed-3")
+    # The wall itself is ward-wide (monitors only when reads are protected): a message.
+    assert any("does not allow this" in e for e in texts(at.error))
+    with pytest.raises(ui.ApiError, match="does not allow this"):
+        ui.fetch_audit(api, 3)
+
+
+def test_open_api_shows_anonymous_in_the_trail(monkeypatch):
+    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+    with serve_api(app) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        requests.post(f"{url}/api/v1/patients", json={"mrn": 5, "room": 2}, timeout=5)
+        at = start(monkeypatch, None)
+        at.session_state["mon_audit_2"] = True
+        run(at)
+        (frame,) = [d.value for d in at.dataframe if "Who" in d.value.columns]
+    st.cache_data.clear()
+    assert frame.to_dict("records")[0]["Who"] == "anonymous"
+    assert frame.to_dict("records")[0]["New"] == "MRN 5 · no name · room 2"
