@@ -183,3 +183,35 @@ def test_open_api_shows_anonymous_in_the_trail(monkeypatch):
     st.cache_data.clear()
     assert frame.to_dict("records")[0]["Who"] == "anonymous"
     assert frame.to_dict("records")[0]["New"] == "MRN 5 · no name · room 2"
+
+
+def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
+    """A hospital's bedside: station token for room 3, reads protected. The Patient
+    Station uploads, receives the monitor's command and confirms it; all audited."""
+    recording = (ROOT / "sample_data" / "normal_15bpm.txt").read_bytes()
+    at = start(monkeypatch, "bed-3")
+    for key, value in (("ps_name", "Ada"), ("ps_mrn", "12"), ("ps_room", "3"),
+                       ("ps_pressure", "10")):
+        at.text_input(key=key).input(value)
+    at.file_uploader[0].set_value(("night.txt", recording, "text/plain"))
+    run(at)
+    click(at, "ps_upload")
+    assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
+    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14},
+                 headers=bearer("ward-monitor"), timeout=5)
+    run(at)
+    assert at.text_input(key="ps_pressure").value == "14"
+    trail = requests.get(f"{api}/api/v1/rooms/3/audit", headers=bearer("ward-monitor"),
+                         timeout=5).json()["entries"]
+    assert [(e["action"], e["who"]["name"]) for e in trail] == [
+        ("pressure_applied", "bed-3"), ("pressure_commanded", "ward-monitor"),
+        ("record_added", "bed-3"), ("patient_created", "bed-3")]
+    # The same screen entering another room is refused with a message, nothing stored.
+    click(at, "ps_reset")
+    for key, value in (("ps_mrn", "13"), ("ps_room", "4")):
+        at.text_input(key=key).input(value)
+    run(at)
+    click(at, "ps_upload")
+    assert any("does not allow this" in e and "room 3" in e for e in texts(at.error))
+    assert requests.get(f"{api}/api/v1/patients/13", headers=bearer("ward-monitor"),
+                        timeout=5).status_code == 404
