@@ -17,6 +17,18 @@ if str(ROOT) not in sys.path:
 from local_mongo import LocalMongo, free_port  # noqa: E402
 
 
+#: Access-control settings a developer may have exported; tests set their own.
+AUTH_ENV = ("API_TOKEN", "API_TOKENS_FILE", "API_PROTECT_READS", "API_TRUST_PROXY",
+            "SLEEPLAB_API_TOKEN", "SLEEPLAB_AUTH")
+
+
+@pytest.fixture(autouse=True)
+def _no_auth_from_the_shell(monkeypatch):
+    """Tests start from open mode (no tokens) whatever the shell exports."""
+    for name in AUTH_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def local_mongo(tmp_path_factory):
     """A running nx-27017 server for integration tests (stopped at the end)."""
