@@ -82,7 +82,10 @@ def configure_auth(env: dict, data_dir: Path) -> str:
         return "your own (API_TOKEN / API_TOKENS_FILE)"
     path, ui_token = ensure_tokens(data_dir / "tokens.json")
     env["API_TOKENS_FILE"] = str(path)
-    env.setdefault(UI_TOKEN_ENV, ui_token)
+    if env.get(UI_TOKEN_ENV) not in (None, "", ui_token):
+        print(f"==> {UI_TOKEN_ENV} is ignored: the API uses the generated tokens, so the UI "
+              f"gets the generated 'ui' token (set API_TOKENS_FILE to use your own)")
+    env[UI_TOKEN_ENV] = ui_token
     return f"{path}  (mode 0600; send 'Authorization: Bearer <token>')"
 
 

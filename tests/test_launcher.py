@@ -154,7 +154,7 @@ def test_generated_tokens_are_private_strong_and_kept(tmp_path):
     assert len(set(tokens)) == 4 and min(map(len, tokens)) >= 40
     first_ui = env[launcher.UI_TOKEN_ENV]
     path.chmod(0o644)
-    again = {}
+    again = {launcher.UI_TOKEN_ENV: "left-over-from-docker-0123"}  # not in the file
     launcher.configure_auth(again, tmp_path)
     assert again[launcher.UI_TOKEN_ENV] == first_ui
     assert path.stat().st_mode & 0o777 == 0o600
