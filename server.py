@@ -117,7 +117,10 @@ def json_body() -> dict:
         raise UnsupportedMediaType("the request body must be JSON (Content-Type: "
                                    "application/json)")
     try:
-        body = json.loads(request.get_data().decode("utf-8"))
+        body = json.loads(request.get_data().decode("utf-8"),
+                          object_pairs_hook=validation.unique_keys)
+    except ValidationError:  # a duplicate key
+        raise
     except UnicodeDecodeError:
         raise ValidationError("the request body is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
