@@ -207,8 +207,8 @@ CATALOGUE = [
          raw=b'{"pressure_cmh2o": 12, "source": "' + b"x" * TEN_MB + b'"}'),
     Case("10mb-compat", "10 MB /add_patient", "POST", "/add_patient", 413, None, "exceeds",
          raw=b" " * TEN_MB),
-    F("10mb-recording", "10 MB multipart recording", {"file": b"1" * TEN_MB}, 413, None,
-      "exceeds"),
+    F("10mb-recording", "10 MB multipart recording", {"file": b"1" * TEN_MB}, 413, "file",
+      "larger than the upload limit of 0.195 MB"),
     # -- images ------------------------------------------------------------------------
     J("image-text", "flow_image: base64 of text", P, up(image=b"hello, not an image"), 400,
       "flow_image", "PNG or JPEG"),
@@ -261,7 +261,7 @@ CATALOGUE = [
     F("cpap-single-row", "header + a single row", {"file": rows([HEADER, ROWS[0]])}, 422, "file",
       "too short"),
     F("cpap-over-limit", "a good file over the configured limit", {"file": BIG_RECORDING}, 413,
-      None, "exceeds"),
+      "file", "larger than the upload limit"),
     F("cpap-missing", "no file part", {"file": None}, 400, "file", "file is required"),
 ]
 
