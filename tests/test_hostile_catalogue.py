@@ -28,7 +28,7 @@ from api_support import JPEG, PNG, b64, image_bytes, upload_body
 #: The recording upload limit for this catalogue (configured small on purpose).
 UPLOAD_LIMIT_BYTES = 200 * 1024
 TEN_MB = 10 * 1024 * 1024
-COLLECTIONS = ("patients", "rooms", "records", "images", "commands", "meta")
+COLLECTIONS = ("patients", "rooms", "records", "images", "commands", "meta", "audit")
 
 GT, WHERE, NE = {"$gt": ""}, {"$where": "sleep(1000) || true"}, {"$ne": None}
 
