@@ -74,9 +74,9 @@ MIN_INSPIRATION_S = 0.12        # an inspiration shorter than this is a glitch
 MIN_BREATH_INTERVAL_S = 0.4     # two peaks closer than this are one breath (150/min)
 APNEA_GAP_S = 10.0              # apnea: more than this between consecutive breaths
 
-PLOT_MAX_COLUMNS = 2000         # min/max envelope bins for long recordings
+PLOT_MAX_COLUMNS = 2000         # min/max envelope bins for long recordings (<= image width)
 FLOW_COLOUR = "#1f77b4"
-PNG_COMPRESS_LEVEL = 2           # zlib level: 6 (default) costs ~3x the time for ~20 % smaller files
+PNG_COMPRESS_LEVEL = 2          # zlib level: 6 (default) costs ~3x the time for ~20 % smaller files
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, BinaryIO, TextIO]
 
@@ -544,12 +544,13 @@ def detect_breaths(time, flow_lpm) -> np.ndarray:
 
     Method: 5-sample block median (removes single ADC-step spikes, 100 -> 20 Hz), 0.25 s
     centred moving average, a slowly varying no-flow baseline (30 s window medians, so a
-    leak offset is followed), and hysteresis relative to the recording's typical
-    inspiratory peak: an inspiration starts above baseline + 30 % of the peak (at least
-    5 L/min, above cardiogenic ripple) and ends below baseline + 10 % (at least 1.5 L/min),
-    so a dip inside a double-humped inspiration does not split it and a weak expiration
-    that is quantized to zero still ends it. Inspirations shorter than 0.12 s are
-    discarded, peaks closer than 0.4 s are merged.
+    leak offset is followed), and hysteresis relative to the local typical inspiratory
+    peak (98th percentile above baseline in 120 s windows): an inspiration starts above
+    baseline + 25 % of it (at least 6 L/min, more than one ADC step, so quantization and
+    cardiogenic ripple stay out) and ends below baseline + 10 % (at least 1.5 L/min), so a
+    dip inside a double-humped inspiration does not split it and a weak expiration that is
+    quantized to zero still ends it. Inspirations shorter than 0.12 s are discarded, peaks
+    closer than 0.4 s are merged, an inspiration still open at the end is not counted.
 
     Parameters
     ----------

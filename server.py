@@ -20,7 +20,7 @@ import os
 import time
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 import auth
 import openapi
@@ -128,7 +128,10 @@ def json_body() -> dict:
         raise UnsupportedMediaType("the request body must be JSON (Content-Type: "
                                    "application/json)")
     try:
-        body = json.loads(request.get_data().decode("utf-8"))
+        body = json.loads(request.get_data().decode("utf-8"),
+                          object_pairs_hook=validation.unique_keys)
+    except ValidationError:  # a duplicate key
+        raise
     except UnicodeDecodeError:
         raise ValidationError("the request body is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
@@ -289,7 +292,12 @@ def upload_recording(room):
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("send the recording as multipart/form-data with a "
                                    "'file' part")
-    upload = request.files.get("file")
+    try:
+        upload = request.files.get("file")
+    except RequestEntityTooLarge:
+        limit = current_app.config["MAX_UPLOAD_BYTES"]
+        raise ValidationError(f"the recording is larger than the upload limit of "
+                              f"{limit / 2**20:.3g} MB", "file", status=413) from None
     if upload is None:
         raise ValidationError("file is required (the CPAP recording)", "file")
     form = request.form

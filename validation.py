@@ -146,6 +146,17 @@ def image_base64(value, field: str = "flow_image") -> tuple[bytes, str]:
     return image_bytes(data, field)
 
 
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` hook: refuse an object that names a key twice (a script sending
+    ``{"mrn": 1, "mrn": 2}`` must not have one of them silently chosen)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValidationError(f"duplicate key {key!r} in the JSON body", key)
+        out[key] = value
+    return out
+
+
 def object_body(body) -> dict:
     if not isinstance(body, dict):
         raise ValidationError("the request body must be a JSON object")

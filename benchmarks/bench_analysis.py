@@ -11,6 +11,7 @@ Targets (issue 2): 8 h full analysis <= 2x bare read_csv; peak RSS < 1 GB at 8 h
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -38,15 +39,20 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 
 
 def median_times(fns: dict, repeat: int) -> dict:
-    """Median wall time (s) of each function over ``repeat`` rounds. The functions take
-    turns within each round, so load from other jobs on a shared machine hits all alike."""
-    times = {name: [] for name in fns}
+    """Median wall and CPU time (s) of each function over ``repeat`` rounds.
+
+    The functions take turns within each round, so load from other jobs on a shared
+    machine hits all alike; CPU time (this process only) is reported too, because on a
+    busy machine wall time mostly measures the other jobs."""
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
 
 
 def peak_rss_mb(path: Path) -> float:
@@ -83,16 +89,20 @@ def main(argv=None) -> int:
                 "plot": lambda: flow_plot_png(result),
             }, args.repeat)
             rss = peak_rss_mb(path)
-            rows.append((label, len(result.time), size_mb, t["read"], t["full"], t["full"] / t["read"],
-                         t["plot"], rss, f"{result.breaths}/{truth['breaths']}",
-                         f"{result.apnea_count}/{truth['apnea_count']}", len(result.skipped_lines)))
+            (read_s, read_cpu), (full_s, full_cpu), (plot_s, _) = t["read"], t["full"], t["plot"]
+            rows.append((label, len(result.time), size_mb, read_s, full_s, full_s / read_s,
+                         read_cpu, full_cpu, full_cpu / read_cpu, plot_s, rss,
+                         f"{result.breaths}/{truth['breaths']}", f"{result.apnea_count}/{truth['apnea_count']}",
+                         len(result.skipped_lines)))
             print(f"done {label}", file=sys.stderr)
-    print("| recording | rows | size (MB) | bare read_csv (s) | analyze + plot (s) | ratio "
-          "| plot alone (s) | peak RSS (MB) | breaths found/true | apneas found/true | skipped lines |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| recording | rows | size (MB) | bare read_csv wall (s) | analyze + plot wall (s) | ratio wall "
+          "| bare read_csv CPU (s) | analyze + plot CPU (s) | ratio CPU | plot alone (s) | peak RSS (MB) "
+          "| breaths found/true | apneas found/true | skipped lines |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:,} | {r[2]:.0f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} "
-              f"| {r[7]:.0f} | {r[8]} | {r[9]} | {r[10]} |")
+              f"| {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} | {r[11]} | {r[12]} | {r[13]} |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     return 0
 
 
