@@ -3,11 +3,16 @@
 Debian's ``chromium`` is driven by Python Playwright (``executable_path``; never
 ``playwright install``). The test enters a patient, loads a sample recording, uploads,
 commands a pressure from the Monitoring Station and sees it arrive at the Patient Station.
-It saves docs/screenshots/{patient,monitor,patients}.png for the README.
+The stack runs with access tokens on, as the quick start does: the UI holds its own
+token and the seeding script a station token; the audit trail names them.
+It saves {patient,monitor,patients}.png to ``SCREENSHOT_DIR`` (default
+test-artifacts/screenshots; ``SCREENSHOT_DIR=docs/screenshots ./test.sh -m browser``
+refreshes the README's pictures).
 """
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -24,7 +29,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
+UI_TOKEN = "ui-token-" + uuid.uuid4().hex
+SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -77,7 +84,12 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture
 def stack(local_mongo, tmp_path):
     """The real system: database over TCP, API under gunicorn, Streamlit; yields URLs."""
-    env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"))
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text(json.dumps({"tokens": [
+        {"name": "ui", "role": "admin", "token": UI_TOKEN},
+        {"name": "seed-script", "role": "station", "token": SEED_TOKEN}]}))
+    env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"),
+               API_TOKENS_FILE=str(tokens_file))
     api_port, ui_port = free_port(), free_port()
     api_log, ui_log = tmp_path / "api.log", tmp_path / "ui.log"
     api = start([str(BIN / "gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{api_port}",
@@ -86,7 +98,9 @@ def stack(local_mongo, tmp_path):
     try:
         api_url = f"http://127.0.0.1:{api_port}"
         wait_http(f"{api_url}/health", api, "API", api_log)
-        ui_env = dict(env, API_URL=api_url, PRESSURE_POLL_S=str(POLL_S))
+        ui_env = dict(env, API_URL=api_url, PRESSURE_POLL_S=str(POLL_S),
+                      SLEEPLAB_API_TOKEN=UI_TOKEN)
+        ui_env.pop("API_TOKENS_FILE")
         ui = start([str(BIN / "streamlit"), "run", "patient_streamlit.py",
                     "--server.address", "127.0.0.1", "--server.port", str(ui_port),
                     "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -109,7 +123,8 @@ def seed_other_rooms(api_url: str) -> None:
         body = {"mrn": mrn, "room": room, "name": name, "cpap_pressure_cmh2o": pressure,
                 "breath_rate_bpm": result.breath_rate_bpm, "apnea_count": result.apnea_count,
                 "flow_image": base64.b64encode(cpap_measurements.flow_plot_png(result)).decode()}
-        requests.post(f"{api_url}/api/v1/patients", json=body, timeout=10).raise_for_status()
+        requests.post(f"{api_url}/api/v1/patients", json=body, timeout=10,
+                      headers={"Authorization": f"Bearer {SEED_TOKEN}"}).raise_for_status()
 
     upload(101, 1, "Grace Hopper", "normal_15bpm.txt", 8)
     upload(101, 1, "Grace Hopper", "apnea_4.txt", 9)
@@ -159,6 +174,9 @@ def test_patient_to_monitor_and_back(stack):
     from playwright.sync_api import expect, sync_playwright
 
     assert (ROOT / "sample_data" / "apnea_4.txt").exists(), "sample_data/apnea_4.txt missing"
+    anonymous = requests.put(f"{stack['api']}/api/v1/rooms/1/pressure", timeout=5,
+                             json={"pressure_cmh2o": 12})
+    assert anonymous.status_code == 401, "the stack must run with access control on"
     seed_other_rooms(stack["api"])
     SHOTS.mkdir(parents=True, exist_ok=True)
     dialogs: list[str] = []
@@ -243,6 +261,16 @@ def test_patient_to_monitor_and_back(stack):
             expect(monitor.get_by_text("Earlier", exact=False).first).to_be_visible(
                 timeout=20_000)
             expect(monitor.get_by_role("button", name="Download image")).to_have_count(2)
+            # Who changed what: the command came from the UI's token, the data from the station.
+            audit = requests.get(f"{stack['api']}/api/v1/rooms/3/audit", timeout=5,
+                                 headers={"Authorization": f"Bearer {UI_TOKEN}"}).json()
+            commanded = [e for e in audit["entries"] if e["action"] == "pressure_commanded"]
+            assert commanded and commanded[0]["who"]["name"] == "ui"
+            assert commanded[0]["new"]["pressure_cmh2o"] == 14
+            monitor.get_by_text("Audit trail — who changed what in this room").click()
+            idle(page)
+            expect(monitor.get_by_test_id("stExpander").filter(has_text="Audit trail")
+                   .get_by_test_id("stDataFrame")).to_be_visible(timeout=20_000)
             screenshot(page, "monitor.png")
 
             page.get_by_role("tab", name="Patients").click()
