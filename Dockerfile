@@ -8,6 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     API_WORKERS=2 \
+    API_THREADS=4 \
     HEALTHCHECK_URL=http://127.0.0.1:5000/health
 
 WORKDIR /app
@@ -25,6 +26,6 @@ EXPOSE 5000 8501
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"
 
-# Shell form so API_WORKERS can be set per deployment; exec keeps gunicorn as PID 1.
-CMD exec gunicorn --workers "$API_WORKERS" --bind 0.0.0.0:5000 --timeout 120 \
+# Shell form so API_WORKERS/API_THREADS can be set per deployment; exec keeps gunicorn as PID 1.
+CMD exec gunicorn --workers "$API_WORKERS" --threads "$API_THREADS" --bind 0.0.0.0:5000 --timeout 120 \
     --access-logfile - "server:create_app()"
