@@ -219,6 +219,7 @@ NEWLINE, COMMA, CR = ord("\n"), ord(","), ord("\r")
 SCAN_CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 250            # a valid line is ~40 bytes; longer ones are not samples
 MAX_LOGGED_LINES = 20
+MAX_OUT_OF_ORDER_FRACTION = 0.01  # more samples out of time order: refuse the file
 _FIRST_NON_SPACE = re.compile(rb"\S")
 
 
@@ -236,11 +237,12 @@ def _line_text(data: bytes, start: int, end: int, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _scan_chunk(raw: bytes):
-    """Classify the lines of a chunk of whole lines.
+def _scan_chunk(raw, check_bytes: bool = True):
+    """Classify the lines of a chunk of whole lines (bytes or a memoryview).
 
     Returns relative line ``starts`` and ``ends`` and ``good``: the line has exactly 6
     commas, no byte that cannot be part of a number, no empty field, a plausible length.
+    ``check_bytes=False`` skips the byte check when the caller knows the chunk is clean.
     """
     chunk = np.frombuffer(raw, dtype=np.uint8)
     newlines = np.flatnonzero(chunk == NEWLINE)
@@ -253,7 +255,7 @@ def _scan_chunk(raw: bytes):
     good = _has_six_commas(comma, starts, ends)
     good &= (ends - starts) <= MAX_LINE_BYTES
     # bytes.translate deletes every allowed byte at C speed: usually nothing is left
-    if raw.translate(None, _ALLOWED_BYTES):
+    if check_bytes and bytes(raw).translate(None, _ALLOWED_BYTES):
         good[np.searchsorted(starts, np.flatnonzero(_FORBIDDEN_BYTES[chunk]), side="right") - 1] = False
     # an empty field: a comma followed by a comma or the line end, or a line starting with one
     after = np.empty_like(comma)
@@ -299,12 +301,18 @@ def _scan_lines(data: bytes, chunk_bytes: int = SCAN_CHUNK_BYTES):
     """
     parts = []
     pos = 0
+    view = memoryview(data)
+    # one C-speed pass over the whole content: do bytes other than the first line's need a
+    # per-chunk check at all? (Usually only the header has letters.)
+    first_end = data.find(b"\n") + 1 or len(data)
+    body_dirty = (len(data.translate(None, _ALLOWED_BYTES))
+                  > len(data[:first_end].translate(None, _ALLOWED_BYTES)))
     while pos < len(data):
         stop = min(pos + chunk_bytes, len(data))
         if stop < len(data):
             nl = data.rfind(b"\n", pos, stop)
             stop = nl + 1 if nl >= pos else (data.find(b"\n", stop) + 1 or len(data))
-        starts, ends, good = _scan_chunk(data[pos:stop])
+        starts, ends, good = _scan_chunk(view[pos:stop], check_bytes=body_dirty or pos == 0)
         parts.append((starts + pos, ends + pos, good))
         pos = stop
     if not parts:
@@ -348,7 +356,10 @@ def _parse_columns(data: bytes, has_header: bool, good: np.ndarray, starts: np.n
         content = data
         options["header"] = 0 if has_header else None
     else:
-        content = _GoodLines(data, good, starts, ends)
+        flips = np.flatnonzero(np.diff(np.concatenate(([0], good.view(np.int8), [0]))))
+        # each run up to and including the newline after its last line
+        content = _GoodLines(data, [(starts[first], ends[stop - 1] + 1)
+                                    for first, stop in zip(flips[::2], flips[1::2])])
         options["header"] = None
     frame = pd.read_csv(io.BytesIO(content) if isinstance(content, bytes) else content, **options)
     if any(not pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
@@ -360,13 +371,11 @@ class _GoodLines(io.RawIOBase):
     """A read-only stream of the good runs of lines, served straight from the content
     (no joined copy of a 100 MB file for a few bad lines)."""
 
-    def __init__(self, data: bytes, good: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+    def __init__(self, data: bytes, ranges):
         super().__init__()
         view = memoryview(data)
-        flips = np.flatnonzero(np.diff(np.concatenate(([0], good.view(np.int8), [0]))))
-        # each run up to and including the newline after its last line
-        self._pieces = [view[starts[first]:ends[stop - 1] + 1] for first, stop in zip(flips[::2], flips[1::2])]
-        if self._pieces and ends[flips[-1] - 1] == len(data):  # last line without a newline
+        self._pieces = [view[start:stop] for start, stop in ranges if stop > start]
+        if self._pieces and bytes(self._pieces[-1][-1:]) != b"\n":  # last line without a newline
             self._pieces.append(memoryview(b"\n"))
         self._pieces.reverse()
 
@@ -385,34 +394,17 @@ class _GoodLines(io.RawIOBase):
         return n
 
 
-def read_samples(source: Source) -> Samples:
-    """Read a CPAP recording into V1 pressures, skipping (and reporting) unusable lines.
+class _Parsed(NamedTuple):
+    """Rows parsed from a recording: ``frame`` columns 0..3 are time and the V1 pressures,
+    ``line_index`` the 0-based file line of each row, ``skipped`` the lines left out."""
 
-    Lines are located and classified with NumPy on the raw bytes (no Python loop per line);
-    pandas' C parser then reads the good lines in one pass, skipping the bad ones by number,
-    so a few bad lines never force a slow path for the whole file.
+    frame: pd.DataFrame
+    line_index: np.ndarray
+    skipped: list
 
-    Parameters
-    ----------
-    source : str, os.PathLike, bytes or file-like
-        Path, content, or a binary or text file object (e.g. a web upload).
 
-    Returns
-    -------
-    Samples
-        ``time`` [s], ``p2``, ``p1_ins``, ``p1_exp`` [ADC units] and ``skipped_lines``.
-
-    Raises
-    ------
-    CpapFileError
-        Empty, binary, or without a single valid sample.
-    """
-    data = read_bytes(source)
-    if _FIRST_NON_SPACE.search(data) is None:
-        raise CpapFileError("the recording is empty: no samples to analyse")
-    if _looks_binary(data):
-        raise CpapFileError("the file is not a CPAP text recording (it contains binary data)")
-
+def _parse_scanned(data: bytes) -> _Parsed:
+    """Classify every line with :func:`_scan_lines`, then parse the good ones."""
     starts, ends, good = _scan_lines(data)
     has_header = not good[0]
     good[0] = False if has_header else good[0]
@@ -431,16 +423,85 @@ def read_samples(source: Source) -> Samples:
     if invalid.any():
         skipped += [SkippedLine(int(i) + 1, _reason(data, starts[i], ends[i])) for i in good_idx[invalid]]
         skipped.sort()
-        frame = frame[~invalid]
+        frame, good_idx = frame[~invalid], good_idx[~invalid]
+    return _Parsed(frame, good_idx, skipped)
+
+
+def _drop_out_of_order(time: np.ndarray, line_index: np.ndarray):
+    """Mask of samples to keep under the time-order rule, and the skipped lines.
+
+    A sample is kept only if its time is later than every sample before it; a repeated
+    time or a step back is skipped and reported. If more than
+    ``MAX_OUT_OF_ORDER_FRACTION`` of the samples would go, the file is refused: that is no
+    clock glitch but e.g. two recordings joined, and dropping half a night quietly is worse.
+    """
+    latest = np.maximum.accumulate(time)
+    keep = np.ones(len(time), dtype=bool)
+    keep[1:] = time[1:] > latest[:-1]
+    n_out = len(time) - int(np.count_nonzero(keep))
+    if n_out == 0:
+        return keep, []
+    out = np.flatnonzero(~keep)
+    if n_out > MAX_OUT_OF_ORDER_FRACTION * len(time):
+        first = out[0]
+        raise CpapFileError(
+            f"the time goes back at line {line_index[first] + 1} ({time[first]:.3f} s after "
+            f"{latest[first - 1]:.3f} s) and {n_out} of {len(time)} samples are out of time order; "
+            f"is this several recordings joined into one file?")
+    skipped = [SkippedLine(int(line_index[i]) + 1,
+                           f"time not increasing: {time[i]:.3f} s after {latest[i - 1]:.3f} s")
+               for i in out]
+    return keep, skipped
+
+
+def read_samples(source: Source) -> Samples:
+    """Read a CPAP recording into V1 pressures, skipping (and reporting) unusable lines.
+
+    Lines are located and classified with NumPy on the raw bytes (no Python loop per line);
+    pandas' C parser then reads the good lines in one pass, skipping the bad ones by number,
+    so a few bad lines never force a slow path for the whole file.
+
+    Samples must be in time order: a sample whose time is not later than every earlier
+    sample (a repeated time or a step back) is skipped and reported with its line number;
+    if more than 1 % of the samples are out of order the file is refused.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or file-like
+        Path, content, or a binary or text file object (e.g. a web upload).
+
+    Returns
+    -------
+    Samples
+        ``time`` [s], ``p2``, ``p1_ins``, ``p1_exp`` [ADC units] and ``skipped_lines``.
+
+    Raises
+    ------
+    CpapFileError
+        Empty, binary, without a single valid sample, or mostly out of time order.
+    """
+    data = read_bytes(source)
+    if _FIRST_NON_SPACE.search(data) is None:
+        raise CpapFileError("the recording is empty: no samples to analyse")
+    if _looks_binary(data):
+        raise CpapFileError("the file is not a CPAP text recording (it contains binary data)")
+
+    parsed = _parse_scanned(data)
+    frame, skipped = parsed.frame, parsed.skipped
     if len(frame) == 0:
         raise CpapFileError(_no_samples_message(skipped, len(skipped)))
+    time = frame[COL_TIME].to_numpy(dtype=np.float64)
+    keep, out_of_order = _drop_out_of_order(time, parsed.line_index)
+    columns = [time] + [frame[c].to_numpy() for c in (COL_P2, COL_P1_INS, COL_P1_EXP)]
+    if out_of_order:
+        skipped = sorted(skipped + out_of_order)
+        columns = [c[keep] for c in columns]
     if skipped:
         log.warning("skipped %d unusable line(s), first: line %d: %s",
                     len(skipped), skipped[0].line_number, skipped[0].reason)
     for s in skipped[:MAX_LOGGED_LINES]:
         log.debug("skipped line %d: %s", s.line_number, s.reason)
-    return Samples(frame[COL_TIME].to_numpy(dtype=np.float64), frame[COL_P2].to_numpy(),
-                   frame[COL_P1_INS].to_numpy(), frame[COL_P1_EXP].to_numpy(), skipped)
+    return Samples(*columns, skipped)
 
 
 def _no_samples_message(skipped: list, n_bad: int) -> str:
