@@ -245,7 +245,8 @@ def _scan_chunk(raw, check_bytes: bool = True):
     ``check_bytes=False`` skips the byte check when the caller knows the chunk is clean.
     """
     chunk = np.frombuffer(raw, dtype=np.uint8)
-    newlines = np.flatnonzero(chunk == NEWLINE)
+    nl = chunk == NEWLINE
+    newlines = np.flatnonzero(nl)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.append(newlines, len(chunk))
     if starts[-1] == len(chunk):  # the chunk ends with a newline: no line after it
@@ -258,15 +259,15 @@ def _scan_chunk(raw, check_bytes: bool = True):
     if check_bytes and bytes(raw).translate(None, _ALLOWED_BYTES):
         good[np.searchsorted(starts, np.flatnonzero(_FORBIDDEN_BYTES[chunk]), side="right") - 1] = False
     # an empty field: a comma followed by a comma or the line end, or a line starting with one
-    after = np.empty_like(comma)
-    after[:-1] = chunk[1:] == COMMA
-    after[:-1] |= chunk[1:] == NEWLINE
-    after[:-1] |= chunk[1:] == CR
-    after[-1] = True
-    after &= comma
-    after[safe_starts] |= comma[safe_starts]
-    if after.any():
-        good[np.searchsorted(starts, np.flatnonzero(after), side="right") - 1] = False
+    # (the comma and newline masks are reused: each full-chunk pass costs as much as the test)
+    ender = comma[1:] | nl[1:]
+    ender |= chunk[1:] == CR
+    empty = np.empty_like(comma)
+    np.logical_and(comma[:-1], ender, out=empty[:-1])
+    empty[-1] = comma[-1]
+    empty[safe_starts] |= comma[safe_starts]
+    if empty.any():
+        good[np.searchsorted(starts, np.flatnonzero(empty), side="right") - 1] = False
     return starts, ends, good
 
 
