@@ -664,8 +664,21 @@ def detect_breaths(time, flow_lpm) -> np.ndarray:
     run_starts, run_ends = run_starts[long_enough], run_ends[long_enough]
     if len(run_starts) == 0:
         return np.zeros(0)
-    peaks = np.array([a + int(np.argmax(above[a:b])) for a, b in zip(run_starts, run_ends)])
+    peaks = _run_argmax(above, run_starts, run_ends)
     return _merge_close(t[peaks], above[peaks])
+
+
+def _run_argmax(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Index of the (first) maximum of ``x`` in each run ``[starts[i], ends[i])``; runs are
+    non-empty, ascending and disjoint, ``ends[i] < len(x)``. Vectorised: at 8 hours there
+    are thousands of runs and a Python ``argmax`` per run cost a tenth of the analysis."""
+    run_max = np.maximum.reduceat(x, np.column_stack((starts, ends)).ravel())[::2]
+    lengths = ends - starts
+    run_of = np.repeat(np.arange(len(starts)), lengths)
+    index = np.arange(len(run_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + starts[run_of]
+    at_max = np.flatnonzero(x[index] == run_max[run_of])
+    first = at_max[np.unique(run_of[at_max], return_index=True)[1]]
+    return index[first]
 
 
 def _merge_close(peak_times: np.ndarray, peak_heights: np.ndarray) -> np.ndarray:
