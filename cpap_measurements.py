@@ -216,6 +216,7 @@ def _forbidden_byte_table() -> np.ndarray:
 
 _FORBIDDEN_BYTES = _forbidden_byte_table()
 _ALLOWED_BYTES = bytes(np.flatnonzero(~_FORBIDDEN_BYTES).astype(np.uint8))
+_MAX_ALLOWED_BYTE = max(_ALLOWED_BYTES)
 NEWLINE, COMMA, CR = ord("\n"), ord(","), ord("\r")
 SCAN_CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 250            # a valid line is ~40 bytes; longer ones are not samples
@@ -289,8 +290,11 @@ def _has_six_commas(comma: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> 
 
 def _body_has_forbidden_bytes(data: bytes) -> bool:
     """True when a byte that cannot be in a number occurs after the first line (usually only
-    the header has letters). One C-speed ``bytes.translate`` pass over the whole content."""
+    the header has letters). Letters (``NaN``, ``bad data``) are above every allowed byte, so
+    a ``max`` settles most dirty files in ~3 ms; otherwise one ``bytes.translate`` pass."""
     first_end = data.find(b"\n") + 1 or len(data)
+    if first_end < len(data) and np.frombuffer(data, dtype=np.uint8, offset=first_end).max() > _MAX_ALLOWED_BYTE:
+        return True
     return (len(data.translate(None, _ALLOWED_BYTES))
             > len(data[:first_end].translate(None, _ALLOWED_BYTES)))
 
