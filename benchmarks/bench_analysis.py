@@ -1,16 +1,23 @@
 """Benchmark: full analysis vs. bare ``pandas.read_csv`` on 1-hour and 8-hour recordings.
 
-Generates the recordings in a temporary directory, then in the same run times (median of
-several runs) ``pandas.read_csv`` of the file alone and ``analyze()`` + ``flow_plot_png()``,
-and measures the peak RSS of one full analysis in a fresh subprocess. Prints a markdown table.
+Generates the recordings in a temporary directory, then in the same run times ``pandas.read_csv``
+of the file alone (A) and ``analyze()`` + ``flow_plot_png()`` (B), interleaved A B, B A, A B ...
+so that both see the same load from other jobs, and measures the peak RSS of one full analysis
+in a fresh subprocess. Prints a markdown table with median and minimum wall time, the median of
+the per-round B/A wall ratios (each taken under the load of that moment) and CPU ratios.
 
-    python benchmarks/bench_analysis.py [--hours 1 8] [--repeat 5]
+    python benchmarks/bench_analysis.py [--hours 1 8] [--repeat 7] [--code DIR]
+
+``--code DIR`` benchmarks the ``cpap_measurements.py`` in another checkout (e.g. the previous
+commit, for a before/after table in one sitting); the synthetic files come from this one.
 
 Targets (issue 2): 8 h full analysis <= 2x bare read_csv; peak RSS < 1 GB at 8 h; 1 h < 0.5 s.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import logging
 import os
 import statistics
 import subprocess
@@ -24,12 +31,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cpap_measurements import analyze, flow_plot_png  # noqa: E402
 from cpap_synth import SynthConfig, write  # noqa: E402
 
 RSS_CHILD = """
 import sys
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {code!r})
 from cpap_measurements import analyze, flow_plot_png
 flow_plot_png(analyze({path!r}))
 # VmHWM is this process image's own peak; ru_maxrss would include the forking parent's
@@ -38,35 +45,72 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 """
 
 
-def median_times(fns: dict, repeat: int) -> dict:
-    """Median wall and CPU time (s) of each function over ``repeat`` rounds.
+class Timings:
+    """Wall and CPU times (s) of each function, one entry per round."""
 
-    The functions take turns within each round, so load from other jobs on a shared
-    machine hits all alike; CPU time (this process only) is reported too, because on a
-    busy machine wall time mostly measures the other jobs."""
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
+    def __init__(self, names):
+        self.wall = {name: [] for name in names}
+        self.cpu = {name: [] for name in names}
+
+    def run(self, name, fn) -> None:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        self.wall[name].append(time.perf_counter() - start)
+        self.cpu[name].append(time.process_time() - start_cpu)
+
+    def median(self, name, cpu=False) -> float:
+        return statistics.median((self.cpu if cpu else self.wall)[name])
+
+    def min(self, name) -> float:
+        return min(self.wall[name])
+
+    def paired_ratio(self, num, den, cpu=False) -> float:
+        """Median over rounds of num/den measured in the same round (same load)."""
+        times = self.cpu if cpu else self.wall
+        return statistics.median(n / d for n, d in zip(times[num], times[den]))
 
 
-def peak_rss_mb(path: Path) -> float:
+def interleaved(fns: dict, repeat: int) -> Timings:
+    """Run the functions ``repeat`` rounds, reversing their order every other round (A B, B A,
+    ...) so neither always runs first after a pause or right after the other's garbage."""
+    t = Timings(fns)
+    order = list(fns)
+    for i in range(repeat):
+        for name in (order if i % 2 == 0 else order[::-1]):
+            t.run(name, fns[name])
+    return t
+
+
+def peak_rss_mb(path: Path, code: Path) -> float:
     """Peak resident memory of one analyze + plot in a fresh interpreter, MB."""
-    out = subprocess.run([sys.executable, "-c", RSS_CHILD.format(root=str(ROOT), path=str(path))],
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD.format(root=str(ROOT), code=str(code), path=str(path))],
                          check=True, capture_output=True, text=True).stdout
     return int(out.split()[-1]) / 1024  # kB -> MB
+
+
+def load_analysis(code: Path):
+    """``cpap_measurements`` from the checkout ``code``."""
+    spec = importlib.util.spec_from_file_location("cpap_measurements", code / "cpap_measurements.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cpap_measurements"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+COLUMNS = ("recording", "rows", "size (MB)", "read_csv wall median / min (s)",
+           "analyze + plot wall median / min (s)", "ratio wall: paired median", "ratio wall: of medians",
+           "ratio wall: of minima", "ratio CPU: paired median", "plot alone (s)", "peak RSS (MB)",
+           "breaths found/true", "apneas found/true", "skipped lines")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, nargs="*", default=[1, 8])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose cpap_measurements.py to time")
     args = parser.parse_args(argv)
+    cm = load_analysis(args.code.resolve())
+    logging.disable(logging.WARNING)  # the bad-lines case would log its skipped lines each round
     rows = []
     cases = [(f"{h:g} h", h, {}) for h in args.hours]
     if args.hours:  # real night files have bad lines: the longest again with some
@@ -81,28 +125,28 @@ def main(argv=None) -> int:
             clean.setdefault(hours, path)
             reference = clean[hours]  # bare read_csv stops at a bad line: time the clean twin
             size_mb = path.stat().st_size / 1e6
-            result = analyze(path)
-            flow_plot_png(result)  # warm-up: first matplotlib use loads fonts
-            t = median_times({
-                "read": lambda: pd.read_csv(reference),
-                "full": lambda: flow_plot_png(analyze(path)),
-                "plot": lambda: flow_plot_png(result),
-            }, args.repeat)
-            rss = peak_rss_mb(path)
-            (read_s, read_cpu), (full_s, full_cpu), (plot_s, _) = t["read"], t["full"], t["plot"]
-            rows.append((label, len(result.time), size_mb, read_s, full_s, full_s / read_s,
-                         read_cpu, full_cpu, full_cpu / read_cpu, plot_s, rss,
+            result = cm.analyze(path)
+            cm.flow_plot_png(result)  # warm-up: first matplotlib use loads fonts
+            t = interleaved({"read": lambda: pd.read_csv(reference),
+                             "full": lambda: cm.flow_plot_png(cm.analyze(path))}, args.repeat)
+            plot = interleaved({"plot": lambda: cm.flow_plot_png(result)}, 3)
+            rows.append((label, f"{len(result.time):,}", f"{size_mb:.0f}",
+                         f"{t.median('read'):.2f} / {t.min('read'):.2f}",
+                         f"{t.median('full'):.2f} / {t.min('full'):.2f}",
+                         f"**{t.paired_ratio('full', 'read'):.2f}**",
+                         f"{t.median('full') / t.median('read'):.2f}",
+                         f"{t.min('full') / t.min('read'):.2f}",
+                         f"{t.paired_ratio('full', 'read', cpu=True):.2f}",
+                         f"{plot.median('plot'):.2f}", f"{peak_rss_mb(path, args.code.resolve()):.0f}",
                          f"{result.breaths}/{truth['breaths']}", f"{result.apnea_count}/{truth['apnea_count']}",
-                         len(result.skipped_lines)))
+                         str(len(result.skipped_lines))))
             print(f"done {label}", file=sys.stderr)
-    print("| recording | rows | size (MB) | bare read_csv wall (s) | analyze + plot wall (s) | ratio wall "
-          "| bare read_csv CPU (s) | analyze + plot CPU (s) | ratio CPU | plot alone (s) | peak RSS (MB) "
-          "| breaths found/true | apneas found/true | skipped lines |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]:,} | {r[2]:.0f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} "
-              f"| {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} | {r[11]} | {r[12]} | {r[13]} |")
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"{args.repeat} rounds", file=sys.stderr)
     return 0
 
 
