@@ -559,6 +559,7 @@ class DropAnswers:
         for _ in self.app(environ, lambda *args, **kw: None):   # stored, answer discarded
             pass
         environ["werkzeug.socket"].shutdown(2)                   # connection lost
+        start_response("502 Bad Gateway", [])                    # (never reaches the client)
         return []
 
 
