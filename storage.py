@@ -241,6 +241,8 @@ class Storage:
         replay = False
         if upload_id is not None and not _insert_once(self.uploads, plan):
             plan = self.uploads.find_one({"_id": upload_id})
+            if plan is None:  # removed in between (by hand): the client's retry claims anew
+                raise pymongo.errors.OperationFailure(f"upload claim {upload_id} vanished")
             self._check_same_upload(plan, mrn, room, digest)
             replay = True
             if plan.get("done") is not None:  # complete: answer it, write nothing
