@@ -180,7 +180,7 @@ def actor() -> dict:
     return {"name": caller.name, "role": caller.role, "address": caller.address}
 
 
-def save_upload(clean: dict, digest: str | None = None, key_field: str = "upload_id"):
+def save_upload(clean: dict, digest: str | None = None):
     auth.require_room(clean["room"])  # a room-scoped station uploads for its room only
     try:
         return get_storage().upload(clean["mrn"], clean["room"], name=clean["name"],
@@ -188,7 +188,7 @@ def save_upload(clean: dict, digest: str | None = None, key_field: str = "upload
                                     actor=actor(), upload_id=clean.get("upload_id"),
                                     digest=digest)
     except storage.UploadConflict as exc:
-        raise ValidationError(str(exc), key_field, status=409) from None
+        raise ValidationError(str(exc), "upload_id", status=409) from None
 
 
 def upload_answer(response: Response, result, created_status: int = 201) -> Response:
