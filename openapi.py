@@ -21,6 +21,19 @@ _PRESSURE = {"type": "integer", "minimum": v.PRESSURE_MIN_CMH2O,
              "maximum": v.PRESSURE_MAX_CMH2O, "description": "cmH2O"}
 
 
+_UPLOAD_ID = {"type": "string", "pattern": f"^{v.UPLOAD_ID_PATTERN}$",
+              "minLength": 8, "maxLength": 64, "example": "0b9e7c2e-5f4a-4d0b-9a51-3c2f1e8d7a64",
+              "description": "Optional idempotency key chosen by the client (e.g. a UUID4), "
+                             "fresh for each new upload and reused for its retries. The "
+                             "first request with a key stores the upload; a later one with "
+                             "the same key and the same values answers the same record "
+                             "(200, header Idempotent-Replay: true) and stores nothing; "
+                             "the key with another MRN, room or values is a 409."}
+_REPLAY_HEADERS = {"Idempotent-Replay": {
+    "description": "'true' when the upload_id was seen before: the stored answer, "
+                   "nothing new written", "schema": {"type": "string", "enum": ["true"]}}}
+
+
 def _nullable(schema: dict) -> dict:
     return {**schema, "nullable": True}
 
@@ -92,6 +105,7 @@ SCHEMAS = {
         "properties": {
             "mrn": _POSITIVE, "room": _POSITIVE,
             "name": _nullable({"type": "string", "maxLength": v.MAX_NAME_CHARS}),
+            "upload_id": _UPLOAD_ID,
             "cpap_pressure_cmh2o": _PRESSURE,
             "breath_rate_bpm": {"type": "number", "minimum": 0,
                                 "maximum": v.BREATH_RATE_MAX_BPM},
@@ -131,15 +145,20 @@ SCHEMAS = {
     "LegacyPatient": {
         "type": "object", "required": ["patient_mrn", "room_number"],
         "description": "Older clients. Empty string = not given; numbers may be strings.",
-        "properties": {k: {"oneOf": [{"type": "string"}, {"type": "number"}]}
-                       for k in ("patient_name", "patient_mrn", "room_number", "CPAP_pressure",
-                                 "breath_rate", "apnea_count", "flow_image")},
+        "properties": {**{k: {"oneOf": [{"type": "string"}, {"type": "number"}]}
+                          for k in ("patient_name", "patient_mrn", "room_number",
+                                    "CPAP_pressure", "breath_rate", "apnea_count",
+                                    "flow_image")},
+                       "upload_id": _UPLOAD_ID},
     },
 }
 
 
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
+    out = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
 
 
 def _err(description: str) -> dict:
@@ -156,6 +175,8 @@ _MRN = _param("mrn", _POSITIVE, description="medical record number")
 _LIMIT = _param("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "query",
                 "how many, newest first")
 _BAD = {"400": _err("invalid input")}
+_CONFLICT = {"409": _err("upload_id already used for another MRN, room or values "
+                         "(field: upload_id)")}
 _NOT_FOUND = {"404": _err("not found")}
 
 
@@ -180,8 +201,10 @@ def _api_paths() -> dict:
             "post": _op("Upload from a patient station (create or update a patient, add a "
                         "record)", {
                             "201": _json(uploaded, "new patient"),
-                            "200": _json(uploaded, "known patient updated"),
-                            **_BAD, "413": _err("body or image too large"),
+                            "200": _json(uploaded, "known patient updated, or a repeated "
+                                                   "upload_id: the stored answer",
+                                         _REPLAY_HEADERS),
+                            **_BAD, **_CONFLICT, "413": _err("body or image too large"),
                             "415": _err("not JSON")}, body=upload_body),
             "get": _op("Patients, paginated, sorted by room then MRN", {
                 "200": _json({"type": "object", "properties": {
@@ -227,7 +250,12 @@ def _api_paths() -> dict:
                     "metrics": {"type": "object",
                                 "description": "cpap_measurements result.to_dict()"}}},
                     "analysed and stored"),
-                **_BAD, "413": _err("file larger than the upload limit"),
+                "200": _json({"type": "object", "properties": {
+                    "patient": _ref("Patient"), "record": _ref("Record"),
+                    "metrics": {"type": "object"}}},
+                    "a repeated upload_id: the stored record (the file analysed again "
+                    "for metrics), nothing new stored", _REPLAY_HEADERS),
+                **_BAD, **_CONFLICT, "413": _err("file larger than the upload limit"),
                 "415": _err("not multipart/form-data"),
                 "422": _err("the file cannot be analysed (message names the line)")},
             parameters=[_ROOM], body={"required": True, "content": {"multipart/form-data": {
@@ -235,7 +263,8 @@ def _api_paths() -> dict:
                            "properties": {"file": {"type": "string", "format": "binary"},
                                           "mrn": _POSITIVE, "cpap_pressure_cmh2o": _PRESSURE,
                                           "name": {"type": "string",
-                                                   "maxLength": v.MAX_NAME_CHARS}}}}}})},
+                                                   "maxLength": v.MAX_NAME_CHARS},
+                                          "upload_id": _UPLOAD_ID}}}}})},
         "/rooms/{room}/pressure": {
             "put": _op("Command a new CPAP pressure for a room", {
                 "201": _json(_ref("Command"), "the command"), **_BAD, **_NOT_FOUND,
@@ -272,8 +301,11 @@ def _legacy_paths() -> dict:
     text = {"text/plain": {"schema": {"type": "string"}}}
     return {
         "/add_patient": {"post": _op("Older clients' upload", {
-            "200": {"description": "'New patient created' or 'Patient successfully updated'",
-                    "content": text}, **_BAD, "415": _err("not JSON")}, tags=tags,
+            "200": {"description": "'New patient created' or 'Patient successfully updated' "
+                                   "(a repeated upload_id: 'Patient successfully updated' "
+                                   "with Idempotent-Replay: true, nothing stored)",
+                    "content": text, "headers": _REPLAY_HEADERS}, **_BAD, **_CONFLICT,
+            "415": _err("not JSON")}, tags=tags,
             body={"required": True, "content": {"application/json": {
                 "schema": _ref("LegacyPatient")}}})},
         "/CPAP_query/{room_number}": {"get": _op("Commanded pressure as a JSON number", {

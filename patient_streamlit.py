@@ -23,10 +23,12 @@ import base64
 import copy
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
 import string
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,6 +37,8 @@ import numpy as np
 import pandas as pd
 import requests
 import streamlit as st
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 import cpap_measurements
 
@@ -87,6 +91,14 @@ API_TIMEOUT_S = _env_number("API_TIMEOUT_S", 5, 0.5, 60)
 STALE_AFTER_MIN = _env_number("STALE_AFTER_MIN", 15, 0, 24 * 60)
 PRESSURE_POLL_S = _env_number("PRESSURE_POLL_S", 10, 1, 30)
 MONITOR_REFRESH_S = _env_number("MONITOR_REFRESH_S", 10, 5, 30)
+
+#: Automatic retries of an upload: on connection errors, a lost answer and 502/503/504
+#: (e.g. the database restarting), waiting 0, 1, 2 s. Safe for this POST only because
+#: it carries an upload_id: the server answers a repeat with the stored record instead
+#: of storing it again. Other changes (a pressure command) are never retried blindly.
+UPLOAD_RETRY = Retry(total=3, connect=3, read=3, status=3, other=0, backoff_factor=0.5,
+                     status_forcelist=(502, 503, 504), allowed_methods=frozenset({"POST"}),
+                     raise_on_status=False)
 
 
 # --- Text and time helpers --------------------------------------------------------------
@@ -175,12 +187,19 @@ class ApiError(Exception):
         self.status = status
 
 
-def api_call(method: str, path: str, **kwargs) -> requests.Response:
-    """One API request with a timeout; every failure becomes an :class:`ApiError`."""
+def api_call(method: str, path: str, retry: Retry | None = None,
+             **kwargs) -> requests.Response:
+    """One API request with a timeout (per attempt); every failure becomes an
+    :class:`ApiError`. ``retry`` (urllib3) only for requests that are safe to repeat."""
     base = kwargs.pop("base", None) or api_url()
     kwargs["headers"] = {**(kwargs.get("headers") or {}), **auth_headers()}
     try:
-        resp = requests.request(method, f"{base}{path}", timeout=API_TIMEOUT_S, **kwargs)
+        with requests.Session() as http:
+            if retry is not None:
+                adapter = HTTPAdapter(max_retries=retry)
+                http.mount("http://", adapter)
+                http.mount("https://", adapter)
+            resp = http.request(method, f"{base}{path}", timeout=API_TIMEOUT_S, **kwargs)
     except requests.Timeout:
         raise ApiError(f"The server at {base} did not answer within {API_TIMEOUT_S:g} s. "
                        "Your entries are kept; try again in a moment.") from None
@@ -285,7 +304,9 @@ def refresh_patients() -> None:
 
 
 def post_patient(payload: dict) -> dict:
-    body = api_json("POST", "/api/v1/patients", json=payload)
+    """Upload; retried automatically when ``payload`` carries its ``upload_id``."""
+    retry = UPLOAD_RETRY if payload.get("upload_id") else None
+    body = api_json("POST", "/api/v1/patients", json=payload, retry=retry)
     clear_fetch_caches()
     return body
 
@@ -403,6 +424,7 @@ PATIENT_DEFAULTS = {
     "ps_command_unmarked": False,  # applied locally, the server not yet told
     "ps_link": None,             # (kind, text) status of the last poll
     "ps_digests": {},            # file token -> sha256, so a file is hashed once
+    "ps_pending": None,          # {"digest", "upload_id"} of an upload not yet answered
 }
 MONITOR_DEFAULTS = {
     "mon_interval": (f"{MONITOR_REFRESH_S:g} s" if f"{MONITOR_REFRESH_S:g} s" in REFRESH_CHOICES_S
@@ -502,6 +524,17 @@ def upload_payload() -> tuple[dict | None, str | None]:
     return payload, None
 
 
+def upload_id_for(payload: dict) -> str:
+    """The idempotency key of an upload: a fresh UUID4 for a new upload, the same one
+    for its automatic retries and for a press of Upload that re-sends the same entries
+    after an attempt that got no clear answer (it may have been stored)."""
+    ss = st.session_state
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    if not ss.ps_pending or ss.ps_pending["digest"] != digest:
+        ss.ps_pending = {"digest": digest, "upload_id": str(uuid.uuid4())}
+    return ss.ps_pending["upload_id"]
+
+
 @safe_callback
 def do_upload() -> None:
     """Upload button callback (runs before the rerun, so the page shows the new lock)."""
@@ -510,11 +543,15 @@ def do_upload() -> None:
     if error:
         ss.ps_message = ("error", f"Not uploaded: {error}")
         return
+    payload["upload_id"] = upload_id_for(payload)
     try:
         body = post_patient(payload)
     except ApiError as exc:
+        if exc.status is not None and exc.status < 500:
+            ss.ps_pending = None          # refused for good: a new attempt is a new upload
         ss.ps_message = ("error", f"Not uploaded. {exc.message}")
         return
+    ss.ps_pending = None
     record = body.get("record")
     patient = body.get("patient") or {}
     if ss.ps_locked is None:

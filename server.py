@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -44,6 +45,8 @@ DEFAULT_HISTORY_LIMIT = 50
 DEFAULT_AUDIT_LIMIT = 100
 #: Ward-wide reads (every patient's data): monitors and admins when reads are protected.
 WARD = (MONITOR, ADMIN)
+#: Set (to "true") on the answer to an upload whose upload_id was seen before.
+REPLAY_HEADER = "Idempotent-Replay"
 
 api = Blueprint("api", __name__)
 
@@ -177,11 +180,26 @@ def actor() -> dict:
     return {"name": caller.name, "role": caller.role, "address": caller.address}
 
 
-def save_upload(clean: dict):
+def save_upload(clean: dict, digest: str | None = None):
     auth.require_room(clean["room"])  # a room-scoped station uploads for its room only
-    return get_storage().upload(clean["mrn"], clean["room"], name=clean["name"],
-                                metrics=clean["metrics"], image=clean["image"],
-                                actor=actor())
+    try:
+        return get_storage().upload(clean["mrn"], clean["room"], name=clean["name"],
+                                    metrics=clean["metrics"], image=clean["image"],
+                                    actor=actor(), upload_id=clean.get("upload_id"),
+                                    digest=digest)
+    except storage.UploadConflict as exc:
+        raise ValidationError(str(exc), "upload_id", status=409) from None
+
+
+def upload_answer(response: Response, result, created_status: int = 201) -> Response:
+    """Status 201 for a new patient (recording: a new record), 200 otherwise; a
+    replayed upload_id is always a 200 with ``Idempotent-Replay: true``."""
+    if result.replay:
+        response.status_code = 200
+        response.headers[REPLAY_HEADER] = "true"
+    else:
+        response.status_code = created_status
+    return response
 
 
 # -- patients --------------------------------------------------------------------
@@ -191,8 +209,9 @@ def upload_patient():
     body = json_body()
     validation.known_fields(body, validation.UPLOAD_FIELDS)
     result = save_upload(validation.upload(body))
-    return (jsonify(patient=patient_out(result.patient), record=record_out(result.record)),
-            201 if result.created else 200)
+    return upload_answer(jsonify(patient=patient_out(result.patient),
+                                 record=record_out(result.record)), result,
+                         201 if result.created else 200)
 
 
 @api.get("/patients")
@@ -301,15 +320,21 @@ def upload_recording(room):
     if upload is None:
         raise ValidationError("file is required (the CPAP recording)", "file")
     form = request.form
-    base = {"mrn": form.get("mrn"), "room": number, "name": form.get("name")}
-    validation.upload(base)  # MRN and name errors first, before the costly analysis
+    base = {"mrn": form.get("mrn"), "room": number, "name": form.get("name"),
+            "upload_id": form.get("upload_id")}
+    first = validation.upload(base)  # MRN and name errors first, before the analysis
     if not form.get("cpap_pressure_cmh2o"):
         raise ValidationError("cpap_pressure_cmh2o is required", "cpap_pressure_cmh2o")
     validation.pressure(form.get("cpap_pressure_cmh2o"))
 
     import cpap_measurements  # the analysis stack (NumPy/SciPy/Matplotlib) loads on first use
+    data = upload.stream.read()
+    # A repeated upload_id must repeat the same request: the file and the form values.
+    digest = storage.fingerprint("recording", first["mrn"], number, first["name"],
+                                 validation.pressure(form.get("cpap_pressure_cmh2o")),
+                                 hashlib.sha256(data).hexdigest())
     try:
-        result = cpap_measurements.analyze(upload.stream.read())
+        result = cpap_measurements.analyze(data)
     except cpap_measurements.CpapFileError as exc:
         raise ValidationError(str(exc), "file", status=422) from exc
     metrics = {"cpap_pressure_cmh2o": form.get("cpap_pressure_cmh2o"),
@@ -322,9 +347,10 @@ def upload_recording(room):
         raise ValidationError(f"the recording gives an implausible result: {exc.message}",
                               "file", status=422) from exc
     clean["image"] = (cpap_measurements.flow_plot_png(result), "image/png")
-    saved = save_upload(clean)
-    return jsonify(patient=patient_out(saved.patient), record=record_out(saved.record),
-                   metrics=result.to_dict()), 201
+    saved = save_upload(clean, digest=digest)
+    return upload_answer(jsonify(patient=patient_out(saved.patient),
+                                 record=record_out(saved.record), metrics=result.to_dict()),
+                         saved)
 
 
 # -- pressure commands -------------------------------------------------------------
@@ -405,7 +431,8 @@ legacy = Blueprint("legacy", __name__)
 
 LEGACY_NAMES = {"name": "patient_name", "mrn": "patient_mrn", "room": "room_number",
                 "cpap_pressure_cmh2o": "CPAP_pressure", "breath_rate_bpm": "breath_rate",
-                "apnea_count": "apnea_count", "flow_image": "flow_image"}
+                "apnea_count": "apnea_count", "flow_image": "flow_image",
+                "upload_id": "upload_id"}
 
 
 @legacy.post("/add_patient")
@@ -416,7 +443,7 @@ def legacy_add_patient():
                               names=LEGACY_NAMES)
     result = save_upload(clean)
     message = "New patient created" if result.created else "Patient successfully updated"
-    return Response(message, status=200, mimetype="text/plain")
+    return upload_answer(Response(message, mimetype="text/plain"), result, 200)
 
 
 @legacy.get("/CPAP_query/<room_number>")

@@ -14,6 +14,16 @@ Collections (see docs/README-api.md):
 - ``commands``  pressure commands per room.
 - ``audit``     insert-only trail of every pressure command, acknowledgement and
   patient change: who (token name and role), when, from where, old and new value.
+- ``uploads``   one claim per client-supplied ``upload_id`` (``_id`` = the key): the
+  plan of that upload decided up front (record id, time, audit entry ids, the state
+  before, who), so a retry with the same key answers the same record or completes
+  an interrupted upload instead of storing it twice.
+
+Uploads are idempotent steps keyed by ids decided before the first write: the
+image, the record and each audit entry are inserted with their planned ``_id``
+(a ``DuplicateKeyError`` means an earlier attempt already wrote it), summaries are
+guarded by their time stamp, and a patient's ``record_count`` is counted from the
+records when read, so it cannot drift from them whatever was interrupted.
 
 Every write is one atomic operation (insert, or update with ``$set``/``$inc``/
 ``$setOnInsert``, possibly an upsert). Denormalised summaries are guarded by their
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -55,8 +66,8 @@ NEWEST_AUDIT = [("at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 #: Who acted when no token is configured (open mode) or the caller is unknown.
 ANONYMOUS = {"name": "anonymous", "role": None, "address": None}
 
-#: How often an upsert that lost a race on the unique MRN index is retried.
-UPSERT_RETRIES = 3
+#: The audit entries an upload may write, each with an id planned up front.
+AUDIT_SLOTS = ("patient", "room_from", "room_to", "record")
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +107,26 @@ class UploadResult:
     patient: dict
     record: dict | None
     created: bool
+    replay: bool = False   # an upload_id seen before: nothing new was stored
+
+
+class UploadConflict(Exception):
+    """An ``upload_id`` already used for another upload (other MRN, room or values)."""
+
+
+def fingerprint(*parts) -> str:
+    """A digest of what an upload asks to store (checked when its key comes again)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str)
+                          .encode("utf-8")).hexdigest()
+
+
+def _insert_once(collection, doc: dict) -> bool:
+    """Insert a document with a planned ``_id``; False when it is already there."""
+    try:
+        collection.insert_one(doc)
+        return True
+    except DuplicateKeyError:
+        return False
 
 
 class Storage:
@@ -110,6 +141,7 @@ class Storage:
         self.commands = db["commands"]
         self.meta = db["meta"]
         self.audit = db["audit"]
+        self.uploads = db["uploads"]
 
     # -- set-up ------------------------------------------------------------------
     def ping(self) -> bool:
@@ -132,55 +164,41 @@ class Storage:
 
     # -- audit trail -------------------------------------------------------------
     def _audit(self, actor: dict | None, action: str, room: int, mrn: int | None, now,
-               old=None, new=None) -> None:
-        """Append one audit entry (the collection is only ever inserted into)."""
+               old=None, new=None, entry_id: ObjectId | None = None) -> None:
+        """Append one audit entry (the collection is only ever inserted into). With
+        ``entry_id`` (planned by an upload) a repeated attempt does not add it again."""
         actor = actor or ANONYMOUS
-        self.audit.insert_one({
-            "room": room, "mrn": mrn, "at": now, "action": action,
-            "who": {"name": actor.get("name") or "anonymous", "role": actor.get("role")},
-            "address": actor.get("address"), "old": old, "new": new})
+        try:
+            self.audit.insert_one({
+                "_id": entry_id or ObjectId(), "room": room, "mrn": mrn, "at": now,
+                "action": action,
+                "who": {"name": actor.get("name") or "anonymous", "role": actor.get("role")},
+                "address": actor.get("address"), "old": old, "new": new})
+        except DuplicateKeyError:
+            pass  # an earlier attempt of the same upload wrote this entry
 
     def audit_trail(self, room: int, limit: int) -> list[dict]:
         """A room's audit entries, newest first."""
         return list(self.audit.find({"room": room}).sort(NEWEST_AUDIT).limit(limit))
 
     # -- patients and uploads ----------------------------------------------------
-    def _upsert_patient(self, mrn: int, room: int, name: str | None, now, add_record: bool):
-        update = {
-            "$set": {"room": room, "updated": {"at": now}},
-            "$setOnInsert": {"mrn": mrn, "created_at": now, "latest": None},
-            "$inc": {"record_count": 1 if add_record else 0},
-        }
-        if name is not None:
-            update["$set"]["name"] = name
-        else:
-            update["$setOnInsert"]["name"] = None
-        for attempt in range(UPSERT_RETRIES):
-            try:
-                result = self.patients.update_one({"mrn": mrn}, update, upsert=True)
-                return result.upserted_id is not None
-            except DuplicateKeyError:
-                # Two first uploads of one MRN raced; the loser updates the winner's doc.
-                if attempt == UPSERT_RETRIES - 1:
-                    raise
-        return False  # pragma: no cover
-
     def _guarded_set(self, collection, key: dict, stamp_field: str, now, values: dict,
-                     upsert: bool = False) -> None:
+                     upsert: bool = False, on_insert: dict | None = None) -> None:
         """``$set`` values unless the document already holds something newer.
 
         Each step is one atomic update; the filters never use ``$or`` (nx-27017 drops
         the other conditions of a filter that has one, and updates the wrong document).
         1. set where the stamp is not newer than ``now``; 2. otherwise set where there
-        is no value yet (or insert the document when ``upsert``); 3. if a racing writer
-        got in between, try step 1 once more. Whatever is left is newer than ours.
+        is no value yet (or insert the document when ``upsert``, as ``on_insert`` if
+        given); 3. if a racing writer got in between (an upsert losing the race on a
+        unique index), try step 1 once more. Whatever is left is newer than ours.
         """
         not_newer = dict(key, **{stamp_field: {"$lte": now}})
         if collection.update_one(not_newer, {"$set": values}).matched_count:
             return
         if upsert:
             try:
-                if collection.update_one(key, {"$setOnInsert": values},
+                if collection.update_one(key, {"$setOnInsert": on_insert or values},
                                          upsert=True).upserted_id is not None:
                     return
             except DuplicateKeyError:
@@ -193,34 +211,94 @@ class Storage:
 
     def upload(self, mrn: int, room: int, name: str | None = None,
                metrics: dict | None = None, image: tuple[bytes, str] | None = None,
-               actor: dict | None = None) -> UploadResult:
+               actor: dict | None = None, upload_id: str | None = None,
+               digest: str | None = None) -> UploadResult:
         """Create or update a patient and, when ``metrics`` are given, add one record.
 
         ``image`` is ``(bytes, content_type)`` and only stored with a record. ``actor``
         (``{name, role, address}``) is who the audit trail names for the changes.
+
+        ``upload_id`` (validated by the caller) makes the upload idempotent: the first
+        call claims the key with its plan; a later call with the key answers the same
+        record (``replay``) and writes nothing, or completes the plan when an earlier
+        attempt was interrupted. ``digest`` (default: a digest of the arguments) is what
+        a repeated key must match; another MRN, room or digest raises UploadConflict.
         """
         now = utc_now()
+        if digest is None:
+            digest = fingerprint(mrn, room, name, metrics,
+                                 hashlib.sha256(image[0]).hexdigest() if image else None)
         # The state before, for the audit trail's old values (two uploads racing for one
         # patient may both see the same "before"; each still records its own change).
         before = self.patients.find_one({"mrn": mrn}, {"_id": 0, "name": 1, "room": 1,
                                                        "latest": 1})
-        created = self._upsert_patient(mrn, room, name, now, add_record=metrics is not None)
+        plan = {"_id": upload_id or str(ObjectId()), "mrn": mrn, "room": room, "at": now,
+                "record_id": ObjectId() if metrics is not None else None,
+                "audit_ids": {slot: ObjectId() for slot in AUDIT_SLOTS},
+                "before": before and {"name": before.get("name"), "room": before.get("room"),
+                                      "latest": audit_record(before.get("latest"))},
+                "who": dict(actor or ANONYMOUS), "digest": digest, "done": None}
+        replay = False
+        if upload_id is not None and not _insert_once(self.uploads, plan):
+            plan = self.uploads.find_one({"_id": upload_id})
+            if plan is None:  # removed in between (by hand): the client's retry claims anew
+                raise pymongo.errors.OperationFailure(f"upload claim {upload_id} vanished")
+            self._check_same_upload(plan, mrn, room, digest)
+            replay = True
+            if plan.get("done") is not None:  # complete: answer it, write nothing
+                record = (self.records.find_one({"_id": plan["record_id"]})
+                          if plan.get("record_id") else None)
+                return UploadResult(self.get_patient(mrn), record, False, replay=True)
+        created, record = self._carry_out(plan, name, metrics, image)
+        if upload_id is not None:
+            self.uploads.update_one({"_id": upload_id, "done": None},
+                                    {"$set": {"done": {"at": utc_now()}}})
+        return UploadResult(self.get_patient(mrn), record, created and not replay,
+                            replay=replay)
+
+    @staticmethod
+    def _check_same_upload(plan: dict, mrn: int, room: int, digest: str) -> None:
+        key = plan["_id"]
+        if plan.get("mrn") != mrn:
+            raise UploadConflict(f"upload_id {key!r} was already used for another patient "
+                                 f"(MRN {plan.get('mrn')}); send a new upload_id")
+        if plan.get("room") != room:
+            raise UploadConflict(f"upload_id {key!r} was already used for room "
+                                 f"{plan.get('room')}; send a new upload_id")
+        if plan.get("digest") != digest:
+            raise UploadConflict(f"upload_id {key!r} was already used for an upload with "
+                                 "other values; send a new upload_id")
+
+    def _carry_out(self, plan: dict, name: str | None, metrics: dict | None,
+                   image: tuple[bytes, str] | None) -> tuple[bool, dict | None]:
+        """Write an upload's plan. Every step may be repeated (a retry after a crash):
+        inserts use planned ids, updates are guarded by the upload's time stamp."""
+        mrn, room, now, key = plan["mrn"], plan["room"], plan["at"], plan["_id"]
+        values = {"room": room, "updated": {"at": now}}
+        if name is not None:
+            values["name"] = name
+        self._guarded_set(self.patients, {"mrn": mrn}, "updated.at", now, values,
+                          upsert=True, on_insert={
+                              "mrn": mrn, "name": name, "room": room, "created_at": now,
+                              "updated": {"at": now}, "latest": None, "created_by": key})
+        patient = self.patients.find_one({"mrn": mrn}, {"name": 1, "created_by": 1}) or {}
+        created = patient.get("created_by") == key
         record = None
         if metrics is not None:
-            record_id = ObjectId()
+            record_id = plan["record_id"]
             if image is not None:
                 data, content_type = image
                 # The image goes in first: a record never points at a missing image.
-                self.images.insert_one({
+                _insert_once(self.images, {
                     "_id": record_id, "data": Binary(data), "content_type": content_type,
                     "size": len(data), "etag": hashlib.sha256(data).hexdigest()[:32],
                 })
             record = {"_id": record_id, "mrn": mrn, "room": room, "received_at": now,
                       **{k: metrics.get(k) for k in RECORD_METRICS},
                       "has_image": image is not None}
-            self.records.insert_one(record)
+            _insert_once(self.records, record)
         if name is None:  # the room shows the name the patient already has
-            name = (self.patients.find_one({"mrn": mrn}, {"name": 1}) or {}).get("name")
+            name = patient.get("name")
         occupant = {"mrn": mrn, "name": name, "since": now}
         self._guarded_set(self.rooms, {"_id": room}, "patient.since", now,
                           {"room": room, "patient": occupant}, upsert=True)
@@ -231,37 +309,56 @@ class Storage:
             self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
                               {"latest": summary})
         self._rooms_changed()
-        self._audit_upload(actor, mrn, room, name, now, before, created, record)
-        patient = self.patients.find_one({"mrn": mrn}, {"_id": 0})
-        return UploadResult(patient=patient, record=record, created=created)
+        self._audit_upload(plan, name, created, record)
+        return created, record
 
-    def _audit_upload(self, actor, mrn: int, room: int, name, now, before: dict | None,
-                      created: bool, record: dict | None) -> None:
+    def _audit_upload(self, plan: dict, name, created: bool, record: dict | None) -> None:
+        mrn, room, now, who = plan["mrn"], plan["room"], plan["at"], plan["who"]
+        ids, before = plan["audit_ids"], plan["before"]
         if created:
-            self._audit(actor, "patient_created", room, mrn, now,
-                        new={"mrn": mrn, "name": name, "room": room})
+            self._audit(who, "patient_created", room, mrn, now,
+                        new={"mrn": mrn, "name": name, "room": room}, entry_id=ids["patient"])
             before = None
         elif before is not None:  # (None: a racing first upload created it; it is audited)
             if name != before.get("name"):
-                self._audit(actor, "name_changed", room, mrn, now, old=before.get("name"),
-                            new=name)
+                self._audit(who, "name_changed", room, mrn, now, old=before.get("name"),
+                            new=name, entry_id=ids["patient"])
             if room != before.get("room"):
-                for where in {before.get("room"), room} - {None}:  # both rooms' trails
-                    self._audit(actor, "room_changed", where, mrn, now,
-                                old=before.get("room"), new=room)
+                for slot, where in (("room_from", before.get("room")), ("room_to", room)):
+                    if where is not None:  # in both rooms' trails
+                        self._audit(who, "room_changed", where, mrn, now,
+                                    old=before.get("room"), new=room, entry_id=ids[slot])
         if record is not None:
-            self._audit(actor, "record_added", room, mrn, now,
-                        old=audit_record(before.get("latest") if before else None),
-                        new=audit_record(record))
+            self._audit(who, "record_added", room, mrn, now,
+                        old=before.get("latest") if before else None,
+                        new=audit_record(record), entry_id=ids["record"])
 
     def get_patient(self, mrn: int) -> dict | None:
-        return self.patients.find_one({"mrn": mrn}, {"_id": 0})
+        """A patient with ``record_count`` counted from its records."""
+        doc = self.patients.find_one({"mrn": mrn}, {"_id": 0})
+        return self._with_record_counts([doc])[0] if doc else None
 
     def list_patients(self, page: int, per_page: int) -> tuple[list[dict], int]:
         cursor = (self.patients.find({}, {"_id": 0})
                   .sort([("room", pymongo.ASCENDING), ("mrn", pymongo.ASCENDING)])
                   .skip((page - 1) * per_page).limit(per_page))
-        return list(cursor), self.patients.count_documents({})
+        return self._with_record_counts(list(cursor)), self.patients.count_documents({})
+
+    def _with_record_counts(self, patients: list[dict]) -> list[dict]:
+        """Set each patient's ``record_count`` from the records (one query per page).
+
+        Counted on read instead of a stored counter: a counter and the record it
+        counts are two documents, and without transactions an interrupted upload
+        could leave them apart. (``$group`` on ``$mrn``: nx-27017 runs this form
+        natively; ``count_documents`` is ~50x slower there.)
+        """
+        mrns = [p["mrn"] for p in patients]
+        counts = {doc["_id"]: doc["n"] for doc in self.records.aggregate([
+            {"$match": {"mrn": mrns[0] if len(mrns) == 1 else {"$in": mrns}}},
+            {"$group": {"_id": "$mrn", "n": {"$sum": 1}}}])} if mrns else {}
+        for patient in patients:
+            patient["record_count"] = int(counts.get(patient["mrn"], 0))
+        return patients
 
     def patient_records(self, mrn: int, limit: int | None = None) -> list[dict]:
         """A patient's records, newest first (no images)."""

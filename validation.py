@@ -30,6 +30,9 @@ MAX_AHI = 10_000.0
 MAX_LEAKAGE_L = 1e6
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
+#: A client-chosen idempotency key, e.g. a UUID4 (36 characters).
+UPLOAD_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
+_UPLOAD_ID = re.compile(UPLOAD_ID_PATTERN)
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
@@ -105,6 +108,16 @@ def text(value, field: str, max_chars: int) -> str | None:
     return value or None
 
 
+def upload_id(value, field: str = "upload_id") -> str | None:
+    """An optional idempotency key: 8-64 characters of A-Z, a-z, 0-9, '_' and '-'."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _UPLOAD_ID.fullmatch(value):
+        raise ValidationError(f"{field} must be 8 to 64 characters of letters, digits, "
+                              "'_' or '-' (e.g. a UUID)", field)
+    return value
+
+
 def image_bytes(data: bytes, field: str) -> tuple[bytes, str]:
     """Check raw image bytes: PNG or JPEG by magic bytes and by decoding with Pillow.
 
@@ -172,7 +185,7 @@ def known_fields(body: dict, allowed: set[str]) -> None:
 #: Upload fields: the measurement group, and the extras allowed only with it.
 MEASUREMENT_GROUP = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count")
 MEASUREMENT_EXTRAS = ("flow_image", "breaths", "duration_s", "ahi", "leakage_l")
-UPLOAD_FIELDS = {"mrn", "room", "name", *MEASUREMENT_GROUP, *MEASUREMENT_EXTRAS}
+UPLOAD_FIELDS = {"mrn", "room", "name", "upload_id", *MEASUREMENT_GROUP, *MEASUREMENT_EXTRAS}
 
 
 def _given(value) -> bool:
@@ -184,7 +197,8 @@ def upload(body: dict, names: dict[str, str] | None = None) -> dict:
 
     ``names`` maps canonical field names to the names the caller used (the
     compatibility route's ``patient_mrn`` etc.), so messages name the caller's field.
-    Returns ``{"mrn", "room", "name", "metrics" (dict or None), "image" (tuple or None)}``.
+    Returns ``{"mrn", "room", "name", "upload_id", "metrics" (dict or None),
+    "image" (tuple or None)}``.
     """
     names = names or {}
 
@@ -197,6 +211,7 @@ def upload(body: dict, names: dict[str, str] | None = None) -> dict:
     out = {"mrn": positive_id(body["mrn"], n("mrn")),
            "room": positive_id(body["room"], n("room")),
            "name": text(body.get("name"), n("name"), MAX_NAME_CHARS),
+           "upload_id": upload_id(body.get("upload_id"), n("upload_id")),
            "metrics": None, "image": None}
     present = [f for f in MEASUREMENT_GROUP if _given(body.get(f))]
     if present and len(present) < len(MEASUREMENT_GROUP):

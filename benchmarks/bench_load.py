@@ -115,7 +115,10 @@ def verify(uri: str, stations: int, uploads: int) -> dict:
         db = client.get_default_database()
         records = db.records.count_documents({})
         images = db.images.count_documents({})
-        per_patient = {p["mrn"]: p.get("record_count", 0) for p in db.patients.find({})}
+        # record_count as the API reports it (counted from the records by storage)
+        from storage import Storage
+        listed, _ = Storage(db).list_patients(1, 10**6)
+        per_patient = {p["mrn"]: p["record_count"] for p in listed}
         apneas: dict[int, list[int]] = {}
         for doc in db.records.find({}, {"mrn": 1, "apnea_count": 1}):
             apneas.setdefault(doc["mrn"], []).append(doc["apnea_count"])

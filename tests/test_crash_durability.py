@@ -10,9 +10,9 @@ Every upload carries unique values (its number is the apnea count; its 8x8 PNG i
 coloured by the number), so at the end each stored record is matched to the upload
 it came from: every upload that got a 2xx must be there with exactly its values and
 image bytes (read through the API and directly with pymongo), and no record may hold
-values that no station sent. A retry after a lost answer can store an upload twice
-(the first attempt may have been written before the crash); that is allowed only for
-an upload that actually had such an ambiguous attempt, and counted.
+values that no station sent. Each upload carries an ``upload_id`` (a UUID4) that its
+retries reuse, so an upload whose answer was lost is stored exactly once: zero
+duplicates, and every patient's ``record_count`` equals its stored records.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
@@ -80,12 +81,13 @@ class Station:
     def __init__(self, url: str):
         self.url = url
         self.acked: dict[int, int] = {}          # upload number -> 2xx status
+        self.replayed: set[int] = set()          # acknowledged as a replay of its upload_id
         self.ambiguous: dict[int, int] = {}      # upload number -> attempts with no clear answer
         self.refused: dict[int, str] = {}        # 4xx: a bug (every upload is valid)
         self.lock = threading.Lock()
 
     def upload(self, number: int) -> None:
-        payload = body(planned(number))
+        payload = dict(body(planned(number)), upload_id=str(uuid.uuid4()))  # kept for retries
         deadline = time.monotonic() + UPLOAD_DEADLINE_S
         with requests.Session() as http:
             while time.monotonic() < deadline:
@@ -98,6 +100,8 @@ class Station:
                 if status is not None and status < 300:
                     with self.lock:
                         self.acked[number] = status
+                        if resp.headers.get("Idempotent-Replay") == "true":
+                            self.replayed.add(number)
                     return
                 if status is not None and status < 500:
                     with self.lock:
@@ -165,16 +169,13 @@ def test_acknowledged_uploads_survive_killed_workers_and_database(database):
     elapsed = time.monotonic() - started
     print(f"\ncrash test: {TOTAL} uploads acknowledged, "
           f"{sum(station.ambiguous.values())} attempts interrupted "
-          f"({len(station.ambiguous)} uploads retried), faults {faults}, {elapsed:.1f} s")
+          f"({len(station.ambiguous)} uploads retried, {len(station.replayed)} answered as "
+          f"a replay), faults {faults}, {elapsed:.1f} s")
 
 
 def matches(record: dict, plan: dict) -> bool:
     return all(record[k] == plan[k] for k in ("mrn", "room", "cpap_pressure_cmh2o",
                                               "breath_rate_bpm", "apnea_count"))
-
-
-def allowed_copies(station: Station, number: int) -> int:
-    return 1 + station.ambiguous.get(number, 0)
 
 
 def verify_through_api(url: str, station: Station) -> None:
@@ -190,7 +191,7 @@ def verify_through_api(url: str, station: Station) -> None:
         assert set(by_number) <= set(range(TOTAL)), "records nobody sent"
         for number in station.acked:
             copies = by_number.get(number, [])
-            assert 1 <= len(copies) <= allowed_copies(station, number), (number, copies)
+            assert len(copies) == 1, (number, copies)   # not lost, not stored twice
             plan = planned(number)
             for record in copies:
                 assert matches(record, plan), (record, plan)
@@ -199,6 +200,17 @@ def verify_through_api(url: str, station: Station) -> None:
                 assert image.status_code == 200 and image.content == plan["image"]
         rooms = http.get(f"{url}/api/v1/rooms", timeout=30).json()["rooms"]
         assert {r["room"] for r in rooms} == {40 + i for i in range(PATIENTS)}
+        # record_count (list and detail) equals the records of each patient
+        patients = http.get(f"{url}/api/v1/patients?per_page=500", timeout=30).json()
+        counts = {p["mrn"]: p["record_count"] for p in patients["patients"]}
+        stored = {mrn: 0 for mrn in range(900, 900 + PATIENTS)}
+        for record in records:
+            stored[record["mrn"]] += 1
+        assert counts == stored == {mrn: sum(1 for n in range(TOTAL) if 900 + n % PATIENTS
+                                             == mrn) for mrn in stored}
+        for mrn, count in stored.items():
+            detail = http.get(f"{url}/api/v1/patients/{mrn}", timeout=30).json()
+            assert detail["patient"]["record_count"] == count
 
 
 def verify_in_database(uri: str, station: Station) -> None:
@@ -219,22 +231,23 @@ def verify_in_database(uri: str, station: Station) -> None:
             assert image["etag"] == hashlib.sha256(plan["image"]).hexdigest()[:32]
             assert image["content_type"] == "image/png" and image["size"] == len(plan["image"])
         for number in station.acked:
-            assert 1 <= counts.get(number, 0) <= allowed_copies(station, number), number
+            assert counts.get(number, 0) == 1, (number, counts.get(number, 0))
+        assert len(records) == TOTAL, "zero duplicates"
+        # every upload's claim is complete and names its one record
+        claims = list(db.uploads.find({}))
+        assert len(claims) == TOTAL and all(c["done"] is not None for c in claims)
+        assert {c["record_id"] for c in claims} == {r["_id"] for r in records}
         patients = {p["mrn"]: p for p in db.patients.find({})}
         assert set(patients) == {900 + i for i in range(PATIENTS)}
-        # Summaries point at stored records with the same values; a count is never
-        # below the records stored (its $inc is acknowledged before the insert).
+        # Summaries point at stored records with the same values.
         by_id = {str(r["_id"]): r for r in records}
         summaries = [p["latest"] for p in patients.values()]
         summaries += [r["latest"] for r in db.rooms.find({}) if r.get("latest")]
         for summary in summaries:
             assert matches(by_id[summary["id"]], summary), summary
-        drift = 0
-        for mrn, patient in patients.items():
-            stored = sum(1 for r in records if r["mrn"] == mrn)
-            assert patient["record_count"] >= stored, (mrn, patient["record_count"], stored)
-            drift += patient["record_count"] - stored
-        duplicates = sum(counts.values()) - len(counts)
+        # one record_added audit entry per upload (none repeated by a retry)
+        added = [e["new"]["id"] for e in db.audit.find({"action": "record_added"})]
+        assert sorted(added) == sorted(str(r["_id"]) for r in records)
         print(f"\nrecords in the database: {len(records)} for {len(counts)} uploads "
-              f"({duplicates} stored twice after a lost answer); record_count above the "
-              f"records stored by {drift} in total")
+              f"(0 duplicates); {len(station.replayed)} acknowledged as a replay of "
+              "their upload_id")

@@ -28,7 +28,10 @@ from api_support import JPEG, PNG, b64, image_bytes, upload_body
 #: The recording upload limit for this catalogue (configured small on purpose).
 UPLOAD_LIMIT_BYTES = 200 * 1024
 TEN_MB = 10 * 1024 * 1024
-COLLECTIONS = ("patients", "rooms", "records", "images", "commands", "meta", "audit")
+COLLECTIONS = ("patients", "rooms", "records", "images", "commands", "meta", "audit",
+               "uploads")
+#: The upload_id of the seeded upload (a later request reusing it elsewhere is a 409).
+SEEDED_KEY = "seeded-upload-0001"
 
 GT, WHERE, NE = {"$gt": ""}, {"$where": "sleep(1000) || true"}, {"$ne": None}
 
@@ -263,6 +266,28 @@ CATALOGUE = [
     F("cpap-over-limit", "a good file over the configured limit", {"file": BIG_RECORDING}, 413,
       "file", "larger than the upload limit"),
     F("cpap-missing", "no file part", {"file": None}, 400, "file", "file is required"),
+    # idempotency key (upload_id)
+    J("upload-id-inject-gt", "upload_id = {$gt: ''}", P, upload_body(upload_id=GT), 400,
+      "upload_id", "upload_id must be 8 to 64 characters"),
+    J("upload-id-inject-where", "upload_id = {$where: ...}", P, upload_body(upload_id=WHERE),
+      400, "upload_id", "upload_id must be 8 to 64 characters"),
+    J("upload-id-too-long", "upload_id of 65 characters", P, upload_body(upload_id="k" * 65),
+      400, "upload_id", "upload_id must be 8 to 64 characters"),
+    J("upload-id-too-short", "upload_id of 7 characters", P, upload_body(upload_id="k" * 7),
+      400, "upload_id", "upload_id must be 8 to 64 characters"),
+    J("upload-id-bad-chars", "upload_id with '/', '.', '$' and a space", P,
+      upload_body(upload_id="../$x y-123456"), 400, "upload_id",
+      "upload_id must be 8 to 64 characters"),
+    J("upload-id-number", "upload_id as a number", P, upload_body(upload_id=12345678), 400,
+      "upload_id", "upload_id must be 8 to 64 characters"),
+    J("upload-id-reused-other-mrn", "the seeded upload_id sent for another MRN", P,
+      upload_body(mrn=13, room=3, upload_id=SEEDED_KEY), 409, "upload_id",
+      "was already used for another patient"),
+    F("upload-id-form-bad-chars", "recording with upload_id '\\x00\\n'",
+      {"upload_id": "abc\x00\ndefgh"}, 400, "upload_id", "upload_id must be 8 to 64"),
+    J("upload-id-compat-inject", "/add_patient upload_id = {$ne: null}", "/add_patient",
+      {"patient_mrn": 12, "room_number": 3, "upload_id": NE}, 400, "upload_id",
+      "upload_id must be 8 to 64 characters"),
 ]
 
 IDS = [case.id for case in CATALOGUE]
@@ -282,7 +307,8 @@ def seeded_client(app):
     """Room 3 has patient 12 with a record and a pressure command (so room routes get
     past the 404 and reach their validation)."""
     client = app.test_client()
-    assert client.post(P, json=upload_body(mrn=12, room=3)).status_code == 201
+    assert client.post(P, json=upload_body(mrn=12, room=3, upload_id=SEEDED_KEY)
+                       ).status_code == 201
     assert client.put(PRESSURE, json={"pressure_cmh2o": 11}).status_code == 201
     return client
 

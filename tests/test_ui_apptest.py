@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import mongomock
@@ -533,3 +534,101 @@ def test_malformed_server_answers_become_messages(monkeypatch):
         click(at, "ps_upload")
     assert any("The last action hit an unexpected problem" in e for e in texts(at.error))
     assert at.text_input(key="ps_mrn").value == "12" and not at.text_input(key="ps_mrn").disabled
+
+
+# --- automatic retries (upload_id) ------------------------------------------------------
+
+class DropAnswers:
+    """WSGI middleware: the first ``drops`` requests matching ``method`` and ``path`` are
+    handled by the API (so they are stored), then their connection is cut before any
+    answer is sent: the client sees a dropped connection, as when a worker dies
+    mid-request. Every matching request body is kept in ``bodies``."""
+
+    def __init__(self, app, method: str, path: str, drops: int = 1):
+        self.app, self.method, self.path, self.drops = app, method, path, drops
+        self.bodies: list[bytes] = []
+
+    def __call__(self, environ, start_response):
+        if environ["REQUEST_METHOD"] != self.method or environ["PATH_INFO"] != self.path:
+            return self.app(environ, start_response)
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        self.bodies.append(body)
+        environ["wsgi.input"] = io.BytesIO(body)
+        if len(self.bodies) > self.drops:
+            return self.app(environ, start_response)
+        for _ in self.app(environ, lambda *args, **kw: None):   # stored, answer discarded
+            pass
+        environ["werkzeug.socket"].shutdown(2)                   # connection lost
+        start_response("502 Bad Gateway", [])                    # (never reaches the client)
+        return []
+
+
+@contextmanager
+def api_dropping(monkeypatch, method: str, path: str, drops: int = 1):
+    """The real API behind :class:`DropAnswers`; API_URL points at it."""
+    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+    app.wsgi_app = dropping = DropAnswers(app.wsgi_app, method, path, drops)
+    with serve_api(app) as url:
+        monkeypatch.setenv("API_URL", url)
+        st.cache_data.clear()
+        yield url, dropping
+
+
+def station_with_recording(recordings, pressure="10"):
+    at = run(AppTest.from_file(SCRIPT, default_timeout=30))
+    enter_patient(at, name="Ada", pressure=pressure)
+    load_file(at, recordings["apneic"])
+    return run(at)
+
+
+def test_upload_retried_after_a_lost_answer_is_stored_once(monkeypatch, recordings):
+    with api_dropping(monkeypatch, "POST", "/api/v1/patients") as (url, dropping):
+        at = station_with_recording(recordings)
+        click(at, "ps_upload")
+        assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
+        stored = patient(url, 12)
+    sent = [json.loads(body) for body in dropping.bodies]
+    assert len(sent) == 2, "the lost answer was retried automatically"
+    assert sent[0] == sent[1] and len(sent[0]["upload_id"]) == 36   # same upload, same key
+    (record,) = stored["records"]
+    assert stored["patient"]["record_count"] == 1
+    assert record["apnea_count"] == recordings["apneic_truth"]["apnea_count"]
+
+
+def test_pressing_upload_again_after_no_answer_reuses_the_key(monkeypatch, recordings):
+    """All automatic attempts lose their answer (each was stored): the station shows
+    the failure; pressing Upload again re-sends the same key and gets the one record."""
+    attempts = 1 + ui.UPLOAD_RETRY.total
+    with api_dropping(monkeypatch, "POST", "/api/v1/patients", drops=attempts) as (
+            url, dropping):
+        at = station_with_recording(recordings)
+        click(at, "ps_upload")
+        assert any(e.startswith("Not uploaded. Cannot reach the server")
+                   for e in texts(at.error)), texts(at.error)
+        assert len(dropping.bodies) == attempts
+        click(at, "ps_upload")
+        assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
+        stored = patient(url, 12)
+        at.text_input(key="ps_pressure").input("11")         # a new upload: a new key
+        run(at)
+        click(at, "ps_upload")
+        newest = patient(url, 12)
+    keys = [json.loads(body)["upload_id"] for body in dropping.bodies]
+    assert len(set(keys[:attempts + 1])) == 1 and keys[-1] != keys[0]
+    assert len(stored["records"]) == 1 and stored["patient"]["record_count"] == 1
+    assert [r["cpap_pressure_cmh2o"] for r in newest["records"]] == [11, 10]
+    assert at.session_state["ps_pending"] is None              # answered: nothing pending
+
+
+def test_pressure_command_is_not_retried_blindly(monkeypatch):
+    with api_dropping(monkeypatch, "PUT", "/api/v1/rooms/3/pressure") as (url, dropping):
+        api_upload(url, mrn=12, room=3, name="Ada")
+        at = run(AppTest.from_file(SCRIPT, default_timeout=30))
+        click(at, "mon_refresh")
+        at.text_input(key="mon_pressure_3").input("12")
+        click(at, "mon_send_3")
+        click(at, "mon_confirm_3")
+        history = requests.get(f"{url}/api/v1/rooms/3/pressure/history", timeout=5).json()
+    assert len(dropping.bodies) == 1, "a pressure command is sent once, never repeated"
+    assert len(history["commands"]) == 1
+    assert any("Cannot reach the server" in e for e in texts(at.error)), texts(at.error)

@@ -71,13 +71,15 @@ def texts(elements):
 
 def test_every_request_carries_the_token(api, monkeypatch):
     sent = []
-    real = requests.request
 
-    def spy(method, url, **kwargs):
-        sent.append((method, url, (kwargs.get("headers") or {}).get("Authorization")))
-        return real(method, url, **kwargs)
+    class SpySession(requests.sessions.Session):
+        """The UI's sessions (``requests.get`` here builds its own, unrecorded)."""
 
-    monkeypatch.setattr(ui.requests, "request", spy)
+        def request(self, method, url, **kwargs):
+            sent.append((method, url, (kwargs.get("headers") or {}).get("Authorization")))
+            return super().request(method, url, **kwargs)
+
+    monkeypatch.setattr(ui.requests, "Session", SpySession)
     upload(api)
     at = start(monkeypatch, "ui-screen")
     at.text_input(key="mon_pressure_3").input("12")
