@@ -104,6 +104,14 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 60
     raise RuntimeError(f"{what} did not become healthy at {url} within {timeout_s:.0f} s")
 
 
+def say(message: str) -> None:
+    """Print during shutdown; a closed terminal or pipe must not stop the clean-up."""
+    try:
+        print(message, flush=True)
+    except OSError:  # BrokenPipeError when whoever read our output has gone
+        pass
+
+
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -137,7 +145,10 @@ def main() -> int:
         stopping = True
         raise KeyboardInterrupt
 
+    # Handle SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler, so Ctrl-C/kill -INT would do nothing.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         tokens = configure_auth(env, data_dir)
         if os.environ.get("MONGODB_URI"):
@@ -194,13 +205,15 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
-        print("\n==> stopping", flush=True)
+        # A second Ctrl-C or a SIGTERM during shutdown must not orphan children.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("\n==> stopping")
         for child in reversed(children):
             stop_process(child)
         if database is not None:
             database.stop()
-        print("==> stopped", flush=True)
+        say("==> stopped")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,13 @@ from local_mongo import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_launcher(env):
+def start_launcher(env, ignore_sigint=False):
+    def preexec():
+        if ignore_sigint:  # how a shell starts a background job (cmd &)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     proc = subprocess.Popen([sys.executable, str(ROOT / "launcher.py")], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=preexec)
     lines = []
     deadline = time.monotonic() + 120
     for line in proc.stdout:
@@ -33,8 +37,29 @@ def start_launcher(env):
 
 def stop_launcher(proc):
     proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the launcher's own clean-up, so a failing test leaves no processes
+        out, _ = proc.communicate(timeout=60)
+        raise AssertionError("the launcher ignored SIGINT:\n" + out) from None
     return out
+
+
+def test_closed_output_does_not_orphan_children(tmp_path):
+    """Whoever read the launcher's output has gone (closed terminal): SIGTERM still
+    stops every process it started."""
+    env = dict(os.environ, DATA_DIR=str(tmp_path), SLEEPLAB_AUTH="off",
+               **{name: str(free_port()) for name in ("LOCAL_DB_PORT", "API_PORT", "UI_PORT")})
+    env.pop("MONGODB_URI", None)
+    proc, _ = start_launcher(env)
+    proc.stdout.close()  # the reading end is gone: the next print raises BrokenPipeError
+    proc.terminate()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 15
+    while processes_using(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_using(tmp_path) == []
 
 
 def processes_using(path):
@@ -102,7 +127,8 @@ def test_run_stop_run_keeps_data_and_leaves_no_processes(tmp_path):
     assert processes_using(tmp_path) == []
     assert not list(tmp_path.rglob("*.pid")), "stale pid files would block the next start"
 
-    proc, lines = start_launcher(env)
+    # Second run as a background job (SIGINT ignored at start): kill -INT must still stop it.
+    proc, lines = start_launcher(env, ignore_sigint=True)
     try:
         assert printed_tokens(lines)[1] == tokens  # the second run reuses the tokens
         client = pymongo.MongoClient(db_uri)
@@ -110,7 +136,8 @@ def test_run_stop_run_keeps_data_and_leaves_no_processes(tmp_path):
         client.close()
         assert kept == {"kept": True}
     finally:
-        stop_launcher(proc)
+        out = stop_launcher(proc)
+    assert "==> stopped" in out
     assert processes_using(tmp_path) == []
 
 
