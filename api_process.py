@@ -6,16 +6,13 @@ with ``MONGODB_URI`` in the environment, bound to a loopback port.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_mongo import free_port
+from processes import stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent
 
@@ -41,30 +38,16 @@ class ApiServer:
              f"{self.host}:{self.port}", "--timeout", "120", "--log-level", "warning",
              "server:create_app()"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with code {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the API did not become healthy at {self.url}")
+        try:
+            wait_http(f"{self.url}/health", self.process, "gunicorn", timeout_s, poll_s=0.1)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s)
 
     def __enter__(self) -> "ApiServer":
         return self.start()

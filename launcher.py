@@ -23,11 +23,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from local_mongo import LocalMongo, LocalMongoError
+from processes import stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -89,37 +88,12 @@ def configure_auth(env: dict, data_dir: Path) -> str:
     return f"{path}  (mode 0600; send 'Authorization: Bearer <token>')"
 
 
-def wait_http(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{what} did not become healthy at {url} within {timeout_s:.0f} s")
-
-
 def say(message: str) -> None:
     """Print during shutdown; a closed terminal or pipe must not stop the clean-up."""
     try:
         print(message, flush=True)
     except OSError:  # BrokenPipeError when whoever read our output has gone
         pass
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> int:
@@ -152,7 +126,7 @@ def main() -> int:
     try:
         tokens = configure_auth(env, data_dir)
         if os.environ.get("MONGODB_URI"):
-            print(f"==> using the database at MONGODB_URI (local database not started)")
+            print("==> using the database at MONGODB_URI (local database not started)")
         else:
             database = LocalMongo(data_dir=data_dir / "mongo",
                                   port=int(setting("LOCAL_DB_PORT", "27017")))

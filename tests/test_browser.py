@@ -18,8 +18,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -42,6 +40,7 @@ POLL_S = 2          # the station's pressure poll in this test (production defau
 pytestmark = pytest.mark.browser
 
 sys.path.insert(0, str(ROOT))
+import processes  # noqa: E402
 from local_mongo import free_port  # noqa: E402
 
 try:
@@ -51,34 +50,16 @@ except ImportError:  # reported by the test itself
 
 
 def wait_http(url: str, proc: subprocess.Popen, what: str, log: Path, timeout_s=45.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with code {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{what} not healthy at {url} after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+    try:
+        processes.wait_http(url, proc, what, timeout_s, poll_s=0.2)
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()[-3000:]}")
 
 
 def start(cmd, env, log: Path) -> subprocess.Popen:
     with log.open("wb") as out:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -111,7 +92,7 @@ def stack(local_mongo, tmp_path):
         yield {"api": api_url, "ui": ui_url}
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            processes.stop_process(proc)
 
 
 def seed_other_rooms(api_url: str) -> None:
