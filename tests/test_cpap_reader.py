@@ -8,7 +8,10 @@ CpapFileError is ever raised.
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -114,6 +117,22 @@ def test_time_order_property(steps):
 
 
 # --- property test of the reader -------------------------------------------------------------
+def read_as(content: bytes, piece_bytes: int, from_file: bool, whole_file: bool = False):
+    """read_samples of ``content`` from memory or from a file, in pieces of ``piece_bytes``
+    (a file is read by byte range: its line-end search window is made tiny as well), or,
+    ``whole_file``, a file tried first in one pandas call as large clean files are."""
+    with mock.patch.object(cm, "PARSE_PIECE_BYTES", piece_bytes), \
+            mock.patch.object(cm, "_LINE_END_WINDOW_BYTES", 7), \
+            mock.patch.object(cm, "CLEAN_FILE_MIN_BYTES", 0 if whole_file else cm.CLEAN_FILE_MIN_BYTES):
+        if not from_file:
+            return cm.read_samples(content)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "recording.txt")
+            with open(path, "wb") as fh:
+                fh.write(content)
+            return cm.read_samples(path)
+
+
 @st.composite
 def good_values(draw):
     return tuple(draw(ADC) for _ in range(6))
@@ -162,8 +181,13 @@ HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126
     newline=st.sampled_from(["\n", "\r\n"]),
     final_newline=st.booleans(),
     decimals=st.sampled_from([2, 3, 6]),
+    # the default, and pieces of a line or a few lines (so several pieces, parsed in threads,
+    # some clean and some scanned, must join with the right line numbers)
+    piece_bytes=st.sampled_from([cm.PARSE_PIECE_BYTES, 1, 40, 97, 300]),
+    from_file=st.sampled_from(["memory", "file", "whole file"]),
 )
-def test_read_samples_property(kinds, data, header, newline, final_newline, decimals):
+def test_read_samples_property(kinds, data, header, newline, final_newline, decimals,
+                               piece_bytes, from_file):
     if header is None:
         kinds[0] = True  # without a header an unusable first line is taken as the header
     lines = [] if header is None else [header]
@@ -184,7 +208,7 @@ def test_read_samples_property(kinds, data, header, newline, final_newline, deci
     content = lines_to_bytes(lines, newline, final_newline)
 
     try:
-        samples = cm.read_samples(content)
+        samples = read_as(content, piece_bytes, from_file != "memory", from_file == "whole file")
     except cm.CpapFileError:
         assert not good
         return
@@ -194,3 +218,119 @@ def test_read_samples_property(kinds, data, header, newline, final_newline, deci
     np.testing.assert_array_equal(samples.time, [t for _, t, _ in good])
     got = np.column_stack([samples.p2, samples.p1_ins, samples.p1_exp])
     np.testing.assert_array_equal(got, np.array([adc for _, _, adc in good]).reshape(-1, 3))
+
+
+# --- the one-call parse of clean pieces and the line scan agree ---------------------------------
+CLEAN = [sample_line(0.01 * i) for i in range(1, 6)]
+
+
+@pytest.fixture(params=["memory", "file", "whole file"])
+def read(request):
+    """read_samples of some content, from each kind of source and path through the reader."""
+    return lambda content: read_as(content, cm.PARSE_PIECE_BYTES, request.param != "memory",
+                                   request.param == "whole file")
+
+
+@pytest.mark.parametrize("with_bad_line", [False, True], ids=["clean", "scanned"])
+def test_bare_cr_is_not_a_line_end(with_bad_line, read):
+    """pandas ends a line at a bare CR; the file's lines end at LF, so two samples joined by
+    a CR are one line with too many columns, in either path."""
+    lines = [HEADER, CLEAN[0] + "\r" + CLEAN[1]] + CLEAN[2:] + (["bad data"] if with_bad_line else [])
+    samples = read(lines_to_bytes(lines))
+    assert [s.line_number for s in samples.skipped_lines][:1] == [2]
+    assert samples.skipped_lines[0].reason.startswith("too many columns (13 of 7)")
+    np.testing.assert_allclose(samples.time, [0.03, 0.04, 0.05])
+
+
+@pytest.mark.parametrize("with_bad_line", [False, True], ids=["clean", "scanned"])
+def test_blanks_inside_fields_are_read_alike(with_bad_line, read):
+    """Spaces, tabs, vertical tabs and form feeds around a number are skipped by pandas'
+    number parser, so the line scan allows them too."""
+    lines = [HEADER, "0.01, 5000 ,\t5010,\v1638\f,1,2,3"] + CLEAN[1:] + (["bad data"] if with_bad_line else [])
+    samples = read(lines_to_bytes(lines))
+    assert [s.line_number for s in samples.skipped_lines] == ([7] if with_bad_line else [])
+    assert (samples.p2[0], samples.p1_ins[0], samples.p1_exp[0]) == (5000, 5010, 1638)
+
+
+def test_exponent_in_time_is_refused_although_pandas_reads_it(read):
+    samples = read(lines_to_bytes([HEADER, "1e-2,5000,5000,1638,1,2,3"] + CLEAN[1:]))
+    assert samples.skipped_lines == [cm.SkippedLine(2, "not a number: '1e-2,5000,5000,1638,1,2,3'")]
+
+
+def test_extra_field_on_the_first_sample_line_is_not_taken_as_an_index(read):
+    samples = read(lines_to_bytes([HEADER, CLEAN[0] + ",7"] + CLEAN[1:]))
+    assert [s.line_number for s in samples.skipped_lines] == [2]
+    assert samples.skipped_lines[0].reason.startswith("too many columns (8 of 7)")
+
+
+def test_pieces_are_parsed_in_threads_and_joined_in_order(tmp_path, monkeypatch):
+    """A file of many pieces (read by byte range in the parse threads) gives the same
+    samples and line numbers as one piece from memory."""
+    lines = [HEADER] + [sample_line(0.01 * i, (5000 + i % 7, 5000, 1638, i, 2, 3)) for i in range(1, 5001)]
+    for i in (17, 2500, 4999):
+        lines[i] = "bad data"
+    content = lines_to_bytes(lines, "\r\n")
+    path = tmp_path / "recording.txt"
+    path.write_bytes(content)
+    whole = cm.read_samples(content)
+    monkeypatch.setattr(cm, "PARSE_PIECE_BYTES", 4096)
+    threads = []
+    real_map = cm._map_pieces
+    monkeypatch.setattr(cm, "_map_pieces", lambda content, ranges: threads.append(len(ranges)) or real_map(content, ranges))
+    pieces = cm.read_samples(path)
+    assert threads[0] > 20  # ~45 bytes a line
+    assert pieces.skipped_lines == whole.skipped_lines == [
+        cm.SkippedLine(i + 1, "not a number: 'bad data'") for i in (17, 2500, 4999)]
+    for name in ("time", "p2", "p1_ins", "p1_exp"):
+        np.testing.assert_array_equal(getattr(pieces, name), getattr(whole, name))
+    assert len(whole.time) == 4997
+
+
+BIG_BAD = {  # (line, reason) of each kind of bad line, none with a letter (those are seen
+    # before pandas runs); {t} is the line's time
+    "empty field": ("{t},5000,5000,,5150,5150,1638", "empty field"),
+    "too few": ("{t},5000,5000,1638", "too few columns"),
+    "too many": ("{t},5000,5000,1638,5150,5150,1638,9", "too many columns"),
+    "blank": ("", "blank line"),
+    "malformed": ("{t},5000,1.2.3,1638,5150,5150,1638", "invalid number"),
+    "bare CR": ("{t},5000,5000,1638,5150,5150,1638\r{t},5000,5000,1638,5150,5150,1638", "too many columns"),
+    "decimal ADC": ("{t},5000.5,5000,1638,5150,5150,1638", None),
+}
+
+
+@pytest.fixture(scope="module")
+def big_lines():
+    n = 200_000  # ~7 MB: above pandas' 5 MB threshold for its parallel reader
+    times = np.arange(n) * 0.01 + 1.0
+    return [HEADER] + [f"{t:.3f},5000,5000,1638,5150,5150,1638" for t in times]
+
+
+@pytest.mark.parametrize("kind", list(BIG_BAD))
+def test_large_file_with_a_bad_line_falls_back_to_the_pieces(kind, big_lines, tmp_path, monkeypatch):
+    """One bad line in the middle of a large clean-looking file: the one-call parse is not
+    used, and the line is skipped with its number as from memory."""
+    text, reason = BIG_BAD[kind]
+    lines = list(big_lines)
+    lines[123_456] = text.format(t=lines[123_456].split(",")[0])
+    path = tmp_path / "recording.txt"
+    path.write_bytes(lines_to_bytes(lines))
+    monkeypatch.setattr(cm, "CLEAN_FILE_MIN_BYTES", 0)
+    samples = cm.read_samples(path)
+    if reason is None:  # a decimal ADC value is a sample, read by the pieces
+        assert samples.skipped_lines == [] and samples.p2[123_455] == 5000.5
+        assert len(samples.time) == len(big_lines) - 1
+        return
+    assert [s.line_number for s in samples.skipped_lines] == [123_457]
+    assert samples.skipped_lines[0].reason.startswith(reason)
+    assert len(samples.time) == len(big_lines) - 2
+
+
+def test_large_clean_file_is_read_in_one_call(big_lines, tmp_path, monkeypatch):
+    path = tmp_path / "recording.txt"
+    path.write_bytes(lines_to_bytes(big_lines, "\r\n"))
+    monkeypatch.setattr(cm, "CLEAN_FILE_MIN_BYTES", 0)
+    pieces = []
+    monkeypatch.setattr(cm, "_map_pieces", lambda content, ranges: pieces.append(ranges))
+    samples = cm.read_samples(path)
+    assert pieces == [] and samples.skipped_lines == []
+    assert len(samples.time) == len(big_lines) - 1 and samples.time[-1] == pytest.approx(2000.99)
