@@ -402,8 +402,9 @@ def _parse_columns(data: bytes, good: np.ndarray, starts: np.ndarray, ends: np.n
     # each run up to and including the newline after its last line
     stream = _GoodLines(data, [(starts[first], ends[stop - 1] + 1)
                                for first, stop in zip(flips[::2], flips[1::2])])
+    # no NA filter: the scan has ruled out empty fields, and NA matching costs ~15 %
     frame = pd.read_csv(stream, names=range(N_COLUMNS), usecols=range(COL_P1_EXP + 1), engine="c",
-                        quoting=csv.QUOTE_NONE, skip_blank_lines=False, header=None)
+                        quoting=csv.QUOTE_NONE, skip_blank_lines=False, header=None, na_filter=False)
     if any(not pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
         frame = frame.apply(pd.to_numeric, errors="coerce")
     return frame
