@@ -143,9 +143,11 @@ class AnalysisResult:
     time : numpy.ndarray
         Sample times, s.
     flow : numpy.ndarray
-        Flow, m^3/s (inspiration positive). ``flow_lpm`` gives L/min.
+        Flow, m^3/s (inspiration positive).
     skipped_lines : list of SkippedLine
         Lines not used, with their 1-based line number and the reason.
+    flow_lpm : numpy.ndarray
+        Flow, L/min (made from ``flow`` when not given).
     """
 
     duration: float
@@ -159,11 +161,11 @@ class AnalysisResult:
     time: np.ndarray = field(repr=False)
     flow: np.ndarray = field(repr=False)
     skipped_lines: list = field(default_factory=list, repr=False)
+    flow_lpm: np.ndarray = field(default=None, repr=False)
 
-    @property
-    def flow_lpm(self) -> np.ndarray:
-        """Flow in L/min."""
-        return self.flow * M3S_TO_LPM
+    def __post_init__(self):
+        if self.flow_lpm is None:  # made once: detection and the plot both use it
+            self.flow_lpm = self.flow * M3S_TO_LPM
 
     def to_dict(self) -> dict:
         """JSON-ready metrics (plain floats, ints, lists, dicts; no arrays)."""
@@ -768,14 +770,13 @@ def venturi_flow(p2, p1_ins, p1_exp) -> np.ndarray:
     """
     p2, p1_ins, p1_exp = (np.asarray(p) for p in (p2, p1_ins, p1_exp))
     inspiratory = p1_ins >= p1_exp
-    # ADC readings are integers: the difference is exact in int64 (signed, as it can be
-    # negative), and no float copies of the three columns are made (this runs at 8 hours)
-    integer = all(p.dtype.kind in "iub" for p in (p2, p1_ins, p1_exp))
-    # the larger inlet pressure is the one of the flow's direction (p1-ins where inspiratory)
-    dp_adc = np.maximum(p1_ins, p1_exp, dtype=np.int64 if integer else np.float64)
+    # The larger inlet pressure is the one of the flow's direction (p1-ins where
+    # inspiratory). One new array, worked on in place: at 8 hours every extra copy of the
+    # recording costs a pass over 23 MB and fresh memory.
+    dp_adc = np.maximum(p1_ins, p1_exp, dtype=np.float64)
     np.subtract(dp_adc, p2, out=dp_adc)
-    np.maximum(dp_adc, 0, out=dp_adc)
-    flow = np.sqrt(dp_adc, dtype=np.float64)
+    np.maximum(dp_adc, 0.0, out=dp_adc)
+    flow = np.sqrt(dp_adc, out=dp_adc)
     flow *= FLOW_M3S_PER_SQRT_ADC
     np.negative(flow, out=flow, where=~inspiratory)
     return flow
@@ -990,7 +991,8 @@ def analyze(source: Source) -> AnalysisResult:
         raise CpapFileError(f"the recording is too short: {duration_s:.1f} s of valid data, "
                             f"at least {MIN_DURATION_S:.0f} s are needed")
     flow = venturi_flow(samples.p2, samples.p1_ins, samples.p1_exp)
-    breath_times = detect_breaths(time, flow * M3S_TO_LPM)
+    flow_lpm = flow * M3S_TO_LPM
+    breath_times = detect_breaths(time, flow_lpm)
     apneas = find_apneas(breath_times)
     return AnalysisResult(
         duration=duration_s,
@@ -1004,6 +1006,7 @@ def analyze(source: Source) -> AnalysisResult:
         time=time,
         flow=flow,
         skipped_lines=samples.skipped_lines,
+        flow_lpm=flow_lpm,
     )
 
 
