@@ -372,9 +372,10 @@ def _parse_clean(piece: bytes):
 
     pandas' C parser is the proof: with integer ADC columns and no NA filter an empty,
     missing or malformed field raises, and so does an extra field (no ``usecols``, which
-    would silently drop it; on the first line pandas makes it an index). The byte check keeps out what the parser would take but a
-    sample must not have (``1e3``, ``nan``, ``inf``), and the line count a bare CR, which
-    pandas ends a line at. Returns the time and V1 columns and the number of lines.
+    would silently drop it; on the first line pandas makes it an index). The byte check
+    keeps out what the parser would take but a sample must not have (``1e3``, ``nan``,
+    ``inf``), and the line count a bare CR, which pandas ends a line at. Returns the time
+    and V1 columns and the number of lines.
     """
     if not piece or np.frombuffer(piece, dtype=np.uint8).max() > _MAX_ALLOWED_BYTE:
         return None
@@ -674,11 +675,12 @@ def _drop_out_of_order(time: np.ndarray, line_index):
 def read_samples(source: Source) -> Samples:
     """Read a CPAP recording into V1 pressures, skipping (and reporting) unusable lines.
 
-    The lines after the header are parsed in pieces of about ``PARSE_PIECE_BYTES``, in
-    parallel threads: a piece whose every line is a sample in one call of pandas' C parser
-    (the usual case); any other piece by classifying its lines with NumPy on the raw bytes
-    (no Python loop per line) and parsing only the good ones, so a few bad lines never
-    force a slow path for the whole file.
+    The lines after the header are parsed in parallel threads: a large clean file on disk
+    in one call of pandas' parallel reader; anything else in pieces of about
+    ``PARSE_PIECE_BYTES``, a piece whose every line is a sample in one call of pandas' C
+    parser, any other piece by classifying its lines with NumPy on the raw bytes (no
+    Python loop per line) and parsing only the good ones. So a few bad lines never force a
+    slow path for the whole file.
 
     Samples must be in time order: a sample whose time is not later than every earlier
     sample (a repeated time or a step back) is skipped and reported with its line number;
@@ -1073,7 +1075,8 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
     ax.set_xlabel("time (s)")
     ax.set_ylabel("flow (L/min)")
     # y given: matplotlib then skips measuring every artist to place the title (~6 ms)
-    ax.set_title(loc="left", y=1.0, label=f"CPAP flow: {result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
+    ax.set_title(loc="left", y=1.0,
+                 label=f"CPAP flow: {result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
                  f"{result.apnea_count} apnea{'s' if result.apnea_count != 1 else ''} "
                  f"in {result.duration:.0f} s")
     if len(result.time):

@@ -246,7 +246,8 @@ def test_bare_cr_is_not_a_line_end(with_bad_line, read):
 def test_blanks_inside_fields_are_read_alike(with_bad_line, read):
     """Spaces, tabs, vertical tabs and form feeds around a number are skipped by pandas'
     number parser, so the line scan allows them too."""
-    lines = [HEADER, "0.01, 5000 ,\t5010,\v1638\f,1,2,3"] + CLEAN[1:] + (["bad data"] if with_bad_line else [])
+    lines = [HEADER, "0.01, 5000 ,\t5010,\v1638\f,1,2,3"] + CLEAN[1:]
+    lines += ["bad data"] if with_bad_line else []
     samples = read(lines_to_bytes(lines))
     assert [s.line_number for s in samples.skipped_lines] == ([7] if with_bad_line else [])
     assert (samples.p2[0], samples.p1_ins[0], samples.p1_exp[0]) == (5000, 5010, 1638)
@@ -276,7 +277,8 @@ def test_pieces_are_parsed_in_threads_and_joined_in_order(tmp_path, monkeypatch)
     monkeypatch.setattr(cm, "PARSE_PIECE_BYTES", 4096)
     threads = []
     real_map = cm._map_pieces
-    monkeypatch.setattr(cm, "_map_pieces", lambda content, ranges: threads.append(len(ranges)) or real_map(content, ranges))
+    monkeypatch.setattr(cm, "_map_pieces",
+                        lambda content, ranges: threads.append(len(ranges)) or real_map(content, ranges))
     pieces = cm.read_samples(path)
     assert threads[0] > 20  # ~45 bytes a line
     assert pieces.skipped_lines == whole.skipped_lines == [
