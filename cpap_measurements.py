@@ -239,6 +239,10 @@ _LINE_END_WINDOW_BYTES = 1 << 16
 # every ADC column an integer: an empty or malformed field raises instead of becoming NaN
 _CLEAN_DTYPES = {COL_TIME: np.float64, **{c: np.int64 for c in range(COL_TIME + 1, N_COLUMNS)}}
 _NO_LINES = np.zeros(0, dtype=np.int64)
+# how pandas reads sample lines everywhere: no header (set aside first), 7 named columns,
+# no quoting (faster; the format has none), a blank line kept as a row so it is seen
+_SAMPLE_CSV = dict(header=None, names=range(N_COLUMNS), engine="c", quoting=csv.QUOTE_NONE,
+                   skip_blank_lines=False)
 CLEAN_FILE_MIN_BYTES = 8 << 20  # smaller files gain nothing from pandas' parallel reader
 _FIRST_NON_SPACE = re.compile(rb"\S")
 
@@ -306,15 +310,18 @@ def _has_six_commas(comma: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> 
     return (n_commas == N_COLUMNS - 1) & (ends > starts)
 
 
-def _has_forbidden_bytes(data: bytes) -> bool:
-    """True when a byte that cannot be part of a number occurs. Letters (``NaN``,
-    ``bad data``) are above every allowed byte, so a ``max`` settles most dirty content in a
-    few ms; otherwise one ``bytes.translate`` pass."""
-    if not data:
+def _has_letters(buffer, offset: int = 0) -> bool:
+    """True when a byte above every allowed one occurs from ``offset`` on: letters (``NaN``,
+    ``bad data``, ``inf``, exponents). One ``max`` pass, a few ms for 100 MB."""
+    if len(buffer) <= offset:
         return False
-    if np.frombuffer(data, dtype=np.uint8).max() > _MAX_ALLOWED_BYTE:
-        return True
-    return bool(data.translate(None, _ALLOWED_BYTES))
+    return np.frombuffer(buffer, dtype=np.uint8, offset=offset).max() > _MAX_ALLOWED_BYTE
+
+
+def _has_forbidden_bytes(data: bytes) -> bool:
+    """True when a byte that cannot be part of a number occurs: :func:`_has_letters` settles
+    most dirty content; otherwise one ``bytes.translate`` pass."""
+    return _has_letters(data) or bool(data.translate(None, _ALLOWED_BYTES))
 
 
 def _scan_lines(data: bytes, chunk_bytes: int = SCAN_CHUNK_BYTES):
@@ -377,12 +384,10 @@ def _parse_clean(piece: bytes):
     ``inf``), and the line count a bare CR, which pandas ends a line at. Returns the time
     and V1 columns and the number of lines.
     """
-    if not piece or np.frombuffer(piece, dtype=np.uint8).max() > _MAX_ALLOWED_BYTE:
+    if not piece or _has_letters(piece):
         return None
     try:
-        frame = pd.read_csv(io.BytesIO(piece), header=None, names=range(N_COLUMNS), engine="c",
-                            dtype=_CLEAN_DTYPES, na_filter=False, quoting=csv.QUOTE_NONE,
-                            skip_blank_lines=False)
+        frame = pd.read_csv(io.BytesIO(piece), dtype=_CLEAN_DTYPES, na_filter=False, **_SAMPLE_CSV)
     except (ValueError, OverflowError):  # pandas' ParserError is a ValueError
         return None
     n_lines = piece.count(b"\n") + (not piece.endswith(b"\n"))
@@ -406,8 +411,7 @@ def _parse_columns(data: bytes, good: np.ndarray, starts: np.ndarray, ends: np.n
     stream = _GoodLines(data, [(starts[first], ends[stop - 1] + 1)
                                for first, stop in zip(flips[::2], flips[1::2])])
     # no NA filter: the scan has ruled out empty fields, and NA matching costs ~15 %
-    frame = pd.read_csv(stream, names=range(N_COLUMNS), usecols=range(COL_P1_EXP + 1), engine="c",
-                        quoting=csv.QUOTE_NONE, skip_blank_lines=False, header=None, na_filter=False)
+    frame = pd.read_csv(stream, usecols=range(COL_P1_EXP + 1), na_filter=False, **_SAMPLE_CSV)
     if any(not pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
         frame = frame.apply(pd.to_numeric, errors="coerce")
     return frame
@@ -528,9 +532,8 @@ class _Content:
             pos += len(window) or self.size
         return self.size
 
-    def is_blank(self) -> bool:
-        """True when the content is empty or only white space."""
-        head = self.read(0, 4096)
+    def is_blank(self, head: bytes) -> bool:
+        """True when the content, which starts with ``head``, is empty or only white space."""
         if head.strip() or self.size <= len(head):
             return not head.strip()
         return _FIRST_NON_SPACE.search(self.read(0, self.size)) is None
@@ -588,19 +591,18 @@ def _parse_clean_file(content: _Content, body_start: int, header_lines: int):
     with open(content.path, "rb") as fh:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        body = np.frombuffer(mapped, dtype=np.uint8, offset=body_start)
-        dirty = body.max() > _MAX_ALLOWED_BYTE
+        dirty = _has_letters(mapped, body_start)
         if not dirty and mapped.find(b"\r", body_start) >= 0:
+            body = np.frombuffer(mapped, dtype=np.uint8, offset=body_start)
             cr = np.flatnonzero(body == CR)
             dirty = cr[-1] + 1 >= len(body) or not (body[cr + 1] == NEWLINE).all()
-        del body  # the map cannot close while a view of it exists
+            del body  # the map cannot close while a view of it exists
     finally:
         mapped.close()
     if dirty:
         return None
     try:
-        frame = pd.read_csv(content.path, header=None, skiprows=header_lines, names=range(N_COLUMNS),
-                            engine="c", quoting=csv.QUOTE_NONE, skip_blank_lines=False)
+        frame = pd.read_csv(content.path, skiprows=header_lines, **_SAMPLE_CSV)
     except (ValueError, OverflowError):  # pandas' ParserError is a ValueError
         return None
     time = frame[COL_TIME].to_numpy()
@@ -702,9 +704,10 @@ def read_samples(source: Source) -> Samples:
         Empty, binary, without a single valid sample, or mostly out of time order.
     """
     with _Content.of(source) as content:
-        if content.is_blank():
+        head = content.read(0, 4096)
+        if content.is_blank(head):
             raise CpapFileError("the recording is empty: no samples to analyse")
-        if _looks_binary(content.read(0, 4096)):
+        if _looks_binary(head):
             raise CpapFileError("the file is not a CPAP text recording (it contains binary data)")
         parsed = _parse_content(content)
     skipped = parsed.skipped
