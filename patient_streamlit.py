@@ -1023,11 +1023,16 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
             render_record_image(base, chosen, "Earlier", room, key=f"mon_dl_earlier_{room}")
 
 
+def refresh_header(label: str, key: str, on_click):
+    """A header row with a refresh button on the right; returns the wide left column."""
+    head = st.columns([4, 1], vertical_alignment="center")
+    head[1].button(label, key=key, icon=":material/refresh:", on_click=on_click, width="stretch")
+    return head[0]
+
+
 def render_monitor_live() -> None:
     base = api_url()
-    head = st.columns([4, 1], vertical_alignment="center")
-    head[1].button("Refresh now", key="mon_refresh", icon=":material/refresh:",
-                   on_click=refresh_monitor, width="stretch")
+    title = refresh_header("Refresh now", "mon_refresh", refresh_monitor)
     try:
         body = fetch_rooms(base)
     except ApiError as exc:
@@ -1035,7 +1040,7 @@ def render_monitor_live() -> None:
         return
     rooms = body.get("rooms") or []
     server_time = body.get("server_time")
-    head[0].caption(f"{len(rooms)} room(s) · updated {fmt_time(server_time)}")
+    title.caption(f"{len(rooms)} room(s) · updated {fmt_time(server_time)}")
     if not rooms:
         st.info("No rooms yet: a patient station appears here after its first upload.")
         return
@@ -1124,10 +1129,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
 def render_patients() -> None:
     base = api_url()
-    head = st.columns([4, 1], vertical_alignment="center")
-    head[0].subheader("Patients")
-    head[1].button("Refresh", key="pt_refresh", icon=":material/refresh:",
-                   on_click=refresh_patients, width="stretch")
+    refresh_header("Refresh", "pt_refresh", refresh_patients).subheader("Patients")
     try:
         patients = fetch_patients(base)
     except ApiError as exc:
