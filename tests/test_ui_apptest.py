@@ -313,7 +313,7 @@ def test_pressure_command_reaches_patient_station_on_next_poll(at, api, recordin
 
 def test_command_from_before_this_patient_is_ignored(at, api):
     api_upload(api, mrn=5, room=3, name="Previous patient")
-    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 20}, timeout=5)
+    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 20, "mrn": 5}, timeout=5)
     enter_patient(at, pressure="10")
     run(at)
     click(at, "ps_upload")

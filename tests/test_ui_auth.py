@@ -136,7 +136,7 @@ def test_monitor_shows_the_rooms_audit_trail(api, monkeypatch):
     name = "<b>Ada</b> <script>alert(1)</script>"
     upload(api, name="Ada", pressure=9)
     upload(api, name=name, pressure=10, who="bed-3")
-    command = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 13},
+    command = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 13, "mrn": 12},
                            headers=bearer("ward-monitor"), timeout=5).json()
     requests.post(f"{api}/api/v1/rooms/3/pressure/{command['id']}/applied",
                   headers=bearer("bed-3"), timeout=5)
@@ -199,7 +199,7 @@ def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
     run(at)
     click(at, "ps_upload")
     assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
-    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14},
+    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14, "mrn": 12},
                  headers=bearer("ward-monitor"), timeout=5)
     run(at)
     assert at.text_input(key="ps_pressure").value == "14"
