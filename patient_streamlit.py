@@ -922,7 +922,8 @@ def render_pressure_command(entry: dict) -> None:
 AUDIT_ACTIONS = {"patient_created": "Patient added", "name_changed": "Name changed",
                  "room_changed": "Room changed", "record_added": "New CPAP record",
                  "pressure_commanded": "Pressure commanded",
-                 "pressure_applied": "Pressure applied at bedside"}
+                 "pressure_applied": "Pressure applied at bedside",
+                 "pressure_cancelled": "Pressure command cancelled"}
 
 
 def _audit_value(action: str, value) -> str:
@@ -935,6 +936,9 @@ def _audit_value(action: str, value) -> str:
         source = value.get("source")
         return (f"{value.get('pressure_cmh2o')} cmH2O"
                 + (f" (by {source})" if source and source != "monitor" else ""))
+    if action == "pressure_cancelled":
+        return (f"{value.get('pressure_cmh2o')} cmH2O pending" if "pressure_cmh2o" in value
+                else str(value.get("reason")))
     if action == "pressure_applied":
         return (f"applied ({value.get('pressure_cmh2o')} cmH2O)" if value.get("applied")
                 else "not applied")
