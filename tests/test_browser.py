@@ -352,7 +352,7 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
             assert upload(0)["cpap_pressure_cmh2o"] == 10
             pressure = 10
             for i in range(1, COMMANDS + 1):
-                pressure = 4 + (pressure + 7) % 22          # a different value every time
+                pressure = 4 + (7 * i) % 22    # 4..25, never the previous value
                 sent = requests.put(f"{stack['api']}/api/v1/rooms/{room}/pressure", timeout=10,
                                     json={"pressure_cmh2o": pressure, "mrn": mrn},
                                     headers=as_(MONITOR_TOKEN))
