@@ -84,7 +84,12 @@ SCHEMAS = {
                        "mrn": {**_POSITIVE, "description": "the patient it was commanded for"},
                        "pressure_cmh2o": _PRESSURE,
                        "commanded_at": _TIME, "source": {"type": "string"},
-                       "applied": {"type": "boolean"}, "applied_at": _nullable(_TIME)},
+                       "applied": {"type": "boolean"}, "applied_at": _nullable(_TIME),
+                       "cancelled": _nullable({
+                           "type": "object", "required": ["at", "reason"],
+                           "description": "set when the patient left the room before the "
+                                          "command was applied; never applied then",
+                           "properties": {"at": _TIME, "reason": {"type": "string"}}})},
     },
     "Room": {
         "type": "object", "required": ["room", "patient", "latest", "command"],
@@ -120,8 +125,11 @@ SCHEMAS = {
         },
     },
     "PressureCommand": {
-        "type": "object", "required": ["pressure_cmh2o"], "additionalProperties": False,
+        "type": "object", "required": ["pressure_cmh2o", "mrn"], "additionalProperties": False,
         "properties": {"pressure_cmh2o": _PRESSURE,
+                       "mrn": {**_POSITIVE, "description": "the patient the command is for, "
+                               "as the caller saw them in the room; 409 when another "
+                               "patient occupies the room now"},
                        "source": {"type": "string", "maxLength": v.MAX_SOURCE_CHARS}},
     },
     "AuditEntry": {
@@ -131,7 +139,7 @@ SCHEMAS = {
             "id": _ID, "room": _POSITIVE, "mrn": _nullable(_POSITIVE), "at": _TIME,
             "action": {"type": "string", "enum": [
                 "patient_created", "name_changed", "room_changed", "record_added",
-                "pressure_commanded", "pressure_applied"]},
+                "pressure_commanded", "pressure_applied", "pressure_cancelled"]},
             "who": {"type": "object", "required": ["name", "role"], "properties": {
                 "name": {"type": "string", "description": "token name, or 'anonymous' "
                                                           "when auth is off"},
@@ -268,17 +276,23 @@ def _api_paths() -> dict:
         "/rooms/{room}/pressure": {
             "put": _op("Command a new CPAP pressure for a room", {
                 "201": _json(_ref("Command"), "the command"), **_BAD, **_NOT_FOUND,
+                "409": _err("the room's occupant is not the patient named by mrn: "
+                            "nothing was stored"),
                 "415": _err("not JSON")}, parameters=[_ROOM], body={
                     "required": True,
                     "content": {"application/json": {"schema": _ref("PressureCommand")}}}),
             "get": _op("The room's latest pressure command (the station polls this)", {
                 "200": _json(_ref("Command"), "latest command"), **_BAD,
-                "404": _err("no command yet")}, parameters=[_ROOM]),
+                "404": _err("no command yet"),
+                "409": _err("mrn given and another patient occupies the room")},
+                parameters=[_ROOM, _param("mrn", _POSITIVE, "query",
+                                          "the bedside station's own patient (recommended)")]),
         },
         "/rooms/{room}/pressure/{command_id}/applied": {"post": _op(
             "The patient station confirms it applied a command", {
                 "200": _json(_ref("Command"), "the command, applied"), **_BAD,
-                **_NOT_FOUND},
+                **_NOT_FOUND, "409": _err("the command was cancelled (its patient left "
+                                          "the room); it must not be applied")},
             parameters=[_ROOM, _param("command_id", {"type": "string"})])},
         "/rooms/{room}/pressure/history": {"get": _op("A room's commands, newest first", {
             "200": _json({"type": "object", "properties": {

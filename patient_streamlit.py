@@ -276,10 +276,11 @@ def fetch_audit(base: str, room: int) -> list[dict]:
                     params={"limit": AUDIT_LIMIT}).get("entries") or []
 
 
-def fetch_latest_command(room: int) -> dict | None:
-    """Latest pressure command for a room (never cached: the bedside must see it)."""
+def fetch_latest_command(room: int, mrn: int) -> dict | None:
+    """Latest pressure command for this station's patient ``mrn`` in ``room`` (never
+    cached: the bedside must see it). A 409 means another patient occupies the room."""
     try:
-        return api_json("GET", f"/api/v1/rooms/{room}/pressure")
+        return api_json("GET", f"/api/v1/rooms/{room}/pressure", params={"mrn": mrn})
     except ApiError as exc:
         if exc.status == 404:
             return None
@@ -311,9 +312,11 @@ def post_patient(payload: dict) -> dict:
     return body
 
 
-def put_pressure(room: int, pressure_cmh2o: int) -> dict:
+def put_pressure(room: int, pressure_cmh2o: int, mrn: int) -> dict:
+    """Command a pressure for patient ``mrn``: the server refuses it (409) when another
+    patient occupies the room by now."""
     body = api_json("PUT", f"/api/v1/rooms/{room}/pressure",
-                    json={"pressure_cmh2o": pressure_cmh2o, "source": "monitor"})
+                    json={"pressure_cmh2o": pressure_cmh2o, "mrn": mrn, "source": "monitor"})
     fetch_rooms.clear()
     fetch_audit.clear()
     return body
@@ -420,8 +423,9 @@ PATIENT_DEFAULTS = {
     "ps_uploaded": [],           # (sha256, pressure) pairs already sent for this patient
     "ps_message": None,          # (kind, text) result of the last Upload
     "ps_notice": None,           # pressure change received from the monitoring station
-    "ps_command_id": None,       # id of the last command applied at this station
-    "ps_command_unmarked": False,  # applied locally, the server not yet told
+    "ps_pressure_gen": 0,        # the pressure field's generation (see pressure_key)
+    "ps_command_id": None,       # id of the last command applied and acknowledged here
+    "ps_command_pending": None,  # command put in the field, not yet acknowledged
     "ps_link": None,             # (kind, text) status of the last poll
     "ps_digests": {},            # file token -> sha256, so a file is hashed once
     "ps_pending": None,          # {"digest", "upload_id"} of an upload not yet answered
@@ -429,7 +433,7 @@ PATIENT_DEFAULTS = {
 MONITOR_DEFAULTS = {
     "mon_interval": (f"{MONITOR_REFRESH_S:g} s" if f"{MONITOR_REFRESH_S:g} s" in REFRESH_CHOICES_S
                      else "10 s"),
-    "mon_confirm": None,         # {"room", "pressure"} awaiting confirmation
+    "mon_confirm": None,         # {"room", "pressure", "mrn", "name"} awaiting confirmation
     "mon_message": None,         # {"room", "kind", "text"} result of the last command
 }
 
@@ -442,12 +446,34 @@ def init_session_state() -> None:
             st.session_state[key] = copy.deepcopy(value)
 
 
+def pressure_key() -> str:
+    """Session-state key of the pressure field (what Upload sends).
+
+    A commanded pressure is written into a *new* field (a new key) instead of the one
+    on screen: the browser keeps reporting the old field's value with every rerun it
+    asks for — another fragment's timer, a click — until it has drawn the new value,
+    and a report arriving in between would overwrite a value written into the same
+    key (the pressure seen to fall back to 10 after the monitor set 14). A report
+    for a field that is gone is ignored.
+    """
+    gen = st.session_state.get("ps_pressure_gen", 0)
+    return "ps_pressure" if gen == 0 else f"ps_pressure_{gen}"
+
+
+def pressure_text() -> str:
+    """The pressure field's text, as the next upload will send it."""
+    return st.session_state.get(pressure_key()) or ""
+
+
 @safe_callback
 def reset_patient_station() -> None:
     """Forget the patient: entries, recording, results, lock and pending notices."""
     ss = st.session_state
+    field = pressure_key()
     for key, value in PATIENT_DEFAULTS.items():
-        ss[key] = copy.deepcopy(value)
+        if key != "ps_pressure_gen":
+            ss[key] = copy.deepcopy(value)
+    ss[field] = ""
     ss.ps_uploader_gen += 1      # a new key empties the file uploader
     ss.ps_message = ("info", "Station reset: ready for the next patient.")
 
@@ -497,7 +523,7 @@ def upload_payload() -> tuple[dict | None, str | None]:
     mrn, mrn_error = (locked["mrn"], None) if locked else parse_positive_int(ss.ps_mrn, "MRN")
     room, room_error = (locked["room"], None) if locked else parse_positive_int(ss.ps_room,
                                                                                 "Room number")
-    pressure, pressure_error = parse_pressure(ss.ps_pressure)
+    pressure, pressure_error = parse_pressure(pressure_text())
     for error in (mrn_error, room_error, pressure_error):
         if error:
             return None, error
@@ -567,7 +593,7 @@ def do_upload() -> None:
             f"{payload['apnea_count']} apnea events)."))
     else:
         analysis = ss.ps_analysis
-        pressure, _ = parse_pressure(ss.ps_pressure)
+        pressure, _ = parse_pressure(pressure_text())
         why = ""
         if analysis is not None and pressure is not None:
             why = " This recording was already uploaded with this pressure."
@@ -578,7 +604,8 @@ def do_upload() -> None:
 
 
 def poll_pressure_command() -> None:
-    """Ask the server for a pressure commanded for this room; apply and acknowledge it."""
+    """Ask the server for a pressure commanded for this station's patient; put it in
+    the pressure field and acknowledge it once the field holds it."""
     ss = st.session_state
     locked = ss.ps_locked
     if locked is None:
@@ -586,15 +613,20 @@ def poll_pressure_command() -> None:
     room = locked["room"]
     checked = datetime.now().strftime("%H:%M:%S")
     try:
-        command = fetch_latest_command(room)
-        if command and command.get("id") == ss.ps_command_id and ss.ps_command_unmarked:
-            post_applied(room, command["id"])
-            ss.ps_command_unmarked = False
-        elif is_new_command(command, locked):
-            apply_command(room, command)
-            st.rerun()       # a fragment run: redraw the pressure field with the new value
+        if ss.ps_command_pending is None:
+            command = fetch_latest_command(room, locked["mrn"])
+            if is_new_command(command, locked):
+                put_command_in_field(command)
+                st.rerun()   # a fragment run: redraw the page with the new pressure field
+        acknowledge_command(room)
     except ApiError as exc:
-        ss.ps_link = ("warning", f"Pressure link: last check at {checked} failed. {exc.message}")
+        if exc.status == 409:
+            ss.ps_link = ("warning", f"Room {room} now has another patient: this station no "
+                                     f"longer receives pressure commands for MRN "
+                                     f"{locked['mrn']}. Press Reset for the next patient.")
+        else:
+            ss.ps_link = ("warning", f"Pressure link: last check at {checked} failed. "
+                                     f"{exc.message}")
         return
     ss.ps_link = ("ok", f"Pressure link active for room {room}: checks every "
                         f"{PRESSURE_POLL_S:g} s, last check {checked}.")
@@ -606,29 +638,40 @@ def is_new_command(command: dict | None, locked: dict) -> bool:
     Older commands were meant for an earlier stay (the server already hides other
     patients' commands), so a re-admitted patient never gets a stale pressure.
     """
-    if not command or command.get("applied") \
+    if not command or command.get("applied") or command.get("cancelled") \
             or command.get("id") == st.session_state.ps_command_id:
         return False
     commanded, since = parse_time(command.get("commanded_at")), parse_time(locked["since"])
     return commanded is None or since is None or commanded >= since
 
 
-def apply_command(room: int, command: dict) -> None:
+def put_command_in_field(command: dict) -> None:
+    """Write the commanded pressure into a new pressure field (see :func:`pressure_key`);
+    it is acknowledged by :func:`acknowledge_command` once the field holds it."""
     ss = st.session_state
-    pressure = int(command["pressure_cmh2o"])
-    ss.ps_pressure = str(pressure)
-    ss.ps_command_id = command["id"]
-    ss.ps_command_unmarked = True
+    ss.ps_pressure_gen += 1
+    ss[pressure_key()] = str(int(command["pressure_cmh2o"]))
+    ss.ps_command_pending = {"id": command["id"],
+                             "pressure_cmh2o": int(command["pressure_cmh2o"]),
+                             "commanded_at": command.get("commanded_at")}
+
+
+def acknowledge_command(room: int) -> None:
+    """Tell the server a pending command is applied — only when the pressure field, the
+    value the next upload sends, holds it (a failed call is repeated on the next poll)."""
+    ss = st.session_state
+    pending = ss.ps_command_pending
+    if pending is None or pressure_text().strip() != str(pending["pressure_cmh2o"]):
+        return
+    post_applied(room, pending["id"])
+    ss.ps_command_pending = None
+    ss.ps_command_id = pending["id"]
+    pressure = pending["pressure_cmh2o"]
     ss.ps_notice = (f"The monitoring station set the CPAP pressure to {pressure} cmH2O "
-                    f"(commanded at {fmt_time(command.get('commanded_at'))}, applied at "
+                    f"(commanded at {fmt_time(pending.get('commanded_at'))}, applied at "
                     f"{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}). "
                     "The next upload uses this pressure.")
     st.toast(f"New CPAP pressure: {pressure} cmH2O", icon=":material/air:")
-    try:
-        post_applied(room, command["id"])
-        ss.ps_command_unmarked = False
-    except ApiError:
-        pass                 # told again on the next poll
 
 
 def render_pressure_link() -> None:
@@ -690,8 +733,8 @@ def render_patient_station() -> None:
         if room_error and not locked:
             st.error(room_error)
         st.text_input(f"CPAP pressure (cmH2O, {PRESSURE_MIN_CMH2O}–{PRESSURE_MAX_CMH2O})",
-                      key="ps_pressure")
-        _, pressure_error = parse_pressure(ss.ps_pressure)
+                      key=pressure_key())
+        _, pressure_error = parse_pressure(pressure_text())
         if pressure_error:
             st.error(pressure_error)
         if locked:
@@ -742,7 +785,7 @@ def render_upload_actions() -> None:
         if error:
             st.caption(f"Upload is disabled: {error}")
         elif "cpap_pressure_cmh2o" not in payload:
-            if ss.ps_analysis is not None and ss.ps_pressure.strip():
+            if ss.ps_analysis is not None and pressure_text().strip():
                 st.caption("This recording was already uploaded with this pressure; "
                            "Upload sends the patient details only.")
             elif ss.ps_analysis is not None:
@@ -802,7 +845,8 @@ def render_room_card(entry: dict, server_time: str | None) -> None:
 
 
 @safe_callback
-def ask_confirm(room: int) -> None:
+def ask_confirm(room: int, mrn: int, name: str | None) -> None:
+    """Send… pressed: check the value, then ask to confirm for this patient and room."""
     ss = st.session_state
     pressure, error = parse_pressure(ss.get(f"mon_pressure_{room}", ""))
     if error or pressure is None:
@@ -810,23 +854,36 @@ def ask_confirm(room: int) -> None:
                           "text": error or "Enter the new CPAP pressure first."}
         ss.mon_confirm = None
         return
-    ss.mon_confirm = {"room": room, "pressure": pressure}
+    ss.mon_confirm = {"room": room, "pressure": pressure, "mrn": mrn, "name": name}
     ss.mon_message = None
 
 
+def patient_words(mrn: int, name: str | None) -> str:
+    return f"MRN {mrn}" + (f" ({md_escape(name)})" if name else "")
+
+
 @safe_callback
-def send_command(room: int, pressure: int) -> None:
+def send_command(room: int, pressure: int, mrn: int, name: str | None) -> None:
+    """Confirm pressed: the command names the patient the monitor showed; the server
+    refuses it (409) if another patient occupies the room by now."""
     ss = st.session_state
     ss.mon_confirm = None
     try:
-        command = put_pressure(room, pressure)
+        command = put_pressure(room, pressure, mrn)
     except ApiError as exc:
-        ss.mon_message = {"room": room, "kind": "error", "text": f"Not sent. {exc.message}"}
+        if exc.status == 409:
+            refresh_monitor()
+            text = (f"Not sent: the patient in room {room} is no longer "
+                    f"{patient_words(mrn, name)}. The wall has been refreshed; check the "
+                    "room and send the command again if it is still wanted.")
+        else:
+            text = f"Not sent. {exc.message}"
+        ss.mon_message = {"room": room, "kind": "error", "text": text}
         return
     ss[f"mon_pressure_{room}"] = ""      # sent: an empty field cannot be sent twice by mistake
     ss.mon_message = {"room": room, "kind": "success",
-                      "text": f"{pressure} cmH2O sent to room {room} at "
-                              f"{fmt_time(command.get('commanded_at'))}."}
+                      "text": f"{pressure} cmH2O sent for {patient_words(mrn, name)} in room "
+                              f"{room} at {fmt_time(command.get('commanded_at'))}."}
 
 
 def cancel_command() -> None:
@@ -836,19 +893,26 @@ def cancel_command() -> None:
 def render_pressure_command(entry: dict) -> None:
     ss = st.session_state
     room = entry["room"]
+    patient = entry.get("patient")
     st.markdown("**CPAP pressure command**")
+    if not patient:
+        st.caption(f"Room {room} is free: there is no patient to send a pressure to.")
+        return
     st.markdown(command_text(entry.get("command")))
     cols = st.columns([2, 1])
     cols[0].text_input(f"New pressure for room {room} (cmH2O, {PRESSURE_MIN_CMH2O}–"
                        f"{PRESSURE_MAX_CMH2O})", key=f"mon_pressure_{room}")
-    cols[1].button("Send…", key=f"mon_send_{room}", on_click=ask_confirm, args=(room,),
-                   width="stretch")
+    cols[1].button("Send…", key=f"mon_send_{room}", on_click=ask_confirm,
+                   args=(room, patient["mrn"], patient.get("name")), width="stretch")
     confirm = ss.mon_confirm
     if confirm and confirm["room"] == room:
-        st.warning(f"Set the CPAP pressure of room {room} to **{confirm['pressure']} cmH2O**?")
+        st.warning(f"Set the CPAP pressure of **room {room}**, patient "
+                   f"**{patient_words(confirm['mrn'], confirm['name'])}**, to "
+                   f"**{confirm['pressure']} cmH2O**?")
         yes, no = st.columns(2)
         yes.button("Confirm", key=f"mon_confirm_{room}", type="primary", on_click=send_command,
-                   args=(room, confirm["pressure"]), width="stretch")
+                   args=(room, confirm["pressure"], confirm["mrn"], confirm["name"]),
+                   width="stretch")
         no.button("Cancel", key=f"mon_cancel_{room}", on_click=cancel_command, width="stretch")
     message = ss.mon_message
     if message and message["room"] == room:
@@ -858,7 +922,8 @@ def render_pressure_command(entry: dict) -> None:
 AUDIT_ACTIONS = {"patient_created": "Patient added", "name_changed": "Name changed",
                  "room_changed": "Room changed", "record_added": "New CPAP record",
                  "pressure_commanded": "Pressure commanded",
-                 "pressure_applied": "Pressure applied at bedside"}
+                 "pressure_applied": "Pressure applied at bedside",
+                 "pressure_cancelled": "Pressure command cancelled"}
 
 
 def _audit_value(action: str, value) -> str:
@@ -871,6 +936,9 @@ def _audit_value(action: str, value) -> str:
         source = value.get("source")
         return (f"{value.get('pressure_cmh2o')} cmH2O"
                 + (f" (by {source})" if source and source != "monitor" else ""))
+    if action == "pressure_cancelled":
+        return (f"{value.get('pressure_cmh2o')} cmH2O pending" if "pressure_cmh2o" in value
+                else str(value.get("reason")))
     if action == "pressure_applied":
         return (f"applied ({value.get('pressure_cmh2o')} cmH2O)" if value.get("applied")
                 else "not applied")

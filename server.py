@@ -103,14 +103,17 @@ def command_out(doc: dict | None) -> dict | None:
     if doc is None:
         return None
     ack = doc.get("ack")
+    cancelled = doc.get("cancelled")
     return {"id": str(doc.get("_id", doc.get("id"))), "room": doc["room"],
             "mrn": doc.get("mrn"), "pressure_cmh2o": int(doc["pressure_cmh2o"]),
             "commanded_at": iso(doc["commanded_at"]), "source": doc.get("source"),
-            "applied": ack is not None, "applied_at": iso(ack["at"]) if ack else None}
+            "applied": ack is not None, "applied_at": iso(ack["at"]) if ack else None,
+            "cancelled": ({"at": iso(cancelled["at"]), "reason": cancelled.get("reason")}
+                          if cancelled else None)}
 
 
 def room_out(doc: dict) -> dict:
-    occupant = doc.get("patient")
+    occupant = doc.get("patient") if storage.occupant_mrn(doc) is not None else None
     latest = doc.get("latest")
     command = doc.get("command")
     # A new occupant must not inherit the previous patient's record or pressure command.
@@ -156,7 +159,7 @@ def mrn_param(mrn: str) -> int:
 def existing_room(room: str) -> tuple[int, dict]:
     number = room_param(room)
     doc = get_storage().get_room(number)
-    if doc is None:
+    if storage.occupant_mrn(doc) is None:
         abort(404, description=f"room {number} has no patient")
     return number, doc
 
@@ -354,16 +357,37 @@ def upload_recording(room):
 
 
 # -- pressure commands -------------------------------------------------------------
-def command_pressure(room: str, pressure_cmh2o: int, source: str) -> dict:
-    number, doc = existing_room(room)
-    return get_storage().add_command(number, doc["patient"]["mrn"], pressure_cmh2o, source,
-                                     actor=actor())
+def occupant_changed(room: int, mrn: int) -> ValidationError:
+    return ValidationError(str(storage.OccupantChanged(room, mrn)), "mrn", status=409)
 
 
-def latest_command(room: str) -> dict:
-    """The latest command for the room's current patient; 404 when there is none."""
+def room_for_patient(room: str, mrn: int | None) -> tuple[int, int]:
+    """The room number and its occupant's MRN; 409 when ``mrn`` (the patient the
+    caller saw in the room) is given and no longer occupies it."""
     number, doc = existing_room(room)
-    command = get_storage().latest_command(number, doc["patient"]["mrn"])
+    occupant = doc["patient"]["mrn"]
+    if mrn is not None and mrn != occupant:
+        raise occupant_changed(number, mrn)
+    return number, occupant
+
+
+def command_pressure(room: str, pressure_cmh2o: int, source: str,
+                     mrn: int | None = None) -> dict:
+    """Store a command for the patient ``mrn`` in ``room`` (None: the current
+    occupant, for the older API, which cannot name the patient)."""
+    number, mrn = room_for_patient(room, mrn)
+    try:
+        return get_storage().add_command(number, mrn, pressure_cmh2o, source,
+                                         actor=actor())
+    except storage.OccupantChanged:
+        raise occupant_changed(number, mrn) from None
+
+
+def latest_command(room: str, mrn: int | None = None) -> dict:
+    """The latest command for the room's current patient (409 when it is not ``mrn``);
+    404 when there is none."""
+    number, mrn = room_for_patient(room, mrn)
+    command = get_storage().latest_command(number, mrn)
     if command is None:
         abort(404, description=f"no pressure command for room {number}")
     return command
@@ -373,18 +397,27 @@ def latest_command(room: str) -> dict:
 @writes(MONITOR, ADMIN)
 def set_pressure(room):
     body = json_body()
-    validation.known_fields(body, {"pressure_cmh2o", "source"})
+    validation.known_fields(body, {"pressure_cmh2o", "mrn", "source"})
     if body.get("pressure_cmh2o") is None:
         raise ValidationError("pressure_cmh2o is required", "pressure_cmh2o")
     value = validation.pressure(body["pressure_cmh2o"], "pressure_cmh2o")
     source = validation.text(body.get("source"), "source", validation.MAX_SOURCE_CHARS)
-    return jsonify(command_out(command_pressure(room, value, source or "monitor"))), 201
+    if body.get("mrn") is None:  # a command names its patient: never whoever is there now
+        raise ValidationError("mrn is required: the MRN of the patient the command is for "
+                              "(as shown for the room)", "mrn")
+    mrn = validation.positive_id(body["mrn"], "mrn")
+    command = command_pressure(room, value, source or "monitor", mrn=mrn)
+    return jsonify(command_out(command)), 201
 
 
 @api.get("/rooms/<room>/pressure")
 @reads(*ANYONE)
 def get_pressure(room):
-    return jsonify(command_out(latest_command(room)))
+    """``?mrn=`` (a bedside station's own patient): 409 when another patient now
+    occupies the room, so a station never applies another patient's command."""
+    mrn = request.args.get("mrn")
+    return jsonify(command_out(latest_command(
+        room, None if mrn is None else validation.positive_id(mrn, "mrn"))))
 
 
 @api.post("/rooms/<room>/pressure/<command_id>/applied")
@@ -394,6 +427,9 @@ def mark_applied(room, command_id):
     command = get_storage().mark_applied(number, command_id, actor=actor())
     if command is None:
         abort(404, description=f"no command {command_id!r} for room {number}")
+    if command.get("cancelled"):
+        raise ValidationError(f"this command was cancelled ({command['cancelled']['reason']})"
+                              "; do not apply it", "command_id", status=409)
     return jsonify(command_out(command))
 
 
@@ -467,7 +503,8 @@ def legacy_new_cpap_pressure(room_number, value):
 @reads(*WARD)
 def legacy_get_all_patients():
     """One entry per room's current occupant, its lists built from the records."""
-    occupants = [doc for doc in get_storage().list_rooms() if doc.get("patient")]
+    occupants = [doc for doc in get_storage().list_rooms()
+                 if storage.occupant_mrn(doc) is not None]
     lists = get_storage().record_lists([doc["patient"]["mrn"] for doc in occupants])
     out = []
     for doc in occupants:

@@ -46,6 +46,7 @@ import pymongo
 from bson import Binary, ObjectId
 from bson.errors import InvalidId
 from flask import current_app, g
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 DEFAULT_URI = "mongodb://127.0.0.1:27017/sleeplab"
@@ -183,7 +184,8 @@ class Storage:
 
     # -- patients and uploads ----------------------------------------------------
     def _guarded_set(self, collection, key: dict, stamp_field: str, now, values: dict,
-                     upsert: bool = False, on_insert: dict | None = None) -> None:
+                     upsert: bool = False, on_insert: dict | None = None,
+                     projection: dict | None = None) -> dict | None:
         """``$set`` values unless the document already holds something newer.
 
         Each step is one atomic update; the filters never use ``$or`` (nx-27017 drops
@@ -192,22 +194,33 @@ class Storage:
         is no value yet (or insert the document when ``upsert``, as ``on_insert`` if
         given); 3. if a racing writer got in between (an upsert losing the race on a
         unique index), try step 1 once more. Whatever is left is newer than ours.
+
+        Returns the document as it was just before *this* call changed it (fields in
+        ``projection``), read atomically with the change: the audit trail's "old" value
+        is then what was really replaced, even when uploads race. None when the call
+        inserted the document or changed nothing (something newer was there).
         """
+        def set_where(condition: dict) -> dict | None:
+            return collection.find_one_and_update(
+                condition, {"$set": values}, projection=projection or {"_id": 1},
+                return_document=ReturnDocument.BEFORE)
+
         not_newer = dict(key, **{stamp_field: {"$lte": now}})
-        if collection.update_one(not_newer, {"$set": values}).matched_count:
-            return
+        replaced = set_where(not_newer)
+        if replaced is not None:
+            return replaced
         if upsert:
             try:
                 if collection.update_one(key, {"$setOnInsert": on_insert or values},
                                          upsert=True).upserted_id is not None:
-                    return
+                    return None
             except DuplicateKeyError:
                 pass  # another writer inserted it first
         else:
-            empty = dict(key, **{stamp_field.split(".")[0]: None})
-            if collection.update_one(empty, {"$set": values}).matched_count:
-                return
-        collection.update_one(not_newer, {"$set": values})
+            replaced = set_where(dict(key, **{stamp_field.split(".")[0]: None}))
+            if replaced is not None:
+                return replaced
+        return set_where(not_newer)
 
     def upload(self, mrn: int, room: int, name: str | None = None,
                metrics: dict | None = None, image: tuple[bytes, str] | None = None,
@@ -249,7 +262,7 @@ class Storage:
                 record = (self.records.find_one({"_id": plan["record_id"]})
                           if plan.get("record_id") else None)
                 return UploadResult(self.get_patient(mrn), record, False, replay=True)
-        created, record = self._carry_out(plan, name, metrics, image)
+        created, record = self._carry_out(plan, name, metrics, image, resumed=replay)
         if upload_id is not None:
             self.uploads.update_one({"_id": upload_id, "done": None},
                                     {"$set": {"done": {"at": utc_now()}}})
@@ -270,19 +283,33 @@ class Storage:
                                  "other values; send a new upload_id")
 
     def _carry_out(self, plan: dict, name: str | None, metrics: dict | None,
-                   image: tuple[bytes, str] | None) -> tuple[bool, dict | None]:
+                   image: tuple[bytes, str] | None, resumed: bool = False
+                   ) -> tuple[bool, dict | None]:
         """Write an upload's plan. Every step may be repeated (a retry after a crash):
-        inserts use planned ids, updates are guarded by the upload's time stamp."""
+        inserts use planned ids, updates are guarded by the upload's time stamp.
+        ``resumed``: completing the plan of an earlier, interrupted attempt."""
         mrn, room, now, key = plan["mrn"], plan["room"], plan["at"], plan["_id"]
         values = {"room": room, "updated": {"at": now}}
         if name is not None:
             values["name"] = name
-        self._guarded_set(self.patients, {"mrn": mrn}, "updated.at", now, values,
-                          upsert=True, on_insert={
-                              "mrn": mrn, "name": name, "room": room, "created_at": now,
-                              "updated": {"at": now}, "latest": None, "created_by": key})
+        replaced = self._guarded_set(
+            self.patients, {"mrn": mrn}, "updated.at", now, values, upsert=True,
+            on_insert={"mrn": mrn, "name": name, "room": room, "created_at": now,
+                       "updated": {"at": now}, "latest": None, "created_by": key},
+            projection={"_id": 0, "name": 1, "room": 1, "latest": 1})
         patient = self.patients.find_one({"mrn": mrn}, {"name": 1, "created_by": 1}) or {}
         created = patient.get("created_by") == key
+        # What this upload really changed: the patient as it was just before our update
+        # (a racing upload may have changed it since the plan was made). An attempt that
+        # completes an interrupted plan finds its own values there: it audits against
+        # the state the plan recorded before the first attempt.
+        if created:
+            before = None
+        elif resumed or replaced is None:
+            before = plan["before"] if resumed else None
+        else:
+            before = {"name": replaced.get("name"), "room": replaced.get("room"),
+                      "latest": audit_record(replaced.get("latest"))}
         record = None
         if metrics is not None:
             record_id = plan["record_id"]
@@ -300,26 +327,61 @@ class Storage:
         if name is None:  # the room shows the name the patient already has
             name = patient.get("name")
         occupant = {"mrn": mrn, "name": name, "since": now}
-        self._guarded_set(self.rooms, {"_id": room}, "patient.since", now,
-                          {"room": room, "patient": occupant}, upsert=True)
+        room_before = self._guarded_set(self.rooms, {"_id": room}, "patient.since", now,
+                                        {"room": room, "patient": occupant}, upsert=True,
+                                        projection={"patient": 1})
+        previous = occupant_mrn(room_before)
+        if previous not in (None, mrn):   # a new patient in the room: the previous
+            self._cancel_pending(room, previous, now, plan["who"],  # one's commands end
+                                 "a new patient was admitted to the room")
         if record is not None:
             summary = record_summary(record)
             self._guarded_set(self.rooms, {"_id": room}, "latest.received_at", now,
                               {"latest": summary})
             self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
                               {"latest": summary})
+        self._vacate_other_rooms(mrn, now, plan["who"])
         self._rooms_changed()
-        self._audit_upload(plan, name, created, record)
+        self._audit_upload(plan, name, created, record, before)
         return created, record
 
-    def _audit_upload(self, plan: dict, name, created: bool, record: dict | None) -> None:
+    def _vacate_other_rooms(self, mrn: int, now, who: dict) -> None:
+        """One patient occupies one room: the one their patient document names (the
+        newest upload wins). Any other room still showing them is marked free; its
+        occupant's ``since`` is kept, so a newer admission is never overwritten."""
+        current = (self.patients.find_one({"mrn": mrn}, {"room": 1}) or {}).get("room")
+        for doc in self.rooms.find({"patient.mrn": mrn, "_id": {"$ne": current}},
+                                   {"patient": 1}):
+            since = doc["patient"].get("since")
+            freed = self.rooms.update_one(
+                {"_id": doc["_id"], "patient.mrn": mrn, "patient.since": since},
+                {"$set": {"patient": {"mrn": None, "name": None, "since": since,
+                                      "left": {"mrn": mrn, "at": now}}}}).modified_count
+            if freed:
+                self._cancel_pending(doc["_id"], mrn, now, who,
+                                     f"the patient moved to room {current}")
+
+    def _cancel_pending(self, room: int, mrn: int, now, who: dict, reason: str) -> None:
+        """End the unapplied commands of a patient who left ``room`` (audited), so no
+        command stays silently pending for a bed its patient has left."""
+        for command in self.commands.find({"room": room, "mrn": mrn, "ack": None,
+                                           "cancelled": None}, {"pressure_cmh2o": 1}):
+            if self.commands.update_one(
+                    {"_id": command["_id"], "ack": None, "cancelled": None},
+                    {"$set": {"cancelled": {"at": now, "reason": reason}}}).modified_count:
+                self._audit(who, "pressure_cancelled", room, mrn, now,
+                            old={"pressure_cmh2o": command["pressure_cmh2o"],
+                                 "command_id": str(command["_id"])},
+                            new={"reason": reason})
+
+    def _audit_upload(self, plan: dict, name, created: bool, record: dict | None,
+                      before: dict | None) -> None:
         mrn, room, now, who = plan["mrn"], plan["room"], plan["at"], plan["who"]
-        ids, before = plan["audit_ids"], plan["before"]
+        ids = plan["audit_ids"]
         if created:
             self._audit(who, "patient_created", room, mrn, now,
                         new={"mrn": mrn, "name": name, "room": room}, entry_id=ids["patient"])
-            before = None
-        elif before is not None:  # (None: a racing first upload created it; it is audited)
+        elif before is not None:  # (None: our values lost to a newer upload's: no change)
             if name != before.get("name"):
                 self._audit(who, "name_changed", room, mrn, now, old=before.get("name"),
                             new=name, entry_id=ids["patient"])
@@ -400,7 +462,9 @@ class Storage:
         return int((self.meta.find_one({"_id": "rooms"}) or {}).get("version", 0))
 
     def list_rooms(self) -> list[dict]:
-        return list(self.rooms.find({}).sort("_id", pymongo.ASCENDING))
+        """Every room in numeric order (sorted here: nx-27017 orders integer ``_id``
+        values as text, 101 before 3)."""
+        return sorted(self.rooms.find({}), key=lambda doc: doc["_id"])
 
     def get_room(self, room: int) -> dict | None:
         return self.rooms.find_one({"_id": room})
@@ -408,15 +472,26 @@ class Storage:
     # -- pressure commands -------------------------------------------------------
     def add_command(self, room: int, mrn: int, pressure_cmh2o: int, source: str,
                     actor: dict | None = None) -> dict:
-        """Store a command for the room's current patient (``mrn``)."""
+        """Store a command for patient ``mrn``, who must occupy ``room``.
+
+        The command is bound to the room in one atomic update conditioned on the
+        occupant, so it cannot reach a patient who arrived meanwhile; when the
+        occupant changed it is removed again and :class:`OccupantChanged` raised (the
+        caller answers 409: refused, never silently dropped). A command that was
+        accepted and whose patient later leaves is cancelled by that upload (audited).
+        """
         now = utc_now()
         previous = self.latest_command(room, mrn)
         command = {"_id": ObjectId(), "room": room, "mrn": mrn,
                    "pressure_cmh2o": pressure_cmh2o,
-                   "commanded_at": now, "source": source, "ack": None}
+                   "commanded_at": now, "source": source, "ack": None, "cancelled": None}
         self.commands.insert_one(command)
-        self._guarded_set(self.rooms, {"_id": room}, "command.commanded_at", now,
-                          {"command": command_summary(command)})
+        bound = self._guarded_set(self.rooms, {"_id": room, "patient.mrn": mrn},
+                                  "command.commanded_at", now,
+                                  {"command": command_summary(command)})
+        if bound is None and occupant_mrn(self.get_room(room)) != mrn:
+            self.commands.delete_one({"_id": command["_id"]})
+            raise OccupantChanged(room, mrn)
         self._rooms_changed()
         self._audit(actor, "pressure_commanded", room, mrn, now,
                     old=previous["pressure_cmh2o"] if previous else None,
@@ -426,8 +501,9 @@ class Storage:
 
     def latest_command(self, room: int, mrn: int) -> dict | None:
         """The latest command for the room's patient ``mrn`` (a new occupant never
-        receives the pressure commanded for the previous one)."""
-        return self.commands.find_one({"room": room, "mrn": mrn}, sort=NEWEST_COMMANDS)
+        receives the pressure commanded for the previous one; cancelled ones are gone)."""
+        return self.commands.find_one({"room": room, "mrn": mrn, "cancelled": None},
+                                      sort=NEWEST_COMMANDS)
 
     def command_history(self, room: int, limit: int) -> list[dict]:
         return list(self.commands.find({"room": room}).sort(NEWEST_COMMANDS).limit(limit))
@@ -435,13 +511,15 @@ class Storage:
     def mark_applied(self, room: int, command_id: str, actor: dict | None = None
                      ) -> dict | None:
         """Mark a command applied (idempotent: the first time stamp is kept, and only
-        the first acknowledgement goes into the audit trail)."""
+        the first acknowledgement goes into the audit trail). A cancelled command
+        stays cancelled: the caller sees its ``cancelled`` field."""
         oid = parse_object_id(command_id)
         if oid is None:
             return None
         now = utc_now()
-        changed = self.commands.update_one({"_id": oid, "room": room, "ack": None},
-                                           {"$set": {"ack": {"at": now}}}).modified_count
+        changed = self.commands.update_one(
+            {"_id": oid, "room": room, "ack": None, "cancelled": None},
+            {"$set": {"ack": {"at": now}}}).modified_count
         command = self.commands.find_one({"_id": oid, "room": room})
         if command is not None and changed:
             self._audit(actor, "pressure_applied", room, command.get("mrn"), now,
@@ -453,6 +531,21 @@ class Storage:
                                   {"$set": {"command": command_summary(command)}})
             self._rooms_changed()
         return command
+
+
+class OccupantChanged(Exception):
+    """A pressure command named a patient who no longer occupies the room."""
+
+    def __init__(self, room: int, mrn: int):
+        super().__init__(f"MRN {mrn} is no longer the patient in room {room}: the room's "
+                         "occupant changed since the command was prepared. Nothing was "
+                         "sent; check the room and send the command again.")
+        self.room, self.mrn = room, mrn
+
+
+def occupant_mrn(room_doc: dict | None) -> int | None:
+    """The MRN of the patient occupying a room document (None: no room, or free)."""
+    return ((room_doc or {}).get("patient") or {}).get("mrn")
 
 
 def record_summary(record: dict) -> dict:

@@ -61,7 +61,7 @@ def test_cpap_query_and_new_pressure(client):
     assert query.status_code == 200 and query.get_json() == 18
     # the new API sees the same command, and the reverse
     assert client.get("/api/v1/rooms/3/pressure").get_json()["source"] == "legacy"
-    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 7})
+    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 7, "mrn": 12})
     assert client.get("/CPAP_query/3").get_json() == 7
 
 

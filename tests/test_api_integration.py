@@ -40,7 +40,7 @@ def test_full_cycle_over_tcp_keeps_types(tcp_client):
     # the storage layout must still give ISO dates back.
     assert patient["updated_at"].endswith("Z") and patient["created_at"].endswith("Z")
     assert patient["record_count"] == 2
-    cmd = c.put("/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 13}).get_json()
+    cmd = c.put("/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 13, "mrn": 1}).get_json()
     applied = c.post(f"/api/v1/rooms/2/pressure/{cmd['id']}/applied").get_json()
     assert applied["applied"] is True and applied["applied_at"].endswith("Z")
     room = c.get("/api/v1/rooms/2").get_json()
@@ -64,7 +64,8 @@ def test_each_room_and_patient_keeps_its_own_data(tcp_client):
             tcp_client.post("/api/v1/patients", json=upload_body(
                 mrn=100 + room, room=room, pressure=4 + room + round_, image=None))
     for room in range(1, 6):
-        tcp_client.put(f"/api/v1/rooms/{room}/pressure", json={"pressure_cmh2o": 10 + room})
+        tcp_client.put(f"/api/v1/rooms/{room}/pressure", json={"pressure_cmh2o": 10 + room,
+                                                                        "mrn": 100 + room})
     rooms = tcp_client.get("/api/v1/rooms").get_json()["rooms"]
     assert [r["room"] for r in rooms] == [1, 2, 3, 4, 5]
     for r in rooms:

@@ -70,7 +70,7 @@ def test_responses_match_documented_schemas(document, client):
     created = client.post("/api/v1/patients", json=upload_body()).get_json()
     assert _validator(document, "Patient").is_valid(created["patient"])
     assert _validator(document, "Record").is_valid(created["record"])
-    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12})
+    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12, "mrn": 12})
     room = client.get("/api/v1/rooms/3").get_json()
     assert _validator(document, "Room").is_valid(room)
     assert _validator(document, "Command").is_valid(room["command"])

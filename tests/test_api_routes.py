@@ -93,7 +93,7 @@ def test_rooms_wall_sorted_latest_no_images(client, prefix):
 
 def test_new_mrn_in_room_replaces_occupant_and_keeps_old_data(client, prefix):
     post(client, prefix, mrn=1, room=4, name="Old")
-    client.put(f"{prefix}/rooms/4/pressure", json={"pressure_cmh2o": 15})
+    client.put(f"{prefix}/rooms/4/pressure", json={"pressure_cmh2o": 15, "mrn": 1})
     client.post(f"{prefix}/patients", json={"mrn": 2, "room": 4, "name": "New"})
     room = client.get(f"{prefix}/rooms/4").get_json()
     assert room["patient"]["mrn"] == 2 and room["patient"]["name"] == "New"
@@ -131,7 +131,7 @@ def test_room_detail_and_unknown_room(client, prefix):
 def test_pressure_command_cycle(client, prefix):
     post(client, prefix, mrn=3, room=3)
     assert client.get(f"{prefix}/rooms/3/pressure").status_code == 404
-    put = client.put(f"{prefix}/rooms/3/pressure", json={"pressure_cmh2o": "12",
+    put = client.put(f"{prefix}/rooms/3/pressure", json={"pressure_cmh2o": "12", "mrn": 3,
                                                           "source": "Dr Who"})
     assert put.status_code == 201
     command = put.get_json()
@@ -151,9 +151,9 @@ def test_pressure_command_cycle(client, prefix):
 def test_pressure_default_source_and_unknown_room(client, prefix):
     post(client, prefix, mrn=3, room=3)
     assert client.put(f"{prefix}/rooms/3/pressure",
-                      json={"pressure_cmh2o": 9}).get_json()["source"] == "monitor"
+                      json={"pressure_cmh2o": 9, "mrn": 3}).get_json()["source"] == "monitor"
     assert client.put(f"{prefix}/rooms/4/pressure",
-                      json={"pressure_cmh2o": 9}).status_code == 404
+                      json={"pressure_cmh2o": 9, "mrn": 3}).status_code == 404
 
 
 @pytest.mark.parametrize("command_id", ["0" * 24, "not-an-id", "zz" * 12, "{'$gt': ''}"])
@@ -166,14 +166,14 @@ def test_applied_unknown_command_is_404(client, prefix, command_id):
 def test_applied_command_of_another_room_is_404(client, prefix):
     post(client, prefix, mrn=3, room=3)
     post(client, prefix, mrn=4, room=4)
-    cid = client.put(f"{prefix}/rooms/3/pressure", json={"pressure_cmh2o": 9}).get_json()["id"]
+    cid = client.put(f"{prefix}/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 3}).get_json()["id"]
     assert client.post(f"{prefix}/rooms/4/pressure/{cid}/applied").status_code == 404
 
 
 def test_pressure_history_newest_first_with_limit(client, prefix):
     post(client, prefix, mrn=3, room=3)
     for value in (5, 6, 7, 8):
-        client.put(f"{prefix}/rooms/3/pressure", json={"pressure_cmh2o": value})
+        client.put(f"{prefix}/rooms/3/pressure", json={"pressure_cmh2o": value, "mrn": 3})
     history = client.get(f"{prefix}/rooms/3/pressure/history").get_json()["commands"]
     assert [c["pressure_cmh2o"] for c in history] == [8, 7, 6, 5]
     limited = client.get(f"{prefix}/rooms/3/pressure/history?limit=2").get_json()["commands"]
@@ -309,7 +309,7 @@ def test_rooms_wall_cache_sees_changes_from_other_workers(monkeypatch):
     assert len(calls) == 1, "unchanged wall served from the cache"
     worker_b.post("/api/v1/patients", json=upload_body(mrn=2, room=2))
     assert [r["room"] for r in worker_a.get("/api/rooms").get_json()["rooms"]] == [1, 2]
-    cmd = worker_b.put("/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 8}).get_json()
+    cmd = worker_b.put("/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 8, "mrn": 2}).get_json()
     assert worker_a.get("/api/rooms").get_json()["rooms"][1]["command"]["id"] == cmd["id"]
     worker_b.post(f"/api/v1/rooms/2/pressure/{cmd['id']}/applied")
     assert worker_a.get("/api/rooms").get_json()["rooms"][1]["command"]["applied"] is True

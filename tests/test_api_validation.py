@@ -283,7 +283,7 @@ def test_image_bytes_returns_content_type():
     ("/add_patient", "post", "patient_name"), ("/add_patient", "post", "flow_image")])
 def test_no_input_gives_a_500_on_other_json_routes(client, path, method, field, value):
     client.post("/api/v1/patients", json={"mrn": 1, "room": 1})
-    base = ({"pressure_cmh2o": 10} if method == "put" else
+    base = ({"pressure_cmh2o": 10, "mrn": 1} if method == "put" else
             {"patient_mrn": "1", "room_number": "1", "patient_name": "", "CPAP_pressure": "10",
              "breath_rate": "12", "apnea_count": "0", "flow_image": ""})
     resp = getattr(client, method)(path, data=json.dumps({**base, field: value}),

@@ -63,9 +63,9 @@ def recent(stamp: str) -> bool:
 def test_pressure_command_records_who_when_where_old_and_new(secured):
     c = secured
     c.post("/api/v1/patients", json=upload_body(mrn=12, room=3), headers=AS["bed-3"])
-    first = c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12, "source": "Dr Grey"},
+    first = c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12, "mrn": 12, "source": "Dr Grey"},
                   headers=AS["dr-grey"]).get_json()
-    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14}, headers=AS["dr-grey"],
+    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14, "mrn": 12}, headers=AS["dr-grey"],
           environ_base={"REMOTE_ADDR": "10.1.2.3"})
     commands = [e for e in trail(c, 3) if e["action"] == "pressure_commanded"]
     newest, oldest = commands
@@ -82,7 +82,7 @@ def test_pressure_command_records_who_when_where_old_and_new(secured):
 def test_acknowledgement_is_recorded_once(secured):
     c = secured
     c.post("/api/v1/patients", json=upload_body(mrn=12, room=3), headers=AS["bed-3"])
-    command = c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12},
+    command = c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12, "mrn": 12},
                     headers=AS["dr-grey"]).get_json()
     url = f"/api/v1/rooms/3/pressure/{command['id']}/applied"
     assert c.post(url, headers=AS["bed-3"]).status_code == 200
@@ -148,7 +148,7 @@ def test_route_lists_newest_first_with_a_limit_and_needs_monitor(secured):
     c = secured
     c.post("/api/v1/patients", json=upload_body(mrn=12, room=3), headers=AS["ops"])
     for value in (5, 6, 7):
-        c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": value}, headers=AS["ops"])
+        c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": value, "mrn": 12}, headers=AS["ops"])
     two = trail(c, 3, limit=2)
     assert [e["new"]["pressure_cmh2o"] for e in two] == [7, 6]
     stamps = [e["at"] for e in trail(c, 3)]
@@ -165,15 +165,15 @@ def test_refused_requests_leave_no_audit_entry(secured):
     c = secured
     c.post("/api/v1/patients", json=upload_body(mrn=12, room=3), headers=AS["ops"])
     before = trail(c, 3)
-    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9})                     # 401
-    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9}, headers=AS["bed-3"])  # 403
-    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 99}, headers=AS["ops"])   # 400
+    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12})                     # 401
+    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}, headers=AS["bed-3"])  # 403
+    c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 99, "mrn": 12}, headers=AS["ops"])   # 400
     assert trail(c, 3) == before
 
 
 def test_open_mode_records_anonymous(client):
     client.post("/api/v1/patients", json=upload_body(mrn=12, room=3))
-    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9})
+    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12})
     entries = client.get("/api/v1/rooms/3/audit").get_json()["entries"]
     assert {e["who"]["name"] for e in entries} == {"anonymous"}
     assert {e["who"]["role"] for e in entries} == {None}
@@ -221,7 +221,7 @@ def test_audited_flow_with_auth_on_real_nx27017(tmp_path, db_uri):
     assert c.post("/api/v1/patients", json=upload_body(mrn=12, room=3, name="Ada"),
                   headers=AS["bed-3"]).status_code == 201
     c.post("/api/v1/patients", json=upload_body(mrn=12, room=3, name="Ada K"), headers=AS["ops"])
-    command = c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 13},
+    command = c.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 13, "mrn": 12},
                     headers=AS["dr-grey"]).get_json()
     assert c.post(f"/api/v1/rooms/3/pressure/{command['id']}/applied",
                   headers=AS["bed-3"]).status_code == 200
@@ -264,11 +264,11 @@ def test_gunicorn_access_log_never_holds_a_token_and_hup_rotates(tmp_path, db_ur
         ok = requests.post(f"{api}/api/v1/patients", json=upload_body(mrn=1, room=3),
                            headers=AS["bed-3"], timeout=10)
         assert ok.status_code == 201
-        bad = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9},
+        bad = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                            headers={"Authorization": "Bearer wrong-token-0123456789"},
                            timeout=10)
         assert bad.status_code == 401 and bad.headers["WWW-Authenticate"].startswith("Bearer")
-        assert requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9},
+        assert requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                             headers=AS["bed-3"], timeout=10).status_code == 403
         assert requests.get(f"{api}/api/v1/rooms/3/audit", headers=AS["dr-grey"],
                             timeout=10).json()["entries"][0]["address"] == "127.0.0.1"

@@ -86,7 +86,7 @@ def seed(client) -> dict:
     """A patient in room 3 with a record, an image and a command; returns the ids."""
     created = client.post("/api/v1/patients", json=upload_body(mrn=12, room=3),
                           headers=bearer("admin-1")).get_json()
-    command = client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12},
+    command = client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12, "mrn": 12},
                          headers=bearer("admin-1")).get_json()
     return {"record_id": created["record"]["id"], "command_id": command["id"]}
 
@@ -108,7 +108,7 @@ def call(client, method, path, ids, headers):
         kwargs["content_type"] = "multipart/form-data"
     elif method in ("post", "put"):
         body = {"/add_patient": {"patient_mrn": 12, "room_number": 3, "patient_name": "Ada"},
-                "/rooms/{room}/pressure": {"pressure_cmh2o": 13}}.get(
+                "/rooms/{room}/pressure": {"pressure_cmh2o": 13, "mrn": 12}}.get(
                     short_path(path), upload_body(mrn=12, room=3))
         if "applied" not in path:
             kwargs["json"] = body
@@ -214,7 +214,7 @@ def test_monitor_cannot_upload_and_station_cannot_command(secured):
     client, _ = secured
     assert client.post("/api/v1/patients", json=upload_body(mrn=30, room=3),
                        headers=bearer("monitor-1")).status_code == 403
-    assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9},
+    assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                       headers=bearer("station-3")).status_code == 403
     assert client.get("/new_cpap_pressure/3/9", headers=bearer("station-3")).status_code == 403
     assert client.get("/CPAP_query/3").get_json() == 12  # nothing changed
@@ -234,7 +234,7 @@ def test_legacy_pressure_get_needs_a_monitor_token(secured):
                                     "Bearer adm-0123456789abcdefghijX"])
 def test_malformed_or_near_miss_authorization_is_401(secured, header):
     client, _ = secured
-    response = client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9},
+    response = client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                           headers={"Authorization": header})
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="sleeplab"'
@@ -243,7 +243,7 @@ def test_malformed_or_near_miss_authorization_is_401(secured, header):
 
 def test_scheme_is_case_insensitive(secured):
     client, _ = secured
-    response = client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9},
+    response = client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                           headers={"Authorization": f"bearer {TOKENS['monitor-1'][2]}"})
     assert response.status_code == 201
 
@@ -266,7 +266,7 @@ def test_open_mode_warns_and_lets_everyone_in(caplog):
                              "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)}).test_client()
     assert "authentication is OFF" in caplog.text
     assert client.post("/api/v1/patients", json=upload_body()).status_code == 201
-    assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9}).status_code == 201
+    assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}).status_code == 201
     assert client.get("/api/v1/rooms/3/audit").status_code == 200
 
 
@@ -286,7 +286,7 @@ def test_every_known_token_is_compared_with_compare_digest(secured, name):
     client, _ = secured
     headers = bearer(name) if name else {"Authorization": f"Bearer {BAD_TOKEN}"}
     with mock.patch("auth.hmac.compare_digest", wraps=hmac.compare_digest) as spy:
-        client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9}, headers=headers)
+        client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}, headers=headers)
     # No early exit: the first entry matching does not stop the comparisons.
     assert spy.call_count == len(TOKENS)
     for args, _ in spy.call_args_list:
@@ -308,9 +308,9 @@ def test_tokens_never_appear_in_logs(tmp_path, caplog):
     client = make_app(tmp_path, API_PROTECT_READS="1").test_client()
     seed(client)
     for name in TOKENS:
-        client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9}, headers=bearer(name))
+        client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}, headers=bearer(name))
         client.get("/api/v1/rooms", headers=bearer(name))
-    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9},
+    client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                headers={"Authorization": f"Bearer {BAD_TOKEN}"})
     with mock.patch("server.get_storage", side_effect=RuntimeError("boom")):
         crashed = client.get("/api/v1/rooms/3", headers=bearer("admin-1"))  # logs a traceback
@@ -341,7 +341,7 @@ def test_token_file_may_hold_only_sha256_digests(tmp_path):
                                        "token_sha256": hashlib.sha256(token.encode()).hexdigest()}])
     client = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
                          "API_TOKENS_FILE": path}).test_client()
-    assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9},
+    assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                       headers={"Authorization": f"Bearer {token}"}).status_code == 404  # no patient
 
 

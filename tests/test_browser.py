@@ -30,12 +30,15 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
 UI_TOKEN = "ui-token-" + uuid.uuid4().hex
 SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
+MONITOR_TOKEN = "monitor-token-" + uuid.uuid4().hex
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 VIEWPORT = {"width": 1440, "height": 1000}
 POLL_S = 2          # the station's pressure poll in this test (production default 10 s)
+MONITOR_REFRESH_S = 5   # the wall's auto-refresh, also live in every bedside session
+COMMANDS = 50       # commands in a row at one bedside page (issue: at least 50)
 
 pytestmark = pytest.mark.browser
 
@@ -68,7 +71,8 @@ def stack(local_mongo, tmp_path):
     tokens_file = tmp_path / "tokens.json"
     tokens_file.write_text(json.dumps({"tokens": [
         {"name": "ui", "role": "admin", "token": UI_TOKEN},
-        {"name": "seed-script", "role": "station", "token": SEED_TOKEN}]}))
+        {"name": "seed-script", "role": "station", "token": SEED_TOKEN},
+        {"name": "monitor-script", "role": "monitor", "token": MONITOR_TOKEN}]}))
     env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"),
                API_TOKENS_FILE=str(tokens_file))
     api_port, ui_port = free_port(), free_port()
@@ -80,7 +84,7 @@ def stack(local_mongo, tmp_path):
         api_url = f"http://127.0.0.1:{api_port}"
         wait_http(f"{api_url}/health", api, "API", api_log)
         ui_env = dict(env, API_URL=api_url, PRESSURE_POLL_S=str(POLL_S),
-                      SLEEPLAB_API_TOKEN=UI_TOKEN)
+                      MONITOR_REFRESH_S=str(MONITOR_REFRESH_S), SLEEPLAB_API_TOKEN=UI_TOKEN)
         ui_env.pop("API_TOKENS_FILE")
         ui = start([str(BIN / "streamlit"), "run", "patient_streamlit.py",
                     "--server.address", "127.0.0.1", "--server.port", str(ui_port),
@@ -210,7 +214,8 @@ def test_patient_to_monitor_and_back(stack):
             idle(page)
             monitor.get_by_role("button", name="Send…").click()
             monitor.get_by_role("button", name="Confirm").click()
-            expect(monitor.get_by_text("14 cmH2O sent to room 3")).to_be_visible(timeout=20_000)
+            expect(monitor.get_by_text("14 cmH2O sent for MRN 4711 (Ada Lovelace) in room 3")
+                   ).to_be_visible(timeout=20_000)
             command = requests.get(f"{stack['api']}/api/v1/rooms/3/pressure", timeout=5).json()
             assert command["pressure_cmh2o"] == 14
 
@@ -269,3 +274,145 @@ def test_patient_to_monitor_and_back(stack):
         finally:
             browser.close()
     assert dialogs == [], f"a script in a patient name ran: {dialogs}"
+
+
+def as_(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def open_ui(browser, url: str):
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(url)
+    idle(page)
+    return page
+
+
+def records_of(api_url: str, mrn: int) -> list[dict]:
+    resp = requests.get(f"{api_url}/api/v1/patients/{mrn}/records?limit=1000", timeout=10,
+                        headers=as_(UI_TOKEN))
+    return [] if resp.status_code == 404 else resp.json()["records"]
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
+    """A bedside page (its pressure poll and its Monitoring tab's wall both live on
+    their own clocks) and a monitor page open at once; a script commands 50 pressures
+    in a row. Every one must be in the bedside pressure field before the server hears
+    "applied", and in the record of the next upload."""
+    from playwright.sync_api import expect, sync_playwright
+
+    import cpap_synth
+
+    mrn, room = 7001, 7
+    recordings = []
+    for i in range(COMMANDS + 1):
+        path = tmp_path / f"night-{i:02d}.txt"
+        path.write_bytes(cpap_synth.generate(seed=500 + i, duration_s=30.0,
+                                             rate_bpm=12.0 + i % 8)[0])
+        recordings.append(path)
+    lost: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            bedside = open_ui(browser, stack["ui"])
+            monitor_page = open_ui(browser, stack["ui"])
+            monitor_page.get_by_role("tab", name="Monitoring Station").click()
+            station = bedside.get_by_role("tabpanel", name="Patient Station")
+            field = station.get_by_label("CPAP pressure (cmH2O, 4–25)")
+            commit(station.get_by_label("MRN (medical record number)"), str(mrn))
+            commit(station.get_by_label("Room number"), str(room))
+            commit(field, "10")
+
+            def upload(i: int) -> dict:
+                count = len(records_of(stack["api"], mrn))
+                idle(bedside)
+                analysed = station.get_by_text(f"Flow of {recordings[i].name}")
+                for attempt in range(3):   # a rerun may replace the input under the click
+                    idle(bedside)
+                    station.locator('input[type="file"]').set_input_files(str(recordings[i]))
+                    try:
+                        analysed.wait_for(timeout=15_000)
+                        break
+                    except PlaywrightTimeout:
+                        assert attempt < 2, f"recording {i} was never analysed"
+                idle(bedside)
+                station.locator(".st-key-ps_upload button").click()
+                return wait_until(lambda: (lambda r: r[0] if len(r) > count else None)(
+                    records_of(stack["api"], mrn)), 30, f"upload {i} never stored")
+
+            assert upload(0)["cpap_pressure_cmh2o"] == 10
+            pressure = 10
+            for i in range(1, COMMANDS + 1):
+                pressure = 4 + (7 * i) % 22    # 4..25, never the previous value
+                sent = requests.put(f"{stack['api']}/api/v1/rooms/{room}/pressure", timeout=10,
+                                    json={"pressure_cmh2o": pressure, "mrn": mrn},
+                                    headers=as_(MONITOR_TOKEN))
+                assert sent.status_code == 201, sent.text
+                command_url = f"{stack['api']}/api/v1/rooms/{room}/pressure"
+                wait_until(lambda: requests.get(command_url, timeout=10,
+                                                headers=as_(UI_TOKEN)).json()["applied"],
+                           POLL_S + 20, f"command {i} ({pressure} cmH2O) never applied")
+                # "applied" was said: the field must already hold it, and so the upload.
+                idle(bedside)
+                expect(field).to_have_count(1)     # the old field is gone after the rerun
+                shown = field.input_value()
+                stored = upload(i)["cpap_pressure_cmh2o"]
+                if shown != str(pressure) or stored != pressure:
+                    lost.append(f"command {i}: {pressure} cmH2O applied, field {shown!r}, "
+                                f"upload stored {stored}")
+                    commit(field, str(pressure))             # go on from a clean state
+            screenshot(bedside, "bedside-after-50-commands.png")
+            monitor_page.get_by_role("button", name="Refresh now").click()
+            idle(monitor_page)
+            screenshot(monitor_page, "monitor-after-50-commands.png")
+        except Exception:
+            bedside.screenshot(path=str(Path(os.environ.get("BROWSER_FAILSHOT", "/tmp")) /
+                                        "browser-failure-bedside.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    assert not lost, f"{len(lost)} of {COMMANDS} commands lost at the bedside: {lost}"
+    assert [r["cpap_pressure_cmh2o"] for r in records_of(stack["api"], mrn)][0] == pressure
+
+
+def test_command_to_a_room_whose_patient_changed_is_refused_on_screen(stack):
+    """The monitor prepares a command for the patient it shows; a new patient is
+    admitted before Confirm: the screen says "not sent", and nothing was stored."""
+    from playwright.sync_api import expect, sync_playwright
+
+    def admit(mrn: int, name: str) -> None:
+        requests.post(f"{stack['api']}/api/v1/patients", timeout=10, headers=as_(SEED_TOKEN),
+                      json={"mrn": mrn, "room": 9, "name": name}).raise_for_status()
+
+    admit(901, "First Patient")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = open_ui(browser, stack["ui"])
+            page.get_by_role("tab", name="Monitoring Station").click()
+            monitor = page.get_by_role("tabpanel", name="Monitoring Station")
+            choose(page, "Room", "Room 9 — MRN 901 First Patient")
+            commit(monitor.get_by_label("New pressure for room 9 (cmH2O, 4–25)"), "16")
+            idle(page)
+            monitor.get_by_role("button", name="Send…").click()
+            expect(monitor.get_by_text("patient MRN 901 (First Patient), to 16 cmH2O?")
+                   ).to_be_visible(timeout=10_000)
+            admit(902, "Second Patient")                  # admitted before Confirm
+            monitor.get_by_role("button", name="Confirm").click()
+            expect(monitor.get_by_text("Not sent: the patient in room 9 is no longer MRN 901")
+                   ).to_be_visible(timeout=10_000)
+            screenshot(page, "monitor-command-refused.png")
+        finally:
+            browser.close()
+    history = requests.get(f"{stack['api']}/api/v1/rooms/9/pressure/history", timeout=10,
+                           headers=as_(UI_TOKEN)).json()["commands"]
+    assert history == [], "a refused command must not be stored"

@@ -309,7 +309,7 @@ def seeded_client(app):
     client = app.test_client()
     assert client.post(P, json=upload_body(mrn=12, room=3, upload_id=SEEDED_KEY)
                        ).status_code == 201
-    assert client.put(PRESSURE, json={"pressure_cmh2o": 11}).status_code == 201
+    assert client.put(PRESSURE, json={"pressure_cmh2o": 11, "mrn": 12}).status_code == 201
     return client
 
 

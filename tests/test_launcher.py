@@ -93,9 +93,9 @@ def assert_default_install_is_protected(api, tokens):
     assert requests.post(f"{api}/api/v1/patients", json=body, headers=station,
                          timeout=10).status_code in (200, 201)
     monitor = {"Authorization": f"Bearer {tokens['monitor']['token']}"}
-    assert requests.put(f"{api}/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 10},
+    assert requests.put(f"{api}/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 10, "mrn": 5},
                         headers=station, timeout=10).status_code == 403
-    assert requests.put(f"{api}/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 10},
+    assert requests.put(f"{api}/api/v1/rooms/2/pressure", json={"pressure_cmh2o": 10, "mrn": 5},
                         headers=monitor, timeout=10).status_code == 201
     trail = requests.get(f"{api}/api/v1/rooms/2/audit", headers=monitor, timeout=10).json()
     assert trail["entries"][0]["who"] == {"name": "monitor", "role": "monitor"}

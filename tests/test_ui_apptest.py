@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import patient_streamlit as ui  # noqa: E402
 from server import create_app  # noqa: E402
-from ui_support import click, closed_port_url, run, serve_api  # noqa: E402
+from ui_support import click, closed_port_url, pressure_field, run, serve_api  # noqa: E402
 
 SCRIPT = str(ROOT / "patient_streamlit.py")
 SAMPLE_DIR = ROOT / "sample_data"
@@ -107,7 +107,7 @@ def enter_patient(at, name="Ada", mrn="12", room="3", pressure="10"):
     at.text_input(key="ps_name").input(name)
     at.text_input(key="ps_mrn").input(mrn)
     at.text_input(key="ps_room").input(room)
-    at.text_input(key="ps_pressure").input(pressure)
+    pressure_field(at).input(pressure)
 
 
 def load_file(at, content: bytes, name="night.txt"):
@@ -123,17 +123,17 @@ def patient(url, mrn):
 def test_pressure_outside_4_to_25_is_refused_not_clamped(at):
     enter_patient(at)
     for value in ["3", "26", "12.5", "ten", "-5", "1e1"]:
-        at.text_input(key="ps_pressure").input(value)
+        pressure_field(at).input(value)
         run(at)
         assert any("whole number from 4 to 25 cmH2O" in e for e in texts(at.error)), value
-        assert at.text_input(key="ps_pressure").value == value        # not clamped
+        assert pressure_field(at).value == value        # not clamped
         assert at.button(key="ps_upload").disabled, value
 
 
 def test_pressure_within_range_is_accepted(at):
     enter_patient(at)
     for value in ["4", "25", " 12 "]:
-        at.text_input(key="ps_pressure").input(value)
+        pressure_field(at).input(value)
         run(at)
         assert not at.error, value
         assert not at.button(key="ps_upload").disabled, value
@@ -222,7 +222,7 @@ def test_upload_locks_mrn_and_room_and_keeps_entries(at, api, recordings):
     assert at.text_input(key="ps_mrn").disabled and at.text_input(key="ps_room").disabled
     assert at.text_input(key="ps_mrn").value == "12" and at.text_input(key="ps_room").value == "3"
     assert at.text_input(key="ps_name").value == "Ada"
-    assert at.text_input(key="ps_pressure").value == "10"
+    assert pressure_field(at).value == "10"
     assert any("Uploaded at" in s for s in texts(at.success))
     stored = patient(api, 12)
     assert stored["patient"]["name"] == "Ada" and stored["patient"]["room"] == 3
@@ -242,7 +242,7 @@ def test_reupload_replaces_name_and_appends_history(at, api, recordings):
     click(at, "ps_upload")              # same file, same pressure: no duplicate record
     assert len(patient(api, 12)["records"]) == 1
     at.text_input(key="ps_name").input("Ada Lovelace")
-    at.text_input(key="ps_pressure").input("11")
+    pressure_field(at).input("11")
     load_file(at, recordings["calm"], name="second.txt")
     run(at)
     click(at, "ps_upload")
@@ -295,7 +295,7 @@ def test_pressure_command_reaches_patient_station_on_next_poll(at, api, recordin
     command = requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()
     # The station applied it in the same run (its poll runs first) or does on the next one.
     run(at)
-    assert at.text_input(key="ps_pressure").value == "14"
+    assert pressure_field(at).value == "14"
     notice = " ".join(texts(at.info))
     assert "set the CPAP pressure to 14 cmH2O" in notice and "applied at" in notice
     command = requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()
@@ -313,12 +313,12 @@ def test_pressure_command_reaches_patient_station_on_next_poll(at, api, recordin
 
 def test_command_from_before_this_patient_is_ignored(at, api):
     api_upload(api, mrn=5, room=3, name="Previous patient")
-    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 20}, timeout=5)
+    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 20, "mrn": 5}, timeout=5)
     enter_patient(at, pressure="10")
     run(at)
     click(at, "ps_upload")
     run(at)
-    assert at.text_input(key="ps_pressure").value == "10"
+    assert pressure_field(at).value == "10"
     assert not any("monitoring station set" in i for i in texts(station(at).info))
 
 
@@ -471,7 +471,7 @@ def test_server_down_message_keeps_entries(monkeypatch, recordings):
     assert "Not uploaded. Cannot reach the server" in errors
     assert "Your entries are kept" in errors
     assert at.text_input(key="ps_mrn").value == "12" and not at.text_input(key="ps_mrn").disabled
-    assert at.text_input(key="ps_pressure").value == "10"
+    assert pressure_field(at).value == "10"
     assert metric_values(station(at), "Apnea count")
     assert sum("Cannot reach the server" in e for e in texts(at.error)) >= 3   # every tab
 
@@ -609,7 +609,7 @@ def test_pressing_upload_again_after_no_answer_reuses_the_key(monkeypatch, recor
         click(at, "ps_upload")
         assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
         stored = patient(url, 12)
-        at.text_input(key="ps_pressure").input("11")         # a new upload: a new key
+        pressure_field(at).input("11")         # a new upload: a new key
         run(at)
         click(at, "ps_upload")
         newest = patient(url, 12)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import patient_streamlit as ui  # noqa: E402
 from server import create_app  # noqa: E402
-from ui_support import click, run, serve_api  # noqa: E402
+from ui_support import click, pressure_field, run, serve_api  # noqa: E402
 
 SCRIPT = str(ROOT / "patient_streamlit.py")
 TOKENS = {"ui-screen": ("admin", "ui-admin-token-0123456789"),
@@ -124,7 +124,7 @@ def test_station_token_cannot_command_and_is_told_why(api, monkeypatch):
     upload(api)
     monkeypatch.setenv(ui.TOKEN_ENV, TOKENS["bed-3"][1])
     with pytest.raises(ui.ApiError) as caught:
-        ui.put_pressure(3, 12)
+        ui.put_pressure(3, 12, 12)
     assert caught.value.status == 403
     assert caught.value.message.startswith("This screen's access token does not allow this")
     assert "monitor or admin" in caught.value.message
@@ -136,7 +136,7 @@ def test_monitor_shows_the_rooms_audit_trail(api, monkeypatch):
     name = "<b>Ada</b> <script>alert(1)</script>"
     upload(api, name="Ada", pressure=9)
     upload(api, name=name, pressure=10, who="bed-3")
-    command = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 13},
+    command = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 13, "mrn": 12},
                            headers=bearer("ward-monitor"), timeout=5).json()
     requests.post(f"{api}/api/v1/rooms/3/pressure/{command['id']}/applied",
                   headers=bearer("bed-3"), timeout=5)
@@ -199,10 +199,10 @@ def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
     run(at)
     click(at, "ps_upload")
     assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
-    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14},
+    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14, "mrn": 12},
                  headers=bearer("ward-monitor"), timeout=5)
     run(at)
-    assert at.text_input(key="ps_pressure").value == "14"
+    assert pressure_field(at).value == "14"
     trail = requests.get(f"{api}/api/v1/rooms/3/audit", headers=bearer("ward-monitor"),
                          timeout=5).json()["entries"]
     assert [(e["action"], e["who"]["name"]) for e in trail] == [
