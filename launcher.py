@@ -86,9 +86,14 @@ def ensure_tokens(path: Path) -> tuple[Path, dict[str, str]]:
     return path, ui
 
 
+def sign_in_wanted(env) -> bool:
+    """``SLEEPLAB_SIGN_IN`` is on: people sign in to the UI (launcher and UI)."""
+    return (env.get(SIGN_IN_ENV) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def check_ui_exposure(env: dict) -> bool:
     """Whether people sign in; refuses a UI beyond loopback without sign-in."""
-    sign_in = env.get(SIGN_IN_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    sign_in = sign_in_wanted(env)
     host = env.get("UI_HOST") or "127.0.0.1"
     if not sign_in and not is_loopback(host):
         raise RuntimeError(

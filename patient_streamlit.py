@@ -46,6 +46,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 import cpap_measurements
+from launcher import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, is_loopback,
+                      sign_in_wanted)
 
 log = logging.getLogger("sleeplab.ui")
 
@@ -61,8 +63,6 @@ CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of 
 ROOMS_TTL_S = 2                 # below the shortest refresh interval: one fetch per refresh
 AUDIT_LIMIT = 50                # audit entries shown for a room (newest first)
 TOKEN_ENV = "SLEEPLAB_API_TOKEN"
-STATION_TOKEN_ENV, MONITOR_TOKEN_ENV = "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONITOR_TOKEN"
-SIGN_IN_ENV = "SLEEPLAB_SIGN_IN"
 #: Which screen acts: the API records it with the caller (header X-Sleeplab-Via).
 STATION_SIDE, MONITOR_SIDE = "patient-station", "monitoring-station"
 VIA_HEADER = "X-Sleeplab-Via"
@@ -92,7 +92,7 @@ def api_url() -> str:
 
 
 def sign_in_required() -> bool:
-    return (os.environ.get(SIGN_IN_ENV) or "").strip().lower() in {"1", "true", "yes", "on"}
+    return sign_in_wanted(os.environ)
 
 
 def single_user_mode() -> bool:
@@ -1336,8 +1336,6 @@ def signed_in() -> dict | None:
 
 def loopback_only() -> bool:
     """Whether Streamlit listens on a loopback address only (unset: every interface)."""
-    from launcher import is_loopback
-
     return is_loopback(st.get_option("server.address") or "")
 
 

@@ -3,8 +3,9 @@
 Debian's ``chromium`` is driven by Python Playwright (``executable_path``; never
 ``playwright install``). The test enters a patient, loads a sample recording, uploads,
 commands a pressure from the Monitoring Station and sees it arrive at the Patient Station.
-The stack runs with access tokens on, as the quick start does: the UI holds its own
-token and the seeding script a station token; the audit trail names them.
+The stack runs with access tokens on, as the quick start does: the UI in single-user
+mode holds a station and a monitor token, the seeding script its own station token; the
+audit trail names them.
 It saves {patient,monitor,patients}.png to ``SCREENSHOT_DIR`` (default
 test-artifacts/screenshots; ``SCREENSHOT_DIR=docs/screenshots ./test.sh -m browser``
 refreshes the README's pictures).
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
-UI_TOKEN = "ui-token-" + uuid.uuid4().hex
+STATION_TOKEN = "station-token-" + uuid.uuid4().hex
+MONITOR_TOKEN = "monitor-token-" + uuid.uuid4().hex
 SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -67,7 +69,8 @@ def stack(local_mongo, tmp_path):
     """The real system: database over TCP, API under gunicorn, Streamlit; yields URLs."""
     tokens_file = tmp_path / "tokens.json"
     tokens_file.write_text(json.dumps({"tokens": [
-        {"name": "ui", "role": "admin", "token": UI_TOKEN},
+        {"name": "station", "role": "station", "token": STATION_TOKEN},
+        {"name": "monitor", "role": "monitor", "token": MONITOR_TOKEN},
         {"name": "seed-script", "role": "station", "token": SEED_TOKEN}]}))
     env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"),
                API_TOKENS_FILE=str(tokens_file))
@@ -80,7 +83,8 @@ def stack(local_mongo, tmp_path):
         api_url = f"http://127.0.0.1:{api_port}"
         wait_http(f"{api_url}/health", api, "API", api_log)
         ui_env = dict(env, API_URL=api_url, PRESSURE_POLL_S=str(POLL_S),
-                      SLEEPLAB_API_TOKEN=UI_TOKEN)
+                      SLEEPLAB_STATION_TOKEN=STATION_TOKEN,
+                      SLEEPLAB_MONITOR_TOKEN=MONITOR_TOKEN)
         ui_env.pop("API_TOKENS_FILE")
         ui = start([str(BIN / "streamlit"), "run", "patient_streamlit.py",
                     "--server.address", "127.0.0.1", "--server.port", str(ui_port),
@@ -242,11 +246,17 @@ def test_patient_to_monitor_and_back(stack):
             expect(monitor.get_by_text("Earlier", exact=False).first).to_be_visible(
                 timeout=20_000)
             expect(monitor.get_by_role("button", name="Download image")).to_have_count(2)
-            # Who changed what: the command came from the UI's token, the data from the station.
+            # Who changed what: the command came from the monitor, the data and the
+            # acknowledgement from the bedside station.
             audit = requests.get(f"{stack['api']}/api/v1/rooms/3/audit", timeout=5,
-                                 headers={"Authorization": f"Bearer {UI_TOKEN}"}).json()
+                                 headers={"Authorization": f"Bearer {MONITOR_TOKEN}"}).json()
+            who = {(e["action"], e["who"]["name"], e["who"].get("via"))
+                   for e in audit["entries"]}
+            assert who == {("patient_created", "station", "patient-station"),
+                           ("record_added", "station", "patient-station"),
+                           ("pressure_commanded", "monitor", "monitoring-station"),
+                           ("pressure_applied", "station", "patient-station")}
             commanded = [e for e in audit["entries"] if e["action"] == "pressure_commanded"]
-            assert commanded and commanded[0]["who"]["name"] == "ui"
             assert commanded[0]["new"]["pressure_cmh2o"] == 14
             monitor.get_by_text("Audit trail — who changed what in this room").click()
             idle(page)
