@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,20 +24,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import accounts  # noqa: E402
 from api_support import upload_body  # noqa: E402
+from bench_record_count import median_ms  # noqa: E402
 from local_mongo import LocalMongo, free_port  # noqa: E402
 from server import create_app  # noqa: E402
 
 STATIC_TOKEN = "bench-monitor-token-0123456789"
 PASSWORD = "correct horse battery staple"
-
-
-def median_ms(call, n: int) -> float:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main() -> int:

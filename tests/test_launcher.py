@@ -239,9 +239,14 @@ def test_launcher_refuses_a_public_ui_without_sign_in(tmp_path):
                UI_PORT=str(free_port()))
     env.pop("MONGODB_URI", None)
     env.pop("SLEEPLAB_SIGN_IN", None)
-    result = subprocess.run([sys.executable, str(ROOT / "launcher.py")], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "error: UI_HOST=0.0.0.0 is not a loopback address" in result.stderr
-    assert "starting" not in result.stdout                # nothing was started
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launcher.py")], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # it started everything: its own clean-up stops it
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "error: UI_HOST=0.0.0.0 is not a loopback address" in err
+    assert "starting" not in out                          # nothing was started
     assert processes_using(tmp_path) == []

@@ -189,11 +189,9 @@ def test_open_api_shows_anonymous_in_the_trail(monkeypatch):
     assert frame.to_dict("records")[0]["New"] == "MRN 5 · no name · room 2"
 
 
-def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
-    """A hospital's bedside: station token for room 3, reads protected. The Patient
-    Station uploads, receives the monitor's command and confirms it; all audited."""
+def upload_recording_at(at) -> AppTest:
+    """Enter Ada (MRN 12, room 3, 10 cmH2O) with a sample recording and upload it."""
     recording = (ROOT / "sample_data" / "normal_15bpm.txt").read_bytes()
-    at = start(monkeypatch, "bed-3")
     for key, value in (("ps_name", "Ada"), ("ps_mrn", "12"), ("ps_room", "3"),
                        ("ps_pressure", "10")):
         at.text_input(key=key).input(value)
@@ -201,6 +199,13 @@ def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
     run(at)
     click(at, "ps_upload")
     assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
+    return at
+
+
+def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
+    """A hospital's bedside: station token for room 3, reads protected. The Patient
+    Station uploads, receives the monitor's command and confirms it; all audited."""
+    at = upload_recording_at(start(monkeypatch, "bed-3"))
     requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14},
                  headers=bearer("ward-monitor"), timeout=5)
     run(at)
@@ -357,14 +362,7 @@ def test_single_user_mode_tells_bedside_and_monitor_apart(people_api, monkeypatc
     at = run(AppTest.from_file(SCRIPT, default_timeout=30))
     assert tab_labels(at) == ["Patient Station", "Monitoring Station", "Patients"]
     assert any("Single-user mode (loopback only): no sign-in" in i for i in texts(at.info))
-    recording = (ROOT / "sample_data" / "normal_15bpm.txt").read_bytes()
-    for key, value in (("ps_name", "Ada"), ("ps_mrn", "12"), ("ps_room", "3"),
-                       ("ps_pressure", "10")):
-        at.text_input(key=key).input(value)
-    at.file_uploader[0].set_value(("night.txt", recording, "text/plain"))
-    run(at)
-    click(at, "ps_upload")
-    assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
+    upload_recording_at(at)
     st.cache_data.clear()
     run(at)
     at.text_input(key="mon_pressure_3").input("12")
