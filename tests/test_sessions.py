@@ -380,3 +380,16 @@ def test_sessions_on_nx27017(local_mongo):
     assert client.delete("/api/v1/sessions/current", headers=bearer(session)).status_code == 204
     assert client.get("/api/v1/rooms/3/audit", headers=bearer(session)).status_code == 401
     assert sign_in(client, "ada").status_code == 201
+
+
+def test_passwords_and_session_tokens_never_reach_the_logs(secured, caplog):
+    client, _ = secured
+    caplog.set_level(logging.DEBUG)
+    sign_in(client, "ada", "a wrong password for ada")
+    session = sign_in(client, "ada").get_json()
+    client.get("/api/v1/rooms/3/audit", headers=bearer(session))
+    client.delete("/api/v1/sessions/current", headers=bearer(session))
+    client.get("/api/v1/rooms/3/audit", headers=bearer(session))      # ended: 401
+    assert "signed in: ada (monitor)" in caplog.text
+    for secret in (session["token"], PEOPLE["ada"][2], "a wrong password for ada"):
+        assert secret not in caplog.text
