@@ -7,9 +7,17 @@ Configuration (environment, or the same keys in ``create_app(test_config)``):
   :func:`parse_tokens` and docs/README-security.md).
 - ``API_PROTECT_READS=1``: reads need a token too (by default they are open).
 - ``API_TRUST_PROXY=1``: take the caller's address from ``X-Forwarded-For``.
+- ``API_REQUIRE_AUTH=1``: access control on even without static tokens (only people
+  who sign in, :mod:`accounts`).
+- ``API_SESSION_HOURS``: how long a sign-in session lasts (default 12, one shift).
 
-With neither ``API_TOKEN`` nor ``API_TOKENS_FILE`` the API is open (development and
-tests) and says so in a start-up warning.
+With neither ``API_TOKEN`` nor ``API_TOKENS_FILE`` (nor ``API_REQUIRE_AUTH``) the API
+is open (development and tests) and says so in a start-up warning.
+
+Besides the static tokens, a bearer token may be a person's sign-in session
+(``POST /api/v1/sessions``, see :mod:`accounts`): only its SHA-256 is stored, in the
+``sessions`` collection, with the person's name and role and an expiry. The caller is
+then the person (the audit trail names them).
 
 Each view declares its access with one decorator: :func:`public` (never needs a
 token), :func:`reads` (open unless reads are protected) or :func:`writes` (always
@@ -33,6 +41,7 @@ from pathlib import Path
 from flask import current_app, g, request
 from werkzeug.exceptions import Forbidden, Unauthorized
 
+import storage
 import validation
 
 STATION, MONITOR, ADMIN = "station", "monitor", "admin"
@@ -43,6 +52,11 @@ MIN_TOKEN_CHARS = 16
 #: View arguments that name a room (a room-scoped station may only use its own).
 ROOM_ARGS = ("room", "room_number")
 TRUE_WORDS = {"1", "true", "yes", "on"}
+#: A sign-in session lasts one shift unless API_SESSION_HOURS says otherwise.
+DEFAULT_SESSION_HOURS, MAX_SESSION_HOURS = 12.0, 7 * 24.0
+#: Which screen of the UI acted (the client says so; recorded in the audit trail).
+VIA_HEADER = "X-Sleeplab-Via"
+VIA_SCREENS = ("patient-station", "monitoring-station")
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +76,16 @@ class TokenEntry:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling; ``name`` and ``role`` are what the audit trail records."""
+    """Who is calling; ``name``, ``role``, ``user`` and ``via`` are what the audit trail
+    records. ``user`` is a signed-in person's user name (``name`` their display name),
+    ``session`` the stored id of their session; both None for a static token."""
     name: str
     role: str | None
     address: str | None
     room: int | None = None
+    user: str | None = None
+    via: str | None = None
+    session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,10 +93,12 @@ class AuthSettings:
     tokens: tuple[TokenEntry, ...]
     protect_reads: bool
     trust_proxy: bool
+    required: bool = False
+    session_hours: float = DEFAULT_SESSION_HOURS
 
     @property
     def enabled(self) -> bool:
-        return bool(self.tokens)
+        return bool(self.tokens) or self.required
 
 
 # -- configuration ------------------------------------------------------------------
@@ -179,14 +200,31 @@ def load_settings(config) -> AuthSettings:
         raise TokenConfigError("API_TOKEN is also listed in API_TOKENS_FILE")
     settings = AuthSettings(tokens=tuple(entries),
                             protect_reads=_flag(config.get("API_PROTECT_READS")),
-                            trust_proxy=_flag(config.get("API_TRUST_PROXY")))
+                            trust_proxy=_flag(config.get("API_TRUST_PROXY")),
+                            required=_flag(config.get("API_REQUIRE_AUTH")),
+                            session_hours=session_hours(config.get("API_SESSION_HOURS")))
     if not settings.enabled:
         log.warning("API authentication is OFF: set API_TOKEN or API_TOKENS_FILE; anyone "
                     "who can reach the API can change pressures and patient data")
     else:
-        log.info("API authentication on: %d token(s); reads %s", len(entries),
+        log.info("API authentication on: %d token(s) and people's sign-ins (sessions of "
+                 "%g h); reads %s", len(entries), settings.session_hours,
                  "protected" if settings.protect_reads else "open")
     return settings
+
+
+def session_hours(value) -> float:
+    """``API_SESSION_HOURS``: (0, 168] hours; unset means one 12-hour shift."""
+    if value in (None, ""):
+        return DEFAULT_SESSION_HOURS
+    try:
+        hours = float(value)
+    except (TypeError, ValueError):
+        hours = -1.0
+    if not 0 < hours <= MAX_SESSION_HOURS:  # also refuses NaN
+        raise TokenConfigError(f"API_SESSION_HOURS must be a number of hours above 0 and "
+                               f"at most {MAX_SESSION_HOURS:g}")
+    return hours
 
 
 def _flag(value) -> bool:
@@ -195,7 +233,8 @@ def _flag(value) -> bool:
 
 def config_from_env() -> dict:
     return {key: os.environ.get(key) for key in
-            ("API_TOKEN", "API_TOKENS_FILE", "API_PROTECT_READS", "API_TRUST_PROXY")}
+            ("API_TOKEN", "API_TOKENS_FILE", "API_PROTECT_READS", "API_TRUST_PROXY",
+             "API_REQUIRE_AUTH", "API_SESSION_HOURS")}
 
 
 def init_app(app) -> None:
@@ -256,7 +295,7 @@ def identify(token: str, tokens: tuple[TokenEntry, ...]) -> TokenEntry | None:
     return found
 
 
-def _unauthorized(message: str) -> Unauthorized:
+def unauthorized(message: str) -> Unauthorized:
     exc = Unauthorized(message)
     exc.www_authenticate = ['Bearer realm="sleeplab"']
     return exc
@@ -273,34 +312,73 @@ def _path_room() -> int | None:
     return None
 
 
+def request_via() -> str | None:
+    """The UI screen named in ``X-Sleeplab-Via`` (None without it; 400 when unknown)."""
+    via = request.headers.get(VIA_HEADER)
+    if via is None:
+        return None
+    if via not in VIA_SCREENS:
+        raise validation.ValidationError(f"{VIA_HEADER} must be one of "
+                                         f"{', '.join(VIA_SCREENS)}", VIA_HEADER)
+    return via
+
+
+def session_caller(token: str, address: str | None, via: str | None,
+                   reject: bool) -> Caller | None:
+    """The person whose sign-in session ``token`` is; None for a token that is not a
+    session. An expired or ended session is a 401 when ``reject``, else None."""
+    doc = storage.get_storage().get_session(digest(token).hex())
+    if doc is None:
+        return None
+    expires_at = storage.as_utc(doc["expires"]["at"])
+    if doc.get("revoked") is not None or expires_at <= storage.utc_now():
+        if reject:
+            raise unauthorized("the sign-in session has expired or was ended: sign in "
+                                "again")
+        return None
+    return Caller(name=doc["name"], role=doc["role"], address=address, user=doc["user"],
+                  via=via, session=doc["_id"])
+
+
 def authorize() -> None:
     """``before_request`` hook: identify the caller and check the view's access."""
     settings: AuthSettings = current_app.extensions["auth"]
     address = client_address(settings.trust_proxy)
     g.caller = Caller(name="anonymous", role=None, address=address)
     view = current_app.view_functions.get(request.endpoint or "")
-    if view is None or not settings.enabled:
-        return  # unknown URL (404/405 follow) or open mode
+    if view is None:
+        return  # unknown URL (404/405 follow)
     access = getattr(view, "access", "write")
     allowed = getattr(view, "allowed_roles", (ADMIN,))
     if access == "public":
         return
-    needs_token = access in ("write", "protected-read") or settings.protect_reads
+    via = request_via()
+    g.caller = Caller(name="anonymous", role=None, address=address, via=via)
     token = bearer_token()
+    if not settings.enabled:
+        # Open mode lets everyone in; a person who signed in is still named.
+        person = session_caller(token, address, via, reject=False) if token else None
+        g.caller = person or g.caller
+        return
+    needs_token = access in ("write", "protected-read") or settings.protect_reads
     if token is None:
         if needs_token:
-            raise _unauthorized("this request needs an API token: send 'Authorization: "
+            raise unauthorized("this request needs an API token: send 'Authorization: "
                                 "Bearer <token>'")
         return
     entry = identify(token, settings.tokens)
-    if entry is None:
-        raise _unauthorized("the API token is not valid (unknown or revoked)")
-    g.caller = Caller(name=entry.name, role=entry.role, address=address, room=entry.room)
+    if entry is not None:
+        g.caller = Caller(name=entry.name, role=entry.role, address=address, room=entry.room,
+                          via=via)
+    else:
+        g.caller = session_caller(token, address, via, reject=True)
+        if g.caller is None:
+            raise unauthorized("the API token is not valid (unknown or revoked)")
+    role = g.caller.role
     if not needs_token:
         return  # an open read: any valid token may read
-    if entry.role not in allowed:
-        raise Forbidden(f"a {entry.role} token may not do this (needs "
-                        f"{' or '.join(allowed)})")
+    if role not in allowed:
+        raise Forbidden(f"a {role} token may not do this (needs {' or '.join(allowed)})")
     room = _path_room()
     if room is not None:
         require_room(room)

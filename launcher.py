@@ -9,13 +9,16 @@ Starts, in order, and waits until each one is healthy:
 Access control is on by default: unless ``API_TOKEN`` or ``API_TOKENS_FILE`` is set
 (or ``SLEEPLAB_AUTH=off``), the first run writes local tokens to
 ``DATA_DIR/tokens.json`` (mode 0600) and later runs reuse them. The API gets the file
-(``API_TOKENS_FILE``); the UI, which serves the patient and the monitoring tabs in
-one process, gets the ``ui`` token (admin role) as ``SLEEPLAB_API_TOKEN``.
+(``API_TOKENS_FILE``). The UI runs in single-user mode on loopback (no sign-in; the
+``station`` token for bedside actions, the ``monitor`` token for monitor actions) or,
+with ``SLEEPLAB_SIGN_IN=1``, people sign in and the UI holds no token. A UI bound to
+any other address than loopback requires ``SLEEPLAB_SIGN_IN=1``.
 
 Ctrl-C (SIGINT) or SIGTERM stops every process it started, in reverse order.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -30,17 +33,34 @@ from processes import stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-#: The tokens the first run creates: name -> role. ``ui`` is what the Streamlit UI uses.
-LOCAL_TOKENS = {"admin": "admin", "monitor": "monitor", "station": "station", "ui": "admin"}
+#: The tokens the first run creates: name -> role. In single-user mode the UI acts
+#: with ``station`` at the bedside and ``monitor`` at the monitoring station.
+LOCAL_TOKENS = {"admin": "admin", "monitor": "monitor", "station": "station"}
 UI_TOKEN_ENV = "SLEEPLAB_API_TOKEN"
+STATION_TOKEN_ENV, MONITOR_TOKEN_ENV = "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONITOR_TOKEN"
+#: Tokens only the UI gets (never the API's environment).
+UI_TOKEN_ENVS = (UI_TOKEN_ENV, STATION_TOKEN_ENV, MONITOR_TOKEN_ENV)
+SIGN_IN_ENV = "SLEEPLAB_SIGN_IN"
 
 
 def setting(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-def ensure_tokens(path: Path) -> tuple[Path, str]:
-    """Create the local tokens file once (mode 0600); return it and the UI's token."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listening address) is reachable from this computer only."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:           # a host name, or empty (= every interface)
+        return False
+
+
+def ensure_tokens(path: Path) -> tuple[Path, dict[str, str]]:
+    """Create the local tokens file once (mode 0600); return it and the single-user
+    UI's tokens (``station``, ``monitor``: name -> token)."""
     if not path.exists():
         tokens = [{"name": name, "role": role, "token": secrets.token_urlsafe(32)}
                   for name, role in LOCAL_TOKENS.items()]
@@ -49,42 +69,70 @@ def ensure_tokens(path: Path) -> tuple[Path, str]:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump({"tokens": tokens}, out, indent=2)
             out.write("\n")
-        print(f"==> created API tokens in {path} (admin, monitor, station, ui)")
+        print(f"==> created API tokens in {path} ({', '.join(LOCAL_TOKENS)})")
     elif path.stat().st_mode & 0o077:
         path.chmod(0o600)
         print(f"==> {path} was readable by other users; now mode 0600")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))["tokens"]
-        ui = next((e["token"] for e in entries if e.get("name") == "ui" and "token" in e),
-                  None)
+        ui = {e["name"]: e["token"] for e in entries
+              if e.get("name") in ("station", "monitor") and "token" in e}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise RuntimeError(f"{path} is not a tokens file the launcher wrote; fix or "
                            f"delete it") from None
-    if ui is None:
-        raise RuntimeError(f"{path} has no 'ui' token for the UI; add one or set "
-                           f"{UI_TOKEN_ENV}")
+    if len(ui) != 2:
+        raise RuntimeError(f"{path} lacks the 'station' or 'monitor' token the UI uses; "
+                           f"delete the file to get new tokens")
     return path, ui
+
+
+def sign_in_wanted(env) -> bool:
+    """``SLEEPLAB_SIGN_IN`` is on: people sign in to the UI (launcher and UI)."""
+    return (env.get(SIGN_IN_ENV) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_ui_exposure(env: dict) -> bool:
+    """Whether people sign in; refuses a UI beyond loopback without sign-in."""
+    sign_in = sign_in_wanted(env)
+    host = env.get("UI_HOST") or "127.0.0.1"
+    if not sign_in and not is_loopback(host):
+        raise RuntimeError(
+            f"UI_HOST={host} is not a loopback address, and without sign-in anyone who "
+            f"reaches the UI would act as the bedside station and the monitor. Set "
+            f"{SIGN_IN_ENV}=1 (people sign in; add them with 'python accounts.py add'), "
+            f"or keep UI_HOST=127.0.0.1 (single-user mode).")
+    return sign_in
 
 
 def configure_auth(env: dict, data_dir: Path) -> str:
     """Set the API's and the UI's token settings in ``env``; describe what was done."""
+    sign_in = check_ui_exposure(env)
+    if sign_in:
+        for key in UI_TOKEN_ENVS:        # the UI acts with each person's own session
+            env.pop(key, None)
+        print("==> UI: people sign in (SLEEPLAB_SIGN_IN=1); manage them with "
+              "'python accounts.py add|passwd|disable|list'")
     if env.get("SLEEPLAB_AUTH", "").lower() == "off":
-        for key in ("API_TOKEN", "API_TOKENS_FILE", UI_TOKEN_ENV):
+        for key in ("API_TOKEN", "API_TOKENS_FILE", *UI_TOKEN_ENVS):
             env.pop(key, None)
         return "OFF (SLEEPLAB_AUTH=off): anyone who can reach the API can change pressures"
     if env.get("API_TOKEN") or env.get("API_TOKENS_FILE"):
-        if not env.get(UI_TOKEN_ENV) and env.get("API_TOKEN"):
+        if not sign_in and not env.get(UI_TOKEN_ENV) and env.get("API_TOKEN"):
             env[UI_TOKEN_ENV] = env["API_TOKEN"]
-        if not env.get(UI_TOKEN_ENV):
+        if not sign_in and not any(env.get(key) for key in UI_TOKEN_ENVS):
             print(f"warning: API_TOKENS_FILE is set but {UI_TOKEN_ENV} is not: the UI "
                   f"will be refused by the API", file=sys.stderr)
         return "your own (API_TOKEN / API_TOKENS_FILE)"
-    path, ui_token = ensure_tokens(data_dir / "tokens.json")
+    path, ui_tokens = ensure_tokens(data_dir / "tokens.json")
     env["API_TOKENS_FILE"] = str(path)
-    if env.get(UI_TOKEN_ENV) not in (None, "", ui_token):
-        print(f"==> {UI_TOKEN_ENV} is ignored: the API uses the generated tokens, so the UI "
-              f"gets the generated 'ui' token (set API_TOKENS_FILE to use your own)")
-    env[UI_TOKEN_ENV] = ui_token
+    if not sign_in:
+        if env.pop(UI_TOKEN_ENV, None):
+            print(f"==> {UI_TOKEN_ENV} is ignored: the API uses the generated tokens, so "
+                  f"the UI gets the generated ones (set API_TOKENS_FILE to use your own)")
+        env[STATION_TOKEN_ENV] = ui_tokens["station"]
+        env[MONITOR_TOKEN_ENV] = ui_tokens["monitor"]
+        print("==> UI: single-user mode (loopback only, no sign-in): bedside actions as "
+              "'station', monitor actions as 'monitor'")
     return f"{path}  (mode 0600; send 'Authorization: Bearer <token>')"
 
 
@@ -141,7 +189,7 @@ def main() -> int:
             [str(BIN / "gunicorn"), "--workers", workers, "--threads", threads,
              "--bind", f"{api_host}:{api_port}", "--pid", str(run_dir / "gunicorn.pid"), "--access-logfile", "-",
              "--timeout", "120", "server:create_app()"],
-            cwd=ROOT, env={k: v for k, v in env.items() if k != UI_TOKEN_ENV},
+            cwd=ROOT, env={k: v for k, v in env.items() if k not in UI_TOKEN_ENVS},
             start_new_session=True)
         children.append(api)
         api_url = f"http://{api_host}:{api_port}"

@@ -9,8 +9,9 @@ import copy
 import re
 from functools import lru_cache
 
+import accounts
 import validation as v
-from auth import ADMIN, ANYONE
+from auth import ADMIN, ANYONE, VIA_HEADER, VIA_SCREENS
 
 VERSION = "1.0.0"
 
@@ -141,14 +142,36 @@ SCHEMAS = {
                 "patient_created", "name_changed", "room_changed", "record_added",
                 "pressure_commanded", "pressure_applied", "pressure_cancelled"]},
             "who": {"type": "object", "required": ["name", "role"], "properties": {
-                "name": {"type": "string", "description": "token name, or 'anonymous' "
-                                                          "when auth is off"},
-                "role": _nullable({"type": "string", "enum": list(ANYONE)})}},
+                "name": {"type": "string", "description": "token name, a signed-in "
+                                                          "person's display name, or "
+                                                          "'anonymous' when auth is off"},
+                "role": _nullable({"type": "string", "enum": list(ANYONE)}),
+                "user": {"type": "string", "description": "a signed-in person's user name "
+                                                          "(absent for tokens)"},
+                "via": {"type": "string", "enum": list(VIA_SCREENS),
+                        "description": f"the UI screen that acted (header {VIA_HEADER}; "
+                                       "absent when not sent)"}}},
             "address": _nullable({"type": "string",
                                   "description": "the caller's IP address"}),
             "old": {"nullable": True, "description": "the value before (any JSON)"},
             "new": {"nullable": True, "description": "the value after (any JSON)"},
         },
+    },
+    "SignIn": {
+        "type": "object", "required": ["username", "password"], "additionalProperties": False,
+        "properties": {"username": {"type": "string", "minLength": 1,
+                                    "maxLength": accounts.MAX_USERNAME_CHARS},
+                       "password": {"type": "string", "minLength": 1,
+                                    "maxLength": accounts.MAX_PASSWORD_CHARS,
+                                    "format": "password"}},
+    },
+    "Session": {
+        "type": "object", "required": ["token", "expires_at", "username", "name", "role"],
+        "properties": {"token": {"type": "string", "description": "send as 'Authorization: "
+                                                                  "Bearer <token>'"},
+                       "expires_at": _TIME, "username": {"type": "string"},
+                       "name": {"type": "string"},
+                       "role": {"type": "string", "enum": list(ANYONE)}},
     },
     "LegacyPatient": {
         "type": "object", "required": ["patient_mrn", "room_number"],
@@ -305,6 +328,21 @@ def _api_paths() -> dict:
                 "200": _json({"type": "object", "properties": {
                     "entries": {"type": "array", "items": _ref("AuditEntry")}}}, "entries"),
                 **_BAD}, parameters=[_ROOM, _LIMIT])},
+        "/sessions": {"post": _op(
+            "A person signs in (user name and password): a session token, valid for "
+            "API_SESSION_HOURS (default 12)", {
+                "201": _json(_ref("Session"), "signed in"), **_BAD,
+                "401": _err("unknown user name, wrong password or disabled account (one "
+                            "message for all)"),
+                "415": _err("not JSON"),
+                "429": {**_err("too many failed sign-ins for this user name or address"),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                    "description": "seconds"}}}},
+            body={"required": True,
+                  "content": {"application/json": {"schema": _ref("SignIn")}}})},
+        "/sessions/current": {"delete": _op("Sign out: end the session whose token is sent", {
+            "204": {"description": "signed out"},
+            "400": _err("the Authorization header holds no sign-in session")})},
         "/openapi.json": {"get": _op("This document", {
             "200": _json({"type": "object"}, "OpenAPI 3 document")})},
     }
@@ -367,13 +405,15 @@ def _document() -> dict:
                                 "/api/v1. Errors: {status, error, message, field?}. "
                                 "Access: bearer tokens with roles station, monitor and "
                                 "admin (x-roles on each operation; a station token may "
-                                "name its room); see x-access and security."},
+                                "name its room), or a person's session token from POST "
+                                "/api/v1/sessions; see x-access and security."},
         "paths": paths,
         "components": {"schemas": SCHEMAS, "securitySchemes": {"bearerAuth": {
             "type": "http", "scheme": "bearer",
             "description": "API token (API_TOKEN or API_TOKENS_FILE; see "
-                           "docs/README-security.md). Without configured tokens the API "
-                           "is open."}}},
+                           "docs/README-security.md) or a person's session token (POST "
+                           "/api/v1/sessions). Without configured tokens the API is "
+                           "open."}}},
     }
 
 
@@ -382,6 +422,9 @@ def _document() -> dict:
 #: (so the token is optional, ``{}``); a protected read always; a public one never.
 _SECURITY = {"write": [{"bearerAuth": []}], "protected-read": [{"bearerAuth": []}],
              "read": [{}, {"bearerAuth": []}], "public": []}
+_VIA = {"name": VIA_HEADER, "in": "header", "required": False,
+        "schema": {"type": "string", "enum": list(VIA_SCREENS)},
+        "description": "the UI screen acting (recorded in the audit trail)"}
 _ACCESS_NOTE = {"write": "a token is needed whenever auth is on",
                 "protected-read": "a token is needed whenever auth is on",
                 "read": "a token is needed only when API_PROTECT_READS=1"}
@@ -409,6 +452,8 @@ def add_security(doc: dict, app) -> None:
             if access == "public":
                 continue
             op["x-roles"] = roles
+            if access == "write" and _VIA not in op["parameters"]:
+                op["parameters"].append(_VIA)
             op["description"] = f"Roles: {', '.join(roles)}; {_ACCESS_NOTE[access]}."
             op["responses"]["401"] = _err("missing or invalid token "
                                           "(WWW-Authenticate: Bearer)")

@@ -7,8 +7,13 @@ locally in the patient station with :mod:`cpap_measurements`.
 Run with ``streamlit run patient_streamlit.py``. Settings (environment variables):
 
 ``API_URL``             base URL of the REST API (default ``http://127.0.0.1:5000``)
-``SLEEPLAB_API_TOKEN``  API token sent as ``Authorization: Bearer`` on every request
-                        (unset: no header, for an API running without access control)
+``SLEEPLAB_SIGN_IN``    ``1``: people sign in with user name and password (the API's
+                        ``POST /api/v1/sessions``); each acts with their own session
+``SLEEPLAB_STATION_TOKEN``, ``SLEEPLAB_MONITOR_TOKEN``
+                        single-user mode (the quick start, loopback only): bedside
+                        actions use the station token, monitor actions the monitor token
+``SLEEPLAB_API_TOKEN``  one API token for this screen (without the two above)
+                        (none of them: no header, for an API running without access control)
 ``API_TIMEOUT_S``       seconds to wait for one API answer (default 5)
 ``STALE_AFTER_MIN``     a room is marked stale after this many minutes without data (15)
 ``PRESSURE_POLL_S``     how often a patient station asks for a commanded pressure (10, max 30)
@@ -41,6 +46,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 import cpap_measurements
+from launcher import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, is_loopback,
+                      sign_in_wanted)
 
 log = logging.getLogger("sleeplab.ui")
 
@@ -56,6 +63,9 @@ CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of 
 ROOMS_TTL_S = 2                 # below the shortest refresh interval: one fetch per refresh
 AUDIT_LIMIT = 50                # audit entries shown for a room (newest first)
 TOKEN_ENV = "SLEEPLAB_API_TOKEN"
+#: Which screen acts: the API records it with the caller (header X-Sleeplab-Via).
+STATION_SIDE, MONITOR_SIDE = "patient-station", "monitoring-station"
+VIA_HEADER = "X-Sleeplab-Via"
 PATIENTS_TTL_S = 5
 IMAGE_TTL_S = 3600              # images of a record never change
 PATIENTS_PAGE_SIZE = 100
@@ -81,9 +91,30 @@ def api_url() -> str:
     return (os.environ.get("API_URL") or "http://127.0.0.1:5000").rstrip("/")
 
 
-def auth_headers() -> dict:
-    """The ``Authorization`` header from ``SLEEPLAB_API_TOKEN`` (read on each request)."""
-    token = (os.environ.get(TOKEN_ENV) or "").strip()
+def sign_in_required() -> bool:
+    return sign_in_wanted(os.environ)
+
+
+def single_user_mode() -> bool:
+    """The quick start's mode: separate station and monitor tokens, nobody signs in."""
+    return not sign_in_required() and any(
+        (os.environ.get(name) or "").strip() for name in (STATION_TOKEN_ENV, MONITOR_TOKEN_ENV))
+
+
+def token_env(side: str) -> str:
+    """The variable holding this side's token outside sign-in mode."""
+    if single_user_mode():
+        return STATION_TOKEN_ENV if side == STATION_SIDE else MONITOR_TOKEN_ENV
+    return TOKEN_ENV
+
+
+def auth_headers(side: str = MONITOR_SIDE) -> dict:
+    """The ``Authorization`` header for an action of ``side`` (read on each request):
+    the signed-in person's session token, else this side's token from the environment."""
+    if sign_in_required():
+        token = (st.session_state.get("signin") or {}).get("token") or ""
+    else:
+        token = (os.environ.get(token_env(side)) or os.environ.get(TOKEN_ENV) or "").strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
@@ -188,11 +219,15 @@ class ApiError(Exception):
 
 
 def api_call(method: str, path: str, retry: Retry | None = None,
-             **kwargs) -> requests.Response:
+             side: str | None = MONITOR_SIDE, **kwargs) -> requests.Response:
     """One API request with a timeout (per attempt); every failure becomes an
-    :class:`ApiError`. ``retry`` (urllib3) only for requests that are safe to repeat."""
+    :class:`ApiError`. ``retry`` (urllib3) only for requests that are safe to repeat.
+    ``side``: the screen acting (its credentials; the API records it), None to send no
+    credentials (signing in)."""
     base = kwargs.pop("base", None) or api_url()
-    kwargs["headers"] = {**(kwargs.get("headers") or {}), **auth_headers()}
+    if side is not None:
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), **auth_headers(side),
+                             VIA_HEADER: side}
     try:
         with requests.Session() as http:
             if retry is not None:
@@ -214,11 +249,8 @@ def api_call(method: str, path: str, retry: Retry | None = None,
             message = resp.json().get("message") or resp.reason
         except (ValueError, AttributeError):
             message = resp.reason or "unexpected answer"
-        if resp.status_code == 401:
-            raise ApiError("This screen is not signed in to the server: its access token is "
-                           f"{'not valid' if auth_headers() else 'missing'}. Ask your "
-                           f"administrator to set {TOKEN_ENV} for this station. Your "
-                           "entries are kept.", status=401)
+        if resp.status_code == 401 and side is not None:
+            raise ApiError(unauthorized_message(side), status=401)
         if resp.status_code == 403:
             raise ApiError("This screen's access token does not allow this "
                            f"({md_escape(message)}). Ask your administrator for a token "
@@ -227,6 +259,20 @@ def api_call(method: str, path: str, retry: Retry | None = None,
                        f"{md_escape(message)}",
                        status=resp.status_code)
     return resp
+
+
+def unauthorized_message(side: str) -> str:
+    """What a 401 means on this screen; a person's ended session is dropped, so the
+    next run asks them to sign in again."""
+    if sign_in_required():
+        st.session_state.pop("signin", None)
+        st.session_state.signin_notice = ("Your sign-in has ended (expired, or signed out "
+                                          "elsewhere). Sign in again; your entries are kept.")
+        return ("Your sign-in has ended. Sign in again (at the top of the page); your "
+                "entries are kept.")
+    return ("This screen is not signed in to the server: its access token is "
+            f"{'not valid' if auth_headers(side) else 'missing'}. Ask your administrator to "
+            f"set {token_env(side)} for this station. Your entries are kept.")
 
 
 def api_json(method: str, path: str, **kwargs) -> dict:
@@ -280,7 +326,8 @@ def fetch_latest_command(room: int, mrn: int) -> dict | None:
     """Latest pressure command for this station's patient ``mrn`` in ``room`` (never
     cached: the bedside must see it). A 409 means another patient occupies the room."""
     try:
-        return api_json("GET", f"/api/v1/rooms/{room}/pressure", params={"mrn": mrn})
+        return api_json("GET", f"/api/v1/rooms/{room}/pressure", params={"mrn": mrn},
+                        side=STATION_SIDE)
     except ApiError as exc:
         if exc.status == 404:
             return None
@@ -307,7 +354,8 @@ def refresh_patients() -> None:
 def post_patient(payload: dict) -> dict:
     """Upload; retried automatically when ``payload`` carries its ``upload_id``."""
     retry = UPLOAD_RETRY if payload.get("upload_id") else None
-    body = api_json("POST", "/api/v1/patients", json=payload, retry=retry)
+    body = api_json("POST", "/api/v1/patients", json=payload, retry=retry,
+                    side=STATION_SIDE)
     clear_fetch_caches()
     return body
 
@@ -323,7 +371,8 @@ def put_pressure(room: int, pressure_cmh2o: int, mrn: int) -> dict:
 
 
 def post_applied(room: int, command_id: str) -> dict:
-    body = api_json("POST", f"/api/v1/rooms/{room}/pressure/{command_id}/applied")
+    body = api_json("POST", f"/api/v1/rooms/{room}/pressure/{command_id}/applied",
+                    side=STATION_SIDE)
     fetch_rooms.clear()
     fetch_audit.clear()
     return body
@@ -951,15 +1000,24 @@ def _audit_value(action: str, value) -> str:
     return ", ".join(f"{k}: {v}" for k, v in value.items())
 
 
+SCREEN_NAMES = {STATION_SIDE: "Patient Station", MONITOR_SIDE: "Monitoring Station"}
+
+
+def audit_who(who: dict) -> str:
+    """``Dr Ada (monitor) · Monitoring Station``: the person or token, the role and,
+    when the UI said so, the screen that acted."""
+    role, via = who.get("role"), who.get("via")
+    return (f"{who.get('name') or 'anonymous'}" + (f" ({role})" if role else "")
+            + (f" · {SCREEN_NAMES.get(via, via)}" if via else ""))
+
+
 def audit_frame(entries: list[dict]) -> pd.DataFrame:
     """Audit entries as a table (plain text cells: names are never rendered as markup)."""
     rows = []
     for entry in entries:
         action = str(entry.get("action"))
-        who = entry.get("who") or {}
-        role = who.get("role")
         rows.append({"When": fmt_time(entry.get("at")),
-                     "Who": f"{who.get('name') or 'anonymous'}" + (f" ({role})" if role else ""),
+                     "Who": audit_who(entry.get("who") or {}),
                      "Action": AUDIT_ACTIONS.get(action, action),
                      "Old": _audit_value(action, entry.get("old")),
                      "New": _audit_value(action, entry.get("new")),
@@ -984,8 +1042,9 @@ def render_audit(base: str, room: int) -> None:
             st.caption("No changes recorded for this room yet.")
             return
         st.dataframe(audit_frame(entries), hide_index=True, width="stretch")
-        st.caption(f"Newest first; the last {AUDIT_LIMIT} changes. “Who” is the access "
-                   "token's name and role.")
+        st.caption(f"Newest first; the last {AUDIT_LIMIT} changes. “Who” is the person "
+                   "who signed in, or the access token's name, with the role and the "
+                   "screen.")
 
 
 def record_label(record: dict) -> str:
@@ -1254,6 +1313,126 @@ def guarded(render) -> None:
                  "Your entries are kept; reload the page or try again.")
 
 
+# --- Who is using the screen ---------------------------------------------------------
+
+TABS = {"Patient Station": render_patient_station,
+        "Monitoring Station": render_monitoring_station, "Patients": render_patients}
+#: The tabs a signed-in person sees. Ward-wide data (cached for every session of this
+#: process) is therefore only fetched for monitors and admins, who may all read it.
+TABS_FOR_ROLE = {"station": ("Patient Station",),
+                 "monitor": ("Monitoring Station", "Patients"),
+                 "admin": tuple(TABS)}
+SINGLE_USER_BANNER = (
+    "**Single-user mode (loopback only): no sign-in.** Bedside actions are recorded as "
+    "the station, monitor actions as the monitor. For several people, or to open the UI "
+    f"to the network, start it with {md_escape(SIGN_IN_ENV)}=1 and add people "
+    "(python accounts.py add).")
+
+
+@safe_callback
+def do_sign_in() -> None:
+    ss = st.session_state
+    username, password = ss.get("signin_user", ""), ss.get("signin_password", "")
+    ss.signin_password = ""                  # never kept in the page's state
+    if not username.strip() or not password:
+        ss.signin_error = "Enter your user name and password."
+        return
+    try:
+        session = api_json("POST", "/api/v1/sessions", side=None,
+                           json={"username": username, "password": password})
+    except ApiError as exc:
+        ss.signin_error = {
+            401: "Unknown user name or wrong password.",
+            429: "Too many failed sign-ins for this user name or this computer. Wait a few "
+                 "minutes, then try again, or ask your administrator.",
+        }.get(exc.status, f"Not signed in. {exc.message}")
+        return
+    ss.signin = {k: session.get(k) for k in ("token", "name", "role", "username",
+                                             "expires_at")}
+    ss.pop("signin_notice", None)
+
+
+@safe_callback
+def do_sign_out() -> None:
+    try:
+        api_call("DELETE", "/api/v1/sessions/current")
+    except ApiError:
+        pass                     # expired or unreachable: the token is dropped anyway
+    st.session_state.pop("signin", None)
+    st.session_state.signin_notice = "You have signed out."
+
+
+def render_sign_in() -> None:
+    ss = st.session_state
+    st.subheader("Sign in")
+    if ss.get("signin_notice"):
+        st.info(ss.signin_notice)
+    with st.form("signin_form"):
+        st.text_input("User name", key="signin_user", autocomplete="username")
+        st.text_input("Password", key="signin_password", type="password",
+                      autocomplete="current-password")
+        st.form_submit_button("Sign in", key="signin_submit", type="primary",
+                              on_click=do_sign_in)
+    if ss.get("signin_error"):
+        st.error(ss.pop("signin_error"))
+
+
+#: Entries typed into the tabs. Streamlit drops the value of a widget that is not drawn
+#: in a run unless it is set again, so they are re-set while the sign-in form is shown.
+ENTRY_KEYS = ("ps_name", "ps_mrn", "ps_room", "ps_pressure", "ps_source", "ps_sample",
+              "mon_room", "mon_interval")
+
+
+def keep_entries() -> None:
+    ss = st.session_state
+    for key in list(ss.keys()):
+        if key in ENTRY_KEYS or str(key).startswith("mon_pressure_"):
+            ss[key] = ss[key]
+
+
+def signed_in() -> dict | None:
+    """The person signed in on this page, or None (an expired sign-in is dropped)."""
+    ss = st.session_state
+    person = ss.get("signin")
+    if person:
+        expires = parse_time(person.get("expires_at"))
+        if expires is None or expires <= datetime.now(timezone.utc):
+            ss.pop("signin", None)
+            ss.signin_notice = "Your sign-in has expired. Sign in again; your entries are kept."
+            return None
+    return person
+
+
+def loopback_only() -> bool:
+    """Whether Streamlit listens on a loopback address only (unset: every interface)."""
+    return is_loopback(st.get_option("server.address") or "")
+
+
+def access_tabs() -> tuple[str, ...]:
+    """Render who is using the screen; the tabs they may use (none: sign in first)."""
+    if sign_in_required():
+        person = signed_in()
+        if person is None:
+            keep_entries()
+            render_sign_in()
+            return ()
+        who, out = st.columns([5, 1], vertical_alignment="center")
+        who.markdown(f"Signed in as **{md_escape(person.get('name'))}** "
+                     f"({md_escape(person.get('role'))}) until "
+                     f"{fmt_time(person.get('expires_at'))}")
+        out.button("Sign out", key="signout", on_click=do_sign_out, width="stretch")
+        return TABS_FOR_ROLE.get(person.get("role"), ())
+    if single_user_mode():
+        if not loopback_only():
+            st.error("This page holds the station and monitor tokens of single-user mode, "
+                     "but it is served beyond this computer (server.address is not "
+                     f"127.0.0.1). Start it on 127.0.0.1, or with {md_escape(SIGN_IN_ENV)}=1 "
+                     "so that people sign in.")
+            return ()
+        st.info(SINGLE_USER_BANNER, icon=":material/person:")
+    return tuple(TABS)
+
+
 def main() -> None:
     st.set_page_config(page_title="Sleep Lab Monitor", page_icon=":material/bedtime:",
                        layout="wide")
@@ -1262,11 +1441,12 @@ def main() -> None:
     st.caption(f"Server: {api_url()}")
     if st.session_state.get("ui_error"):
         st.error(st.session_state.pop("ui_error"))
-    tabs = st.tabs(["Patient Station", "Monitoring Station", "Patients"])
-    for tab, render in zip(tabs, (render_patient_station, render_monitoring_station,
-                                  render_patients)):
+    names = access_tabs()
+    if not names:
+        return
+    for tab, name in zip(st.tabs(list(names)), names):
         with tab:
-            guarded(render)
+            guarded(TABS[name])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
+import accounts
 import auth
 import openapi
 import storage
@@ -95,7 +96,8 @@ def audit_out(doc: dict) -> dict:
     who = doc.get("who") or {}
     return {"id": str(doc["_id"]), "room": doc["room"], "mrn": doc.get("mrn"),
             "at": iso(doc["at"]), "action": doc["action"],
-            "who": {"name": who.get("name"), "role": who.get("role")},
+            "who": {"name": who.get("name"), "role": who.get("role"),
+                    **{k: who[k] for k in ("user", "via") if who.get(k)}},
             "address": doc.get("address"), "old": doc.get("old"), "new": doc.get("new")}
 
 
@@ -180,7 +182,8 @@ def records_limit() -> int:
 def actor() -> dict:
     """Who is calling, as the audit trail records it."""
     caller = auth.current_caller()
-    return {"name": caller.name, "role": caller.role, "address": caller.address}
+    return {"name": caller.name, "role": caller.role, "address": caller.address,
+            "user": caller.user, "via": caller.via}
 
 
 def save_upload(clean: dict, digest: str | None = None):
@@ -451,6 +454,29 @@ def room_audit(room):
     limit = validation.query_int(request.args, "limit", DEFAULT_AUDIT_LIMIT, 1,
                                  MAX_RECORDS_LIMIT)
     return jsonify(entries=[audit_out(d) for d in get_storage().audit_trail(number, limit)])
+
+
+# -- people's sign-in sessions -------------------------------------------------------------
+@api.post("/sessions")
+@public
+def sign_in():
+    """A person signs in with user name and password: a session token for a shift."""
+    settings = current_app.extensions["auth"]
+    session = accounts.sign_in(get_storage(), json_body(), auth.current_caller().address,
+                               settings.session_hours, accounts.throttle_of(current_app))
+    return jsonify({**session, "expires_at": iso(session["expires_at"])}), 201
+
+
+@api.delete("/sessions/current")
+@writes(*ANYONE)
+def sign_out():
+    """End the sign-in session whose token is in the Authorization header."""
+    caller = auth.current_caller()
+    if caller.session is None:
+        raise ValidationError("the Authorization header holds no sign-in session (an API "
+                              "token is revoked in the tokens file, not here)")
+    get_storage().end_session(caller.session)
+    return Response(status=204)
 
 
 @api.get("/openapi.json")

@@ -18,6 +18,10 @@ Collections (see docs/README-api.md):
   plan of that upload decided up front (record id, time, audit entry ids, the state
   before, who), so a retry with the same key answers the same record or completes
   an interrupted upload instead of storing it twice.
+- ``users``     people who sign in (``_id`` = user name): display name, role, scrypt
+  password hash, disabled state (managed with ``python accounts.py``).
+- ``sessions``  sign-in sessions (``_id`` = SHA-256 of the session token, never the
+  token): the person, role, expiry and, once signed out, when.
 
 Uploads are idempotent steps keyed by ids decided before the first write: the
 image, the record and each audit entry are inserted with their planned ``_id``
@@ -143,6 +147,8 @@ class Storage:
         self.meta = db["meta"]
         self.audit = db["audit"]
         self.uploads = db["uploads"]
+        self.users = db["users"]
+        self.sessions = db["sessions"]
 
     # -- set-up ------------------------------------------------------------------
     def ping(self) -> bool:
@@ -162,6 +168,7 @@ class Storage:
         self.commands.create_index([("room", asc), ("commanded_at", desc)],
                                    name="room_commanded")
         self.audit.create_index([("room", asc), ("at", desc)], name="room_at")
+        self.sessions.create_index([("user", asc)], name="user")
 
     # -- audit trail -------------------------------------------------------------
     def _audit(self, actor: dict | None, action: str, room: int, mrn: int | None, now,
@@ -169,11 +176,14 @@ class Storage:
         """Append one audit entry (the collection is only ever inserted into). With
         ``entry_id`` (planned by an upload) a repeated attempt does not add it again."""
         actor = actor or ANONYMOUS
+        who = {"name": actor.get("name") or "anonymous", "role": actor.get("role")}
+        # A signed-in person's user name and the UI screen, only when known (older
+        # entries and static tokens have neither).
+        who.update({k: actor[k] for k in ("user", "via") if actor.get(k)})
         try:
             self.audit.insert_one({
                 "_id": entry_id or ObjectId(), "room": room, "mrn": mrn, "at": now,
-                "action": action,
-                "who": {"name": actor.get("name") or "anonymous", "role": actor.get("role")},
+                "action": action, "who": who,
                 "address": actor.get("address"), "old": old, "new": new})
         except DuplicateKeyError:
             pass  # an earlier attempt of the same upload wrote this entry
@@ -531,6 +541,52 @@ class Storage:
                                   {"$set": {"command": command_summary(command)}})
             self._rooms_changed()
         return command
+
+
+    # -- people and their sign-in sessions ---------------------------------------
+    def add_user(self, username: str, name: str, role: str, password: dict) -> bool:
+        """Store a new person (``password``: the hash record); False if the name is taken."""
+        now = utc_now()
+        return _insert_once(self.users, {
+            "_id": username, "name": name, "role": role, "password": password,
+            "state": {"disabled": False, "at": now}, "created_at": now,
+            "updated": {"at": now}})
+
+    def get_user(self, username: str) -> dict | None:
+        return self.users.find_one({"_id": username})
+
+    def list_users(self) -> list[dict]:
+        return list(self.users.find({}, {"password": 0}).sort("_id", pymongo.ASCENDING))
+
+    def update_user(self, username: str, **values) -> bool:
+        """Set a person's ``password`` (hash record), ``role`` or ``disabled`` state and
+        end their sessions (a changed person signs in again); False when unknown."""
+        now = utc_now()
+        if "disabled" in values:
+            values["state"] = {"disabled": values.pop("disabled"), "at": now}
+        found = self.users.update_one({"_id": username},
+                                      {"$set": {**values, "updated": {"at": now}}})
+        if found.matched_count:
+            self.sessions.update_many({"user": username, "revoked": None},
+                                      {"$set": {"revoked": {"at": now}}})
+        return bool(found.matched_count)
+
+    def add_session(self, session_id: str, user: dict, expires_at: dt.datetime,
+                    address: str | None) -> None:
+        """Store a session (``session_id``: the token's SHA-256); drop expired ones."""
+        now = utc_now()
+        self.sessions.delete_many({"expires.at": {"$lte": now}})
+        self.sessions.insert_one({
+            "_id": session_id, "user": user["_id"], "name": user["name"],
+            "role": user["role"], "created_at": now, "expires": {"at": expires_at},
+            "address": address, "revoked": None})
+
+    def get_session(self, session_id: str) -> dict | None:
+        return self.sessions.find_one({"_id": session_id})
+
+    def end_session(self, session_id: str) -> None:
+        self.sessions.update_one({"_id": session_id, "revoked": None},
+                                 {"$set": {"revoked": {"at": utc_now()}}})
 
 
 class OccupantChanged(Exception):

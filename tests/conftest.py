@@ -19,7 +19,8 @@ from local_mongo import LocalMongo, free_port  # noqa: E402
 
 #: Access-control settings a developer may have exported; tests set their own.
 AUTH_ENV = ("API_TOKEN", "API_TOKENS_FILE", "API_PROTECT_READS", "API_TRUST_PROXY",
-            "SLEEPLAB_API_TOKEN", "SLEEPLAB_AUTH")
+            "API_REQUIRE_AUTH", "API_SESSION_HOURS", "SLEEPLAB_API_TOKEN", "SLEEPLAB_AUTH",
+            "SLEEPLAB_SIGN_IN", "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONITOR_TOKEN")
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,9 @@
 Debian's ``chromium`` is driven by Python Playwright (``executable_path``; never
 ``playwright install``). The test enters a patient, loads a sample recording, uploads,
 commands a pressure from the Monitoring Station and sees it arrive at the Patient Station.
-The stack runs with access tokens on, as the quick start does: the UI holds its own
-token and the seeding script a station token; the audit trail names them.
+The stack runs with access tokens on, as the quick start does: the UI in single-user
+mode holds a station and a monitor token, the seeding script its own station token; the
+audit trail names them.
 It saves {patient,monitor,patients}.png to ``SCREENSHOT_DIR`` (default
 test-artifacts/screenshots; ``SCREENSHOT_DIR=docs/screenshots ./test.sh -m browser``
 refreshes the README's pictures).
@@ -28,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
-UI_TOKEN = "ui-token-" + uuid.uuid4().hex
-SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
+STATION_TOKEN = "station-token-" + uuid.uuid4().hex
 MONITOR_TOKEN = "monitor-token-" + uuid.uuid4().hex
+SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
+SCRIPT_MONITOR_TOKEN = "script-monitor-token-" + uuid.uuid4().hex
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -70,9 +72,10 @@ def stack(local_mongo, tmp_path):
     """The real system: database over TCP, API under gunicorn, Streamlit; yields URLs."""
     tokens_file = tmp_path / "tokens.json"
     tokens_file.write_text(json.dumps({"tokens": [
-        {"name": "ui", "role": "admin", "token": UI_TOKEN},
+        {"name": "station", "role": "station", "token": STATION_TOKEN},
+        {"name": "monitor", "role": "monitor", "token": MONITOR_TOKEN},
         {"name": "seed-script", "role": "station", "token": SEED_TOKEN},
-        {"name": "monitor-script", "role": "monitor", "token": MONITOR_TOKEN}]}))
+        {"name": "monitor-script", "role": "monitor", "token": SCRIPT_MONITOR_TOKEN}]}))
     env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"),
                API_TOKENS_FILE=str(tokens_file))
     api_port, ui_port = free_port(), free_port()
@@ -84,7 +87,9 @@ def stack(local_mongo, tmp_path):
         api_url = f"http://127.0.0.1:{api_port}"
         wait_http(f"{api_url}/health", api, "API", api_log)
         ui_env = dict(env, API_URL=api_url, PRESSURE_POLL_S=str(POLL_S),
-                      MONITOR_REFRESH_S=str(MONITOR_REFRESH_S), SLEEPLAB_API_TOKEN=UI_TOKEN)
+                      MONITOR_REFRESH_S=str(MONITOR_REFRESH_S),
+                      SLEEPLAB_STATION_TOKEN=STATION_TOKEN,
+                      SLEEPLAB_MONITOR_TOKEN=MONITOR_TOKEN)
         ui_env.pop("API_TOKENS_FILE")
         ui = start([str(BIN / "streamlit"), "run", "patient_streamlit.py",
                     "--server.address", "127.0.0.1", "--server.port", str(ui_port),
@@ -247,11 +252,17 @@ def test_patient_to_monitor_and_back(stack):
             expect(monitor.get_by_text("Earlier", exact=False).first).to_be_visible(
                 timeout=20_000)
             expect(monitor.get_by_role("button", name="Download image")).to_have_count(2)
-            # Who changed what: the command came from the UI's token, the data from the station.
+            # Who changed what: the command came from the monitor, the data and the
+            # acknowledgement from the bedside station.
             audit = requests.get(f"{stack['api']}/api/v1/rooms/3/audit", timeout=5,
-                                 headers={"Authorization": f"Bearer {UI_TOKEN}"}).json()
+                                 headers={"Authorization": f"Bearer {MONITOR_TOKEN}"}).json()
+            who = {(e["action"], e["who"]["name"], e["who"].get("via"))
+                   for e in audit["entries"]}
+            assert who == {("patient_created", "station", "patient-station"),
+                           ("record_added", "station", "patient-station"),
+                           ("pressure_commanded", "monitor", "monitoring-station"),
+                           ("pressure_applied", "station", "patient-station")}
             commanded = [e for e in audit["entries"] if e["action"] == "pressure_commanded"]
-            assert commanded and commanded[0]["who"]["name"] == "ui"
             assert commanded[0]["new"]["pressure_cmh2o"] == 14
             monitor.get_by_text("Audit trail — who changed what in this room").click()
             idle(page)
@@ -289,7 +300,7 @@ def open_ui(browser, url: str):
 
 def records_of(api_url: str, mrn: int) -> list[dict]:
     resp = requests.get(f"{api_url}/api/v1/patients/{mrn}/records?limit=1000", timeout=10,
-                        headers=as_(UI_TOKEN))
+                        headers=as_(MONITOR_TOKEN))
     return [] if resp.status_code == 404 else resp.json()["records"]
 
 
@@ -355,11 +366,11 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
                 pressure = 4 + (7 * i) % 22    # 4..25, never the previous value
                 sent = requests.put(f"{stack['api']}/api/v1/rooms/{room}/pressure", timeout=10,
                                     json={"pressure_cmh2o": pressure, "mrn": mrn},
-                                    headers=as_(MONITOR_TOKEN))
+                                    headers=as_(SCRIPT_MONITOR_TOKEN))
                 assert sent.status_code == 201, sent.text
                 command_url = f"{stack['api']}/api/v1/rooms/{room}/pressure"
                 wait_until(lambda: requests.get(command_url, timeout=10,
-                                                headers=as_(UI_TOKEN)).json()["applied"],
+                                                headers=as_(MONITOR_TOKEN)).json()["applied"],
                            POLL_S + 20, f"command {i} ({pressure} cmH2O) never applied")
                 # "applied" was said: the field must already hold it, and so the upload.
                 idle(bedside)
@@ -414,5 +425,5 @@ def test_command_to_a_room_whose_patient_changed_is_refused_on_screen(stack):
         finally:
             browser.close()
     history = requests.get(f"{stack['api']}/api/v1/rooms/9/pressure/history", timeout=10,
-                           headers=as_(UI_TOKEN)).json()["commands"]
+                           headers=as_(MONITOR_TOKEN)).json()["commands"]
     assert history == [], "a refused command must not be stored"

@@ -79,11 +79,14 @@ def test_container_and_launcher_run_the_same_app_factory(dockerfile):
     assert callable(server.create_app)
 
 
-def test_compose_requires_a_token_for_the_api_and_gives_it_to_the_ui(compose):
+def test_compose_requires_a_token_for_the_api_and_sign_in_for_the_ui(compose):
     api_env = compose["services"]["api"]["environment"]
     ui_env = compose["services"]["ui"]["environment"]
     # ${VAR:?message}: compose refuses to start without the token (never an open API).
     assert re.fullmatch(r"\$\{SLEEPLAB_API_TOKEN:\?[^}]+\}", api_env["API_TOKEN"])
-    assert ui_env["SLEEPLAB_API_TOKEN"] == api_env["API_TOKEN"]
-    assert "API_TOKEN" not in ui_env and "API_TOKENS_FILE" not in ui_env
+    # The UI is served to the network: people sign in; it holds no token of its own.
+    assert "--server.address=0.0.0.0" in compose["services"]["ui"]["command"]
+    assert ui_env["SLEEPLAB_SIGN_IN"] == "1"
+    assert not {"SLEEPLAB_API_TOKEN", "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONITOR_TOKEN",
+                "API_TOKEN", "API_TOKENS_FILE"} & set(ui_env)
     assert api_env["API_PROTECT_READS"].endswith(":-1}")  # patient data not readable openly

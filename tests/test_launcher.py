@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pymongo
+import pytest
 import requests
 
 from local_mongo import free_port
@@ -177,11 +178,75 @@ def test_generated_tokens_are_private_strong_and_kept(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
     entries = auth.parse_tokens(path.read_text())  # the API accepts the file
     assert {e.name: e.role for e in entries} == launcher.LOCAL_TOKENS
-    tokens = [e["token"] for e in json.loads(path.read_text())["tokens"]]
-    assert len(set(tokens)) == 4 and min(map(len, tokens)) >= 40
-    first_ui = env[launcher.UI_TOKEN_ENV]
+    assert "admin" not in {e.role for e in entries if e.name in ("station", "monitor")}
+    tokens = {e["name"]: e["token"] for e in json.loads(path.read_text())["tokens"]}
+    assert len(set(tokens.values())) == 3 and min(map(len, tokens.values())) >= 40
+    # Single-user mode: the UI acts as the station at the bedside, as the monitor at
+    # the monitoring station; it holds no admin token.
+    assert env[launcher.STATION_TOKEN_ENV] == tokens["station"]
+    assert env[launcher.MONITOR_TOKEN_ENV] == tokens["monitor"]
+    assert launcher.UI_TOKEN_ENV not in env
     path.chmod(0o644)
     again = {launcher.UI_TOKEN_ENV: "left-over-from-docker-0123"}  # not in the file
     launcher.configure_auth(again, tmp_path)
-    assert again[launcher.UI_TOKEN_ENV] == first_ui
+    assert launcher.UI_TOKEN_ENV not in again
+    assert again[launcher.MONITOR_TOKEN_ENV] == tokens["monitor"]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_tokens_file_of_an_earlier_version_still_works(tmp_path):
+    """A file written before single-user mode (with its admin 'ui' token) is reused."""
+    import launcher
+    old = {"tokens": [{"name": name, "role": role, "token": f"{name}-token-0123456789abcdef"}
+                      for name, role in (("admin", "admin"), ("monitor", "monitor"),
+                                         ("station", "station"), ("ui", "admin"))]}
+    (tmp_path / "tokens.json").write_text(json.dumps(old))
+    (tmp_path / "tokens.json").chmod(0o600)
+    env = {}
+    launcher.configure_auth(env, tmp_path)
+    assert env[launcher.STATION_TOKEN_ENV] == "station-token-0123456789abcdef"
+    assert env[launcher.MONITOR_TOKEN_ENV] == "monitor-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "ward-pc.local"])
+def test_ui_beyond_loopback_needs_sign_in(tmp_path, host, capsys):
+    import launcher
+    for auth_setting in ({}, {"SLEEPLAB_AUTH": "off"}, {"API_TOKEN": "my-own-admin-token-0123"}):
+        with pytest.raises(RuntimeError, match=f"UI_HOST={host} is not a loopback address.*"
+                                               "SLEEPLAB_SIGN_IN=1"):
+            launcher.configure_auth({"UI_HOST": host, **auth_setting}, tmp_path)
+    assert not (tmp_path / "tokens.json").exists()
+    env = {"UI_HOST": host, "SLEEPLAB_SIGN_IN": "1",
+           launcher.UI_TOKEN_ENV: "left-over-admin-token-0123"}
+    launcher.configure_auth(env, tmp_path)
+    assert "people sign in" in capsys.readouterr().out
+    assert not set(launcher.UI_TOKEN_ENVS) & set(env)   # the UI holds no token
+    assert Path(env["API_TOKENS_FILE"]).exists()         # the API is still protected
+
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("localhost", True),
+                                           ("::1", True), ("[::1]", True),
+                                           ("127.0.0.2", True), ("0.0.0.0", False),
+                                           ("10.0.0.1", False), ("", False)])
+def test_is_loopback(host, loopback):
+    import launcher
+    assert launcher.is_loopback(host) is loopback
+
+
+def test_launcher_refuses_a_public_ui_without_sign_in(tmp_path):
+    env = dict(os.environ, DATA_DIR=str(tmp_path), UI_HOST="0.0.0.0",
+               LOCAL_DB_PORT=str(free_port()), API_PORT=str(free_port()),
+               UI_PORT=str(free_port()))
+    env.pop("MONGODB_URI", None)
+    env.pop("SLEEPLAB_SIGN_IN", None)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launcher.py")], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # it started everything: its own clean-up stops it
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "error: UI_HOST=0.0.0.0 is not a loopback address" in err
+    assert "starting" not in out                          # nothing was started
+    assert processes_using(tmp_path) == []
