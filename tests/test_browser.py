@@ -30,6 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
 UI_TOKEN = "ui-token-" + uuid.uuid4().hex
 SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
+AS_UI = {"Authorization": f"Bearer {UI_TOKEN}"}  # reads need a token too (the default)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -211,7 +212,8 @@ def test_patient_to_monitor_and_back(stack):
             monitor.get_by_role("button", name="Send…").click()
             monitor.get_by_role("button", name="Confirm").click()
             expect(monitor.get_by_text("14 cmH2O sent to room 3")).to_be_visible(timeout=20_000)
-            command = requests.get(f"{stack['api']}/api/v1/rooms/3/pressure", timeout=5).json()
+            command = requests.get(f"{stack['api']}/api/v1/rooms/3/pressure", timeout=5,
+                                   headers=AS_UI).json()
             assert command["pressure_cmh2o"] == 14
 
             # Back at the bedside: the poll brings the new pressure within a few seconds.
@@ -221,13 +223,14 @@ def test_patient_to_monitor_and_back(stack):
             expect(station.get_by_label("CPAP pressure (cmH2O, 4–25)")).to_have_value("14")
             deadline = time.monotonic() + 15
             while not requests.get(f"{stack['api']}/api/v1/rooms/3/pressure",
-                                   timeout=5).json()["applied"]:
+                                   timeout=5, headers=AS_UI).json()["applied"]:
                 assert time.monotonic() < deadline, "the station never marked the command applied"
                 time.sleep(0.3)
             # The next upload carries the commanded pressure (a new record in the history).
             station.get_by_role("button", name="Upload").click()
             expect(station.get_by_text("(14 cmH2O,")).to_be_visible(timeout=20_000)
-            records = requests.get(f"{stack['api']}/api/v1/patients/4711", timeout=5).json()
+            records = requests.get(f"{stack['api']}/api/v1/patients/4711", timeout=5,
+                                   headers=AS_UI).json()
             assert [r["cpap_pressure_cmh2o"] for r in records["records"]] == [14, 10]
             screenshot(page, "patient.png")
 
@@ -244,7 +247,7 @@ def test_patient_to_monitor_and_back(stack):
             expect(monitor.get_by_role("button", name="Download image")).to_have_count(2)
             # Who changed what: the command came from the UI's token, the data from the station.
             audit = requests.get(f"{stack['api']}/api/v1/rooms/3/audit", timeout=5,
-                                 headers={"Authorization": f"Bearer {UI_TOKEN}"}).json()
+                                 headers=AS_UI).json()
             commanded = [e for e in audit["entries"] if e["action"] == "pressure_commanded"]
             assert commanded and commanded[0]["who"]["name"] == "ui"
             assert commanded[0]["new"]["pressure_cmh2o"] == 14
