@@ -207,7 +207,7 @@ def heavy_read():
     except storage.DatabaseError as exc:
         if not storage.is_slow_query(exc):
             raise
-        log.warning("heavy read %s stopped after %.0f s: %s", request.path, limit_s, exc)
+        log.warning("heavy read %s stopped after %g s: %s", request.path, limit_s, exc)
         raise ServiceUnavailable(f"this read took longer than {limit_s:g} s and was "
                                  "stopped; ask for fewer records (limit) or try again later",
                                  retry_after=HEAVY_READ_RETRY_AFTER_S) from None
@@ -592,9 +592,9 @@ def register_error_handlers(app: Flask) -> None:
         if storage.is_storage_full(exc):
             current_app.extensions["storage_full_at"] = time.monotonic()
             return error_response(507, "Insufficient Storage",
-                                  "the database cannot store data: its disk is full. Nothing "
-                                  "more was stored by this request; try again once space has "
-                                  "been freed")
+                                  "the database cannot store data: its disk is full. This "
+                                  "request was not completed; send it again (an upload with "
+                                  "the same upload_id) once space has been freed")
         return error_response(503, "Service Unavailable",
                               "the database is unavailable; try again shortly")
 

@@ -62,8 +62,9 @@ OUT_OF_DISK_CODES = frozenset({14031})
 #: MongoDB and the operating system (ENOSPC).
 OUT_OF_DISK_WORDS = ("disk is full", "disk full", "no space left on device",
                      "out of disk space", "outofdiskspace", "enospc")
-#: Size of the health check's write probe: a few SQLite pages, as much as a record and
-#: its summaries need, so a database that cannot store an upload fails the probe too.
+#: Size of the health check's write probe: a few SQLite pages, so a database without
+#: room for a small record fails it (an upload with a large image can fail first: the
+#: API also remembers such a refusal for /health).
 WRITE_PROBE_BYTES = 8 * 1024
 
 #: Record fields copied from an upload (besides mrn, room and times).
