@@ -5,11 +5,15 @@ Configuration (environment, or the same keys in ``create_app(test_config)``):
 - ``API_TOKEN``: one admin token (name ``admin``).
 - ``API_TOKENS_FILE``: a file of named tokens with roles (JSON or text; see
   :func:`parse_tokens` and docs/README-security.md).
-- ``API_PROTECT_READS=1``: reads need a token too (by default they are open).
+- ``API_PROTECT_READS``: reads need a token too (the default); ``0`` opens them.
 - ``API_TRUST_PROXY=1``: take the caller's address from ``X-Forwarded-For``.
 - ``API_REQUIRE_AUTH=1``: access control on even without static tokens (only people
   who sign in, :mod:`accounts`).
 - ``API_SESSION_HOURS``: how long a sign-in session lasts (default 12, one shift).
+- ``API_TRUSTED_HOSTS``: the host names the API answers to (comma-separated; default
+  ``localhost``, ``127.0.0.1``, ``::1`` and ``API_HOST``; ``*`` turns the check off).
+  Another ``Host`` header is a 400, whether auth is on or not: a DNS-rebinding page
+  reaches the API under its own name.
 
 With neither ``API_TOKEN`` nor ``API_TOKENS_FILE`` (nor ``API_REQUIRE_AUTH``) the API
 is open (development and tests) and says so in a start-up warning.
@@ -37,9 +41,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import current_app, g, request
-from werkzeug.exceptions import Forbidden, Unauthorized
+from werkzeug.exceptions import BadRequest, Forbidden, Unauthorized
 
 import storage
 import validation
@@ -57,6 +62,9 @@ DEFAULT_SESSION_HOURS, MAX_SESSION_HOURS = 12.0, 7 * 24.0
 #: Which screen of the UI acted (the client says so; recorded in the audit trail).
 VIA_HEADER = "X-Sleeplab-Via"
 VIA_SCREENS = ("patient-station", "monitoring-station")
+FALSE_WORDS = {"0", "false", "no", "off"}
+#: The names the API answers to when API_TRUSTED_HOSTS is not set (plus API_HOST).
+DEFAULT_TRUSTED_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +103,8 @@ class AuthSettings:
     trust_proxy: bool
     required: bool = False
     session_hours: float = DEFAULT_SESSION_HOURS
+    #: Lower-case host names (no port) a request's Host may name; None: any.
+    trusted_hosts: frozenset[str] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -198,11 +208,13 @@ def load_settings(config) -> AuthSettings:
         entries.extend(parse_tokens(text, f"API_TOKENS_FILE {path}"))
     if len({e.digest for e in entries}) != len(entries):
         raise TokenConfigError("API_TOKEN is also listed in API_TOKENS_FILE")
-    settings = AuthSettings(tokens=tuple(entries),
-                            protect_reads=_flag(config.get("API_PROTECT_READS")),
-                            trust_proxy=_flag(config.get("API_TRUST_PROXY")),
-                            required=_flag(config.get("API_REQUIRE_AUTH")),
-                            session_hours=session_hours(config.get("API_SESSION_HOURS")))
+    settings = AuthSettings(
+        tokens=tuple(entries),
+        protect_reads=_flag(config.get("API_PROTECT_READS"), "API_PROTECT_READS", True),
+        trust_proxy=_flag(config.get("API_TRUST_PROXY"), "API_TRUST_PROXY", False),
+        required=_flag(config.get("API_REQUIRE_AUTH"), "API_REQUIRE_AUTH", False),
+        session_hours=session_hours(config.get("API_SESSION_HOURS")),
+        trusted_hosts=trusted_hosts(config.get("API_TRUSTED_HOSTS"), config.get("API_HOST")))
     if not settings.enabled:
         log.warning("API authentication is OFF: set API_TOKEN or API_TOKENS_FILE; anyone "
                     "who can reach the API can change pressures and patient data")
@@ -210,6 +222,12 @@ def load_settings(config) -> AuthSettings:
         log.info("API authentication on: %d token(s) and people's sign-ins (sessions of "
                  "%g h); reads %s", len(entries), settings.session_hours,
                  "protected" if settings.protect_reads else "open")
+        if not settings.protect_reads:
+            log.warning("API_PROTECT_READS=0: anyone who can reach the API can read patient "
+                        "names, MRNs, histories and flow images")
+    if settings.trusted_hosts is None:
+        log.warning("API_TRUSTED_HOSTS=*: the API answers any Host header (only behind a "
+                    "proxy that checks it)")
     return settings
 
 
@@ -227,18 +245,67 @@ def session_hours(value) -> float:
     return hours
 
 
-def _flag(value) -> bool:
-    return str(value or "").strip().lower() in TRUE_WORDS
+def _flag(value, name: str, default: bool) -> bool:
+    """An on/off setting; unset or empty is ``default``, anything unknown stops the start."""
+    word = str(value if value is not None else "").strip().lower()
+    if not word:
+        return default
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise TokenConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), not "
+                           f"{value!r}")
+
+
+def trusted_hosts(value: str | None, bind_host: str | None = None) -> frozenset[str] | None:
+    """The host names from ``API_TRUSTED_HOSTS`` (comma-separated; ``*``: any host, None);
+    unset: :data:`DEFAULT_TRUSTED_HOSTS` and the bind host ``API_HOST`` (the quick start
+    gives the UI ``http://API_HOST:API_PORT``; a wildcard such as 0.0.0.0 is no name a
+    rebinding page can use)."""
+    if value is None or not str(value).strip():
+        names = [*DEFAULT_TRUSTED_HOSTS, bind_host or ""]
+    else:
+        names = [name.strip() for name in str(value).split(",")]
+        if "*" in names:
+            return None
+    return frozenset(name for name in (n.strip().lower().strip("[]").rstrip(".")
+                                       for n in names) if name)
+
+
+def host_name(header: str) -> str | None:
+    """The host name of a ``Host`` header (lower case, no port or IPv6 brackets), or
+    None when it is not a plain ``host[:port]``."""
+    try:
+        parts = urlsplit(f"//{header}")
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        return None
+    if (not parts.hostname or parts.username is not None or parts.password is not None
+            or parts.path or parts.query or parts.fragment):
+        return None
+    return parts.hostname.rstrip(".")
+
+
+def check_host() -> None:
+    """``before_request`` hook: 400 unless the ``Host`` header names a trusted host. A
+    request without one (HTTP/1.0) passes: a browser always sends it."""
+    allowed = current_app.extensions["auth"].trusted_hosts
+    header = request.headers.get("Host")
+    if allowed is None or header is None:
+        return
+    if host_name(header) not in allowed:
+        raise BadRequest(f"this API does not answer to the host {header[:100]!r} (Host "
+                         "header); the administrator can add it to API_TRUSTED_HOSTS")
 
 
 def config_from_env() -> dict:
     return {key: os.environ.get(key) for key in
             ("API_TOKEN", "API_TOKENS_FILE", "API_PROTECT_READS", "API_TRUST_PROXY",
-             "API_REQUIRE_AUTH", "API_SESSION_HOURS")}
+             "API_REQUIRE_AUTH", "API_SESSION_HOURS", "API_TRUSTED_HOSTS", "API_HOST")}
 
 
 def init_app(app) -> None:
     app.extensions["auth"] = load_settings(app.config)
+    app.before_request(check_host)  # first: a foreign Host learns nothing, not even a 401
     app.before_request(authorize)
 
 
@@ -257,7 +324,8 @@ def public(view):
 
 
 def reads(*allowed: str, always: bool = False):
-    """A read: open unless ``API_PROTECT_READS`` (or ``always``) and auth is on."""
+    """A read: needs a token when auth is on, unless ``API_PROTECT_READS=0`` (and not
+    ``always``)."""
     return _declare("protected-read" if always else "read", allowed)
 
 

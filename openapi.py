@@ -30,6 +30,20 @@ _UPLOAD_ID = {"type": "string", "pattern": f"^{v.UPLOAD_ID_PATTERN}$",
                              "the same key and the same values answers the same record "
                              "(200, header Idempotent-Replay: true) and stores nothing; "
                              "the key with another MRN, room or values is a 409."}
+#: What every upload operation says about retries (docs/README-api.md has the same advice).
+UPLOAD_ADVICE = (
+    "Send an upload_id with every upload: a fresh UUID4 per new upload, and the same one "
+    "on every retry of it. Without one, a retry after a lost answer (a timeout, a worker "
+    "restart, a dropped connection) stores the upload a second time: 4 duplicates in 885 "
+    "uploads when workers were killed. Example: "
+    "ID=$(python3 -c 'import uuid; print(uuid.uuid4())'); "
+    "curl --retry 5 --retry-all-errors -H 'Content-Type: application/json' -d "
+    "'{\"mrn\": 12, \"room\": 3, \"upload_id\": \"'$ID'\"}' $API/api/v1/patients "
+    "(curl resends the same body, so every retry carries the same key).")
+_HEAVY = (f"A read of more than {v.HEAVY_READ_ROWS} rows is a heavy read: each API "
+          "worker serves one at a time (API_MAX_HEAVY_READS) and stops it after "
+          f"API_HEAVY_READ_TIMEOUT_S ({v.DEFAULT_HEAVY_READ_TIMEOUT_S:g} s); otherwise 503 "
+          "with Retry-After.")
 _REPLAY_HEADERS = {"Idempotent-Replay": {
     "description": "'true' when the upload_id was seen before: the stored answer, "
                    "nothing new written", "schema": {"type": "string", "enum": ["true"]}}}
@@ -203,8 +217,8 @@ def _param(name: str, schema: dict, where: str = "path", description: str = "") 
 
 _ROOM = _param("room", _POSITIVE, description="room number")
 _MRN = _param("mrn", _POSITIVE, description="medical record number")
-_LIMIT = _param("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "query",
-                "how many, newest first")
+_LIMIT = _param("limit", {"type": "integer", "minimum": 1, "maximum": v.MAX_LIST_LIMIT},
+                "query", f"how many, newest first (at most {v.MAX_LIST_LIMIT}). {_HEAVY}")
 _BAD = {"400": _err("invalid input")}
 _CONFLICT = {"409": _err("upload_id already used for another MRN, room or values "
                          "(field: upload_id)")}
@@ -212,17 +226,26 @@ _NOT_FOUND = {"404": _err("not found")}
 
 
 def _op(summary: str, responses: dict, parameters=(), body: dict | None = None,
-        tags=("api",)) -> dict:
+        tags=("api",), description: str | None = None) -> dict:
     op = {"summary": summary, "tags": list(tags), "parameters": list(parameters),
-          "responses": {**responses, "503": _err("database unavailable")}}
+          "responses": {**responses,
+                        "503": _err("database unavailable, or (a heavy read) the worker is "
+                                    "busy with another or the read took too long: try again "
+                                    "after Retry-After"),
+                        "507": _err("the database's disk is full: nothing was stored")}}
     if body is not None:
         op["requestBody"] = body
+    if description:
+        op["description"] = description
     return op
 
 
 def _api_paths() -> dict:
-    upload_body = {"required": True,
-                   "content": {"application/json": {"schema": _ref("Upload")}}}
+    upload_body = {"required": True, "content": {"application/json": {
+        "schema": _ref("Upload"),
+        "example": {"mrn": 12, "room": 3, "name": "Ada Lovelace", "cpap_pressure_cmh2o": 10,
+                    "breath_rate_bpm": 14.2, "apnea_count": 1,
+                    "upload_id": "0b9e7c2e-5f4a-4d0b-9a51-3c2f1e8d7a64"}}}}
     uploaded = {"type": "object", "properties": {"patient": _ref("Patient"),
                                                  "record": _nullable(_ref("Record"))}}
     records = {"type": "object", "properties": {"records": {"type": "array",
@@ -236,7 +259,8 @@ def _api_paths() -> dict:
                                                    "upload_id: the stored answer",
                                          _REPLAY_HEADERS),
                             **_BAD, **_CONFLICT, "413": _err("body or image too large"),
-                            "415": _err("not JSON")}, body=upload_body),
+                            "415": _err("not JSON")}, body=upload_body,
+                        description=UPLOAD_ADVICE),
             "get": _op("Patients, paginated, sorted by room then MRN", {
                 "200": _json({"type": "object", "properties": {
                     "patients": {"type": "array", "items": _ref("PatientWithLatest")},
@@ -255,9 +279,17 @@ def _api_paths() -> dict:
             "200": _json(records, "records"), **_BAD, **_NOT_FOUND},
             parameters=[_MRN, _LIMIT])},
         "/patients/{mrn}/records.csv": {"get": _op("CSV export of a patient's records", {
-            "200": {"description": "CSV download",
+            "200": {"description": "CSV download, newest first: at most `limit` (default and "
+                                   f"maximum {v.MAX_LIST_LIMIT}) of the newest records",
+                    "headers": {
+                        "X-Total-Count": {"description": "the patient's number of records",
+                                          "schema": {"type": "integer"}},
+                        "X-Truncated": {"description": "'true' when the file holds fewer "
+                                                       "records than the patient has",
+                                        "schema": {"type": "string",
+                                                   "enum": ["true", "false"]}}},
                     "content": {"text/csv": {"schema": {"type": "string"}}}},
-            **_BAD, **_NOT_FOUND}, parameters=[_MRN])},
+            **_BAD, **_NOT_FOUND}, parameters=[_MRN, _LIMIT])},
         "/records/{record_id}/image": {"get": _op("A record's flow image", {
             "200": {"description": "the image (immutable: long Cache-Control, ETag)",
                     "content": {"image/png": {"schema": {"type": "string",
@@ -289,6 +321,8 @@ def _api_paths() -> dict:
                 **_BAD, **_CONFLICT, "413": _err("file larger than the upload limit"),
                 "415": _err("not multipart/form-data"),
                 "422": _err("the file cannot be analysed (message names the line)")},
+            description=UPLOAD_ADVICE + " Each form field and the file part may be given "
+                                        "once (a repeated one is a 400 naming it).",
             parameters=[_ROOM], body={"required": True, "content": {"multipart/form-data": {
                 "schema": {"type": "object", "required": ["file", "mrn", "cpap_pressure_cmh2o"],
                            "properties": {"file": {"type": "string", "format": "binary"},
@@ -357,7 +391,7 @@ def _legacy_paths() -> dict:
                                    "(a repeated upload_id: 'Patient successfully updated' "
                                    "with Idempotent-Replay: true, nothing stored)",
                     "content": text, "headers": _REPLAY_HEADERS}, **_BAD, **_CONFLICT,
-            "415": _err("not JSON")}, tags=tags,
+            "415": _err("not JSON")}, tags=tags, description=UPLOAD_ADVICE,
             body={"required": True, "content": {"application/json": {
                 "schema": _ref("LegacyPatient")}}})},
         "/CPAP_query/{room_number}": {"get": _op("Commanded pressure as a JSON number", {
@@ -368,7 +402,9 @@ def _legacy_paths() -> dict:
             "200": {"description": "confirmation", "content": text}, **_BAD, **_NOT_FOUND},
             tags=tags, parameters=[_param("room_number", _POSITIVE),
                                    _param("value", _PRESSURE)])},
-        "/get_all_patients": {"get": _op("Each room's patient with value lists", {
+        "/get_all_patients": {"get": _op(
+            f"Each room's patient with value lists of its newest {v.LEGACY_MAX_RECORDS} "
+            "records (oldest first)", {
             "200": _json({"type": "array", "items": {"type": "object", "properties": {
                 "room_number": _POSITIVE, "patient_mrn": _POSITIVE,
                 "patient_name": {"type": "string"},
@@ -376,10 +412,20 @@ def _legacy_paths() -> dict:
                 "breath_rate": {"type": "array", "items": {"type": "number"}},
                 "apnea_count": {"type": "array", "items": {"type": "integer"}},
                 "timestamp": {"type": "array", "items": _TIME}}}}, "patients")},
-            tags=tags)},
-        "/health": {"get": _op("Liveness and database check", {
+            tags=tags, description=(
+                f"Each list holds at most the patient's {v.LEGACY_MAX_RECORDS} most recent "
+                "records (the full history: GET /api/v1/patients/{mrn}/records). "
+                + _HEAVY))},
+        "/health": {"get": _op("Liveness and database check (it can read and write)", {
             "200": _json({"type": "object", "properties": {
-                "status": {"type": "string"}, "database": {"type": "string"}}}, "healthy")},
+                "status": {"type": "string", "enum": ["ok"]},
+                "database": {"type": "string", "enum": ["ok"]}}}, "healthy"),
+            "503": _json({"type": "object", "required": ["status", "database"], "properties": {
+                "status": {"type": "string", "enum": ["unavailable"]},
+                "database": {"type": "string", "enum": ["unreachable", "cannot write"]},
+                "message": {"type": "string"}}},
+                "the database is unreachable, or answers but cannot store data (a write "
+                "probe failed, or an upload was refused for a full disk in the last 60 s)")},
             tags=("operations",))},
     }
 
@@ -406,7 +452,14 @@ def _document() -> dict:
                                 "Access: bearer tokens with roles station, monitor and "
                                 "admin (x-roles on each operation; a station token may "
                                 "name its room), or a person's session token from POST "
-                                "/api/v1/sessions; see x-access and security."},
+                                "/api/v1/sessions; see x-access and security. Reads need a "
+                                "token too unless API_PROTECT_READS=0. A Host header that "
+                                "is not in API_TRUSTED_HOSTS (default: localhost, "
+                                "127.0.0.1, ::1) is a 400. Lists are bounded: limit at most "
+                                f"{v.MAX_LIST_LIMIT}, per_page at most 500, the CSV export "
+                                f"the newest {v.MAX_LIST_LIMIT} records, /get_all_patients "
+                                "the newest "
+                                f"{v.LEGACY_MAX_RECORDS} per patient. {_HEAVY}"},
         "paths": paths,
         "components": {"schemas": SCHEMAS, "securitySchemes": {"bearerAuth": {
             "type": "http", "scheme": "bearer",
@@ -418,7 +471,7 @@ def _document() -> dict:
 
 
 #: How each kind of access (auth.py's view declarations) appears in the document:
-#: a write always needs a token when auth is on; a read only when API_PROTECT_READS=1
+#: a write always needs a token when auth is on; a read too unless API_PROTECT_READS=0
 #: (so the token is optional, ``{}``); a protected read always; a public one never.
 _SECURITY = {"write": [{"bearerAuth": []}], "protected-read": [{"bearerAuth": []}],
              "read": [{}, {"bearerAuth": []}], "public": []}
@@ -427,7 +480,7 @@ _VIA = {"name": VIA_HEADER, "in": "header", "required": False,
         "description": "the UI screen acting (recorded in the audit trail)"}
 _ACCESS_NOTE = {"write": "a token is needed whenever auth is on",
                 "protected-read": "a token is needed whenever auth is on",
-                "read": "a token is needed only when API_PROTECT_READS=1"}
+                "read": "a token is needed unless API_PROTECT_READS=0"}
 
 
 def flask_path(rule: str) -> str:
@@ -454,7 +507,8 @@ def add_security(doc: dict, app) -> None:
             op["x-roles"] = roles
             if access == "write" and _VIA not in op["parameters"]:
                 op["parameters"].append(_VIA)
-            op["description"] = f"Roles: {', '.join(roles)}; {_ACCESS_NOTE[access]}."
+            roles_note = f"Roles: {', '.join(roles)}; {_ACCESS_NOTE[access]}."
+            op["description"] = " ".join(filter(None, [roles_note, op.get("description")]))
             op["responses"]["401"] = _err("missing or invalid token "
                                           "(WWW-Authenticate: Bearer)")
             op["responses"]["403"] = _err("the token's role (or station room) may not "

@@ -11,6 +11,7 @@ the JSON (``*_out`` functions); they never touch pymongo.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -18,10 +19,12 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import (HTTPException, RequestEntityTooLarge, ServiceUnavailable,
+                                 UnsupportedMediaType)
 
 import accounts
 import auth
@@ -40,10 +43,23 @@ DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 #: Records are immutable, so their images may be cached for a year.
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
-DEFAULT_RECORDS_LIMIT, MAX_RECORDS_LIMIT = 100, 10_000
+DEFAULT_RECORDS_LIMIT, MAX_RECORDS_LIMIT = 100, validation.MAX_LIST_LIMIT
 DEFAULT_PER_PAGE, MAX_PER_PAGE = 50, 500
 DEFAULT_HISTORY_LIMIT = 50
 DEFAULT_AUDIT_LIMIT = 100
+#: The CSV export holds at most this many records (the newest); X-Truncated says when
+#: the patient has more.
+MAX_CSV_RECORDS = MAX_RECORDS_LIMIT
+#: Heavy reads (more than validation.HEAVY_READ_ROWS rows) one worker serves at once
+#: (API_MAX_HEAVY_READS); more are refused with 503 + Retry-After, so polls and uploads
+#: keep the worker's other threads. Each is stopped after API_HEAVY_READ_TIMEOUT_S.
+DEFAULT_MAX_HEAVY_READS = 1
+HEAVY_READ_RETRY_AFTER_S = 2
+#: /health's write probe runs at most this often per worker; its answer is reused between.
+HEALTH_PROBE_INTERVAL_S = 5.0
+#: After a write refused for lack of space, /health reports "cannot write" this long
+#: (a small probe can still fit in a database file's free pages when uploads no longer do).
+STORAGE_FULL_MEMORY_S = 60.0
 #: Ward-wide reads (every patient's data): monitors and admins when reads are protected.
 WARD = (MONITOR, ADMIN)
 #: Set (to "true") on the answer to an upload whose upload_id was seen before.
@@ -174,9 +190,50 @@ def existing_patient(mrn: str) -> tuple[int, dict]:
     return number, doc
 
 
-def records_limit() -> int:
-    return validation.query_int(request.args, "limit", DEFAULT_RECORDS_LIMIT, 1,
-                                MAX_RECORDS_LIMIT)
+def records_limit(default: int = DEFAULT_RECORDS_LIMIT) -> int:
+    return validation.query_int(request.args, "limit", default, 1, MAX_RECORDS_LIMIT)
+
+
+@contextlib.contextmanager
+def heavy_read():
+    """Guard a read that may return many rows: at most API_MAX_HEAVY_READS of them run
+    at once in this worker (another is a 503 with Retry-After, at once: waiting would
+    hold the thread a poll or an upload needs), and each is stopped after
+    API_HEAVY_READ_TIMEOUT_S (503)."""
+    slots: threading.BoundedSemaphore = current_app.extensions["heavy_reads"]
+    if not slots.acquire(blocking=False):
+        raise ServiceUnavailable("the server is busy with other large reads; try again in "
+                                 f"{HEAVY_READ_RETRY_AFTER_S} s",
+                                 retry_after=HEAVY_READ_RETRY_AFTER_S)
+    limit_s = current_app.config["HEAVY_READ_TIMEOUT_S"]
+    try:
+        with storage.time_limit(limit_s):
+            yield
+    except storage.DatabaseError as exc:
+        if not storage.is_slow_query(exc):
+            raise
+        log.warning("heavy read %s stopped after %g s: %s", request.path, limit_s, exc)
+        raise ServiceUnavailable(f"this read took longer than {limit_s:g} s and was "
+                                 "stopped; ask for fewer records (limit) or try again later",
+                                 retry_after=HEAVY_READ_RETRY_AFTER_S) from None
+    finally:
+        slots.release()
+
+
+def read_guard(rows: int):
+    """:func:`heavy_read` for a read of more than HEAVY_READ_ROWS rows, else nothing."""
+    return heavy_read() if rows > validation.HEAVY_READ_ROWS else contextlib.nullcontext()
+
+
+def single_form_values() -> None:
+    """Refuse a multipart form that gives a field or file part twice (400 naming it),
+    as a JSON body with a duplicate key is: a script sending ``-F mrn=30 -F mrn=31``
+    must not have one of them silently chosen."""
+    for parts in (request.form, request.files):
+        for name in parts:
+            if len(parts.getlist(name)) > 1:
+                raise ValidationError(f"the form field {name!r} is given more than once",
+                                      name)
 
 
 def actor() -> dict:
@@ -234,7 +291,9 @@ def list_patients():
 @reads(*WARD)
 def get_patient(mrn):
     number, doc = existing_patient(mrn)
-    records = get_storage().patient_records(number, records_limit())
+    limit = records_limit()
+    with read_guard(limit):
+        records = get_storage().patient_records(number, limit)
     return jsonify(patient=patient_out(doc), records=[record_out(r) for r in records])
 
 
@@ -242,7 +301,9 @@ def get_patient(mrn):
 @reads(*WARD)
 def patient_records(mrn):
     number, _ = existing_patient(mrn)
-    records = get_storage().patient_records(number, records_limit())
+    limit = records_limit()
+    with read_guard(limit):
+        records = get_storage().patient_records(number, limit)
     return jsonify(records=[record_out(r) for r in records])
 
 
@@ -253,14 +314,22 @@ CSV_COLUMNS = ("received_at", "mrn", "room", "cpap_pressure_cmh2o", "breath_rate
 @api.get("/patients/<mrn>/records.csv")
 @reads(*WARD)
 def patient_records_csv(mrn):
-    number, _ = existing_patient(mrn)
+    """The newest ``limit`` records (at most MAX_CSV_RECORDS), newest first;
+    ``X-Total-Count`` is the patient's number of records and ``X-Truncated`` says
+    whether the file holds fewer."""
+    number, patient = existing_patient(mrn)
+    limit = records_limit(default=MAX_CSV_RECORDS)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for doc in get_storage().patient_records(number):
+    with read_guard(limit):
+        records = get_storage().patient_records(number, limit)
+    for doc in records:
         writer.writerow(record_out(doc))
+    total = max(int(patient.get("record_count") or 0), len(records))
     return Response(out.getvalue(), mimetype="text/csv", headers={
-        "Content-Disposition": f'attachment; filename="patient-{number}-records.csv"'})
+        "Content-Disposition": f'attachment; filename="patient-{number}-records.csv"',
+        "X-Total-Count": str(total), "X-Truncated": "true" if total > len(records) else "false"})
 
 
 @api.get("/records/<record_id>/image")
@@ -323,6 +392,7 @@ def upload_recording(room):
         limit = current_app.config["MAX_UPLOAD_BYTES"]
         raise ValidationError(f"the recording is larger than the upload limit of "
                               f"{limit / 2**20:.3g} MB", "file", status=413) from None
+    single_form_values()
     if upload is None:
         raise ValidationError("file is required (the CPAP recording)", "file")
     form = request.form
@@ -442,7 +512,9 @@ def pressure_history(room):
     number = room_param(room)
     limit = validation.query_int(request.args, "limit", DEFAULT_HISTORY_LIMIT, 1,
                                  MAX_RECORDS_LIMIT)
-    return jsonify(commands=[command_out(c) for c in get_storage().command_history(number, limit)])
+    with read_guard(limit):
+        commands = get_storage().command_history(number, limit)
+    return jsonify(commands=[command_out(c) for c in commands])
 
 
 @api.get("/rooms/<room>/audit")
@@ -453,7 +525,9 @@ def room_audit(room):
     number = room_param(room)
     limit = validation.query_int(request.args, "limit", DEFAULT_AUDIT_LIMIT, 1,
                                  MAX_RECORDS_LIMIT)
-    return jsonify(entries=[audit_out(d) for d in get_storage().audit_trail(number, limit)])
+    with read_guard(limit):
+        entries = get_storage().audit_trail(number, limit)
+    return jsonify(entries=[audit_out(d) for d in entries])
 
 
 # -- people's sign-in sessions -------------------------------------------------------------
@@ -528,10 +602,12 @@ def legacy_new_cpap_pressure(room_number, value):
 @legacy.get("/get_all_patients")
 @reads(*WARD)
 def legacy_get_all_patients():
-    """One entry per room's current occupant, its lists built from the records."""
-    occupants = [doc for doc in get_storage().list_rooms()
-                 if storage.occupant_mrn(doc) is not None]
-    lists = get_storage().record_lists([doc["patient"]["mrn"] for doc in occupants])
+    """One entry per room's current occupant, its lists built from its newest
+    validation.LEGACY_MAX_RECORDS records (oldest first)."""
+    with heavy_read():
+        occupants = get_storage().occupants()
+        lists = get_storage().record_lists([doc["patient"]["mrn"] for doc in occupants],
+                                           validation.LEGACY_MAX_RECORDS)
     out = []
     for doc in occupants:
         records = lists.get(doc["patient"]["mrn"], [])
@@ -575,6 +651,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(storage.DatabaseError)
     def on_database_error(exc):
         log.error("database error: %s", exc)
+        if storage.is_storage_full(exc):
+            current_app.extensions["storage_full_at"] = time.monotonic()
+            return error_response(507, "Insufficient Storage",
+                                  "the database cannot store data: its disk is full. This "
+                                  "request was not completed; send it again (an upload with "
+                                  "the same upload_id) once space has been freed")
         return error_response(503, "Service Unavailable",
                               "the database is unavailable; try again shortly")
 
@@ -582,6 +664,26 @@ def register_error_handlers(app: Flask) -> None:
     def on_unexpected(exc):  # a bug: logged with its traceback, never shown to the caller
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "Internal Server Error", "unexpected server error")
+
+
+def can_write() -> bool:
+    """Whether the database stores data: a small write probe (at most once per
+    HEALTH_PROBE_INTERVAL_S per worker), and no write refused for lack of space in
+    this worker within STORAGE_FULL_MEMORY_S."""
+    now = time.monotonic()
+    full_at = current_app.extensions.get("storage_full_at")
+    if full_at is not None and now - full_at < STORAGE_FULL_MEMORY_S:
+        return False
+    probed = current_app.extensions.get("write_probe")
+    if probed is None or now - probed[0] >= HEALTH_PROBE_INTERVAL_S:
+        try:
+            get_storage().write_probe()
+            ok = True
+        except storage.DatabaseError as exc:
+            log.error("health write probe failed: %s", exc)
+            ok = False
+        probed = current_app.extensions["write_probe"] = (now, ok)
+    return probed[1]
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -595,12 +697,17 @@ def create_app(test_config: dict | None = None) -> Flask:
         MONGODB_URI=os.environ.get("MONGODB_URI", storage.DEFAULT_URI),
         MAX_CONTENT_LENGTH=int(os.environ.get("API_MAX_JSON_BYTES", DEFAULT_MAX_JSON_BYTES)),
         MAX_UPLOAD_BYTES=int(os.environ.get("API_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)),
+        MAX_HEAVY_READS=int(os.environ.get("API_MAX_HEAVY_READS", DEFAULT_MAX_HEAVY_READS)),
+        HEAVY_READ_TIMEOUT_S=float(os.environ.get("API_HEAVY_READ_TIMEOUT_S",
+                                                  validation.DEFAULT_HEAVY_READ_TIMEOUT_S)),
     )
     app.json.sort_keys = False
     if test_config:
         app.config.update(test_config)
     for key, value in auth.config_from_env().items():
         app.config.setdefault(key, value)
+    app.extensions["heavy_reads"] = threading.BoundedSemaphore(
+        max(1, int(app.config["MAX_HEAVY_READS"])))
     storage.init_app(app)
     auth.init_app(app)
     register_error_handlers(app)
@@ -608,9 +715,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     @app.get("/health")
     @public
     def health():
-        ok = get_storage().ping()
-        return jsonify(status="ok" if ok else "unavailable",
-                       database="ok" if ok else "unreachable"), (200 if ok else 503)
+        if not get_storage().ping():
+            return jsonify(status="unavailable", database="unreachable"), 503
+        if not can_write():
+            return jsonify(status="unavailable", database="cannot write",
+                           message="the database answers but cannot store data (is its "
+                                   "disk full?)"), 503
+        return jsonify(status="ok", database="ok")
 
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(api, url_prefix="/api", name="api_latest")

@@ -28,6 +28,11 @@ MAX_COUNT = 10**7
 MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_AHI = 10_000.0
 MAX_LEAKAGE_L = 1e6
+#: Bounds of the lists the API returns (server.py enforces them, openapi.py states them).
+MAX_LIST_LIMIT = 10_000           # ?limit= of records, audit entries, commands, CSV rows
+LEGACY_MAX_RECORDS = 100          # newest records per patient in GET /get_all_patients
+HEAVY_READ_ROWS = 1000            # a read that may return more rows is "heavy"
+DEFAULT_HEAVY_READ_TIMEOUT_S = 15.0
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 #: A client-chosen idempotency key, e.g. a UUID4 (36 characters).

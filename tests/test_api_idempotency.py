@@ -98,8 +98,8 @@ def test_replay_for_a_known_patient_and_details_only(app):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"mrn": 6}, "was already used for another patient (MRN 5)"),
-    ({"room": 3}, "was already used for room 2"),
+    ({"mrn": 6}, "was already used for another patient; send a new upload_id"),
+    ({"room": 3}, "was already used for another room; send a new upload_id"),
     ({"pressure": 11}, "was already used for an upload with other values"),
     ({"image": image_bytes("PNG", color="red")}, "other values"),
     ({"name": "Somebody Else"}, "other values"),

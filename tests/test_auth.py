@@ -96,7 +96,7 @@ def seed(client) -> dict:
 @pytest.fixture(scope="module", params=[False, True], ids=["reads-open", "reads-protected"])
 def served(request, tmp_path_factory):
     app = make_app(tmp_path_factory.mktemp("tokens"),
-                   API_PROTECT_READS="1" if request.param else None)
+                   API_PROTECT_READS="1" if request.param else "0")
     client = app.test_client()
     return client, seed(client), request.param
 
@@ -222,15 +222,16 @@ def test_monitor_cannot_upload_and_station_cannot_command(secured):
     assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                       headers=bearer("station-3")).status_code == 403
     assert client.get("/new_cpap_pressure/3/9", headers=bearer("station-3")).status_code == 403
-    assert client.get("/CPAP_query/3").get_json() == 12  # nothing changed
+    assert client.get("/CPAP_query/3", headers=bearer("station-3")).get_json() == 12  # unchanged
 
 
 def test_legacy_pressure_get_needs_a_monitor_token(secured):
     client, _ = secured
+    poll = {"headers": bearer("station-3")}  # the bedside station polls with its token
     assert client.get("/new_cpap_pressure/3/9").status_code == 401
-    assert client.get("/CPAP_query/3").get_json() == 12
+    assert client.get("/CPAP_query/3", **poll).get_json() == 12
     assert client.get("/new_cpap_pressure/3/9", headers=bearer("monitor-1")).status_code == 200
-    assert client.get("/CPAP_query/3").get_json() == 9
+    assert client.get("/CPAP_query/3", **poll).get_json() == 9
 
 
 @pytest.mark.parametrize("header", ["Basic YWRtaW46YWRtaW4=", "Bearer", "Bearer ",

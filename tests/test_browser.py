@@ -33,6 +33,7 @@ STATION_TOKEN = "station-token-" + uuid.uuid4().hex
 MONITOR_TOKEN = "monitor-token-" + uuid.uuid4().hex
 SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
 SCRIPT_MONITOR_TOKEN = "script-monitor-token-" + uuid.uuid4().hex
+AS_MONITOR = {"Authorization": f"Bearer {MONITOR_TOKEN}"}  # reads need a token too
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -221,7 +222,8 @@ def test_patient_to_monitor_and_back(stack):
             monitor.get_by_role("button", name="Confirm").click()
             expect(monitor.get_by_text("14 cmH2O sent for MRN 4711 (Ada Lovelace) in room 3")
                    ).to_be_visible(timeout=20_000)
-            command = requests.get(f"{stack['api']}/api/v1/rooms/3/pressure", timeout=5).json()
+            command = requests.get(f"{stack['api']}/api/v1/rooms/3/pressure", timeout=5,
+                                   headers=AS_MONITOR).json()
             assert command["pressure_cmh2o"] == 14
 
             # Back at the bedside: the poll brings the new pressure within a few seconds.
@@ -231,13 +233,14 @@ def test_patient_to_monitor_and_back(stack):
             expect(station.get_by_label("CPAP pressure (cmH2O, 4–25)")).to_have_value("14")
             deadline = time.monotonic() + 15
             while not requests.get(f"{stack['api']}/api/v1/rooms/3/pressure",
-                                   timeout=5).json()["applied"]:
+                                   timeout=5, headers=AS_MONITOR).json()["applied"]:
                 assert time.monotonic() < deadline, "the station never marked the command applied"
                 time.sleep(0.3)
             # The next upload carries the commanded pressure (a new record in the history).
             station.get_by_role("button", name="Upload").click()
             expect(station.get_by_text("(14 cmH2O,")).to_be_visible(timeout=20_000)
-            records = requests.get(f"{stack['api']}/api/v1/patients/4711", timeout=5).json()
+            records = requests.get(f"{stack['api']}/api/v1/patients/4711", timeout=5,
+                                   headers=AS_MONITOR).json()
             assert [r["cpap_pressure_cmh2o"] for r in records["records"]] == [14, 10]
             screenshot(page, "patient.png")
 
