@@ -430,7 +430,7 @@ class Storage:
     def _cancel_pending(self, room: int, mrn: int, now, who: dict, reason: str) -> None:
         """End the unapplied commands of a patient who left ``room`` (audited), so no
         command stays silently pending for a bed its patient has left."""
-        for command in self.commands.find({"room": room, "mrn": mrn, "ack": None,
+        for command in self.commands.find({"room": exactly(room), "mrn": exactly(mrn), "ack": None,
                                            "cancelled": None}, {"pressure_cmh2o": 1}):
             if self.commands.update_one(
                     {"_id": command["_id"], "ack": None, "cancelled": None},
@@ -579,11 +579,13 @@ class Storage:
     def latest_command(self, room: int, mrn: int) -> dict | None:
         """The latest command for the room's patient ``mrn`` (a new occupant never
         receives the pressure commanded for the previous one; cancelled ones are gone)."""
-        return self.commands.find_one({"room": room, "mrn": mrn, "cancelled": None},
+        return self.commands.find_one({"room": exactly(room), "mrn": exactly(mrn),
+                                       "cancelled": None},
                                       sort=NEWEST_COMMANDS)
 
     def command_history(self, room: int, limit: int) -> list[dict]:
-        return list(self.commands.find({"room": room}).sort(NEWEST_COMMANDS).limit(limit))
+        return list(self.commands.find({"room": exactly(room)}).sort(NEWEST_COMMANDS)
+                    .limit(limit))
 
     def mark_applied(self, room: int, command_id: str, actor: dict | None = None
                      ) -> dict | None:
