@@ -1,6 +1,7 @@
 """Slow-client benchmark: does ``/health`` still answer while slow clients hold connections?
 
     python benchmarks/bench_slow_clients.py [--levels 8,16,32] [--duration-s 15]
+                                            [--upload-hours 8] [--upload-rounds 3]
                                             [--configs before,after] [--json out.json]
 
 Starts its own nx-27017 on a free loopback port, then for each configuration in turn
@@ -20,12 +21,19 @@ that takes more than ``--probe-timeout-s`` counts as a timeout. Prints a markdow
 of /health p50/p99/max per configuration and level, the number of timeouts, and how
 many slow connections the server cut (its head timeout at work).
 
+Then, per configuration, the cost of the change for real work: a synthetic
+``--upload-hours`` recording (8 h, 114 MB) is posted ``--upload-rounds`` times to
+``POST /api/v1/rooms/{room}/recordings`` (read, analysed and stored by the server) while
+the probe keeps asking for /health every 0.05 s: upload wall time, and /health latency
+while the analysis runs.
+
 Bounded in time (levels x configs x duration), traffic to 127.0.0.1 only.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
+import statistics
 import json
 import os
 import random
@@ -41,6 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cpap_synth  # noqa: E402
+import requests  # noqa: E402
 from api_process import ApiServer  # noqa: E402
 from local_mongo import LocalMongo, free_port  # noqa: E402
 from processes import stop_process, wait_http  # noqa: E402
@@ -48,6 +58,7 @@ from processes import stop_process, wait_http  # noqa: E402
 #: Seconds between two header lines of a slow client (uniform in this range).
 SLOW_LINE_GAP_S = (2.0, 3.0)
 PROBE_INTERVAL_S = 0.2
+UPLOAD_PROBE_INTERVAL_S = 0.05
 #: The earlier quick start's gunicorn command line (launcher.py before gunicorn.conf.py).
 BEFORE_ARGS = ["--workers", "2", "--threads", "4", "--timeout", "120"]
 
@@ -113,7 +124,8 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         sock.setblocking(True)
 
 
-def probe(port: int, stop: threading.Event, timeout_s: float, result: Probe) -> None:
+def probe(port: int, stop: threading.Event, timeout_s: float, result: Probe,
+          interval_s: float = PROBE_INTERVAL_S) -> None:
     while not stop.is_set():
         started = time.perf_counter()
         try:
@@ -129,7 +141,7 @@ def probe(port: int, stop: threading.Event, timeout_s: float, result: Probe) -> 
             result.timeouts += 1
         except OSError:
             result.errors += 1
-        stop.wait(max(0.0, PROBE_INTERVAL_S - (time.perf_counter() - started)))
+        stop.wait(max(0.0, interval_s - (time.perf_counter() - started)))
 
 
 def run_level(port: int, clients: int, duration_s: float, probe_timeout_s: float) -> dict:
@@ -155,20 +167,49 @@ def run_level(port: int, clients: int, duration_s: float, probe_timeout_s: float
             "slow_connections": stats.connections, "cut_by_server": stats.cut_by_server}
 
 
+def run_uploads(port: int, recording: Path, rounds: int, probe_timeout_s: float) -> dict:
+    """Post ``recording`` ``rounds`` times while probing /health; wall times and latency."""
+    url = f"http://127.0.0.1:{port}/api/v1/rooms/7/recordings"
+    walls_s, result, stop = [], Probe(), threading.Event()
+    requests.post(url, files={"file": ("warm.txt", b"time\n")}, data={"mrn": 7},
+                  timeout=60)  # loads the analysis stack once (a 4xx)
+    prober = threading.Thread(target=probe, args=(port, stop, probe_timeout_s, result,
+                                                  UPLOAD_PROBE_INTERVAL_S))
+    prober.start()
+    try:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            with recording.open("rb") as data:
+                answer = requests.post(url, files={"file": data},
+                                       data={"mrn": 7, "cpap_pressure_cmh2o": 10}, timeout=300)
+            answer.raise_for_status()
+            walls_s.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        prober.join()
+    return {"uploads": rounds, "upload_median_s": statistics.median(walls_s),
+            "upload_min_s": min(walls_s), "health_probes": len(result.latency_ms),
+            "health_p50_ms": percentile(result.latency_ms, 50),
+            "health_p99_ms": percentile(result.latency_ms, 99),
+            "health_max_ms": max(result.latency_ms, default=float("nan")),
+            "health_timeouts": result.timeouts}
+
+
 class BeforeServer:
     """gunicorn with the earlier quick start's command line (no configuration file)."""
 
-    def __init__(self, mongodb_uri: str):
+    def __init__(self, mongodb_uri: str, empty_config: Path):
         self.port = free_port()
         self.mongodb_uri = mongodb_uri
+        self.empty_config = empty_config
         self.process: subprocess.Popen | None = None
 
     def __enter__(self):
         gunicorn = Path(sys.executable).with_name("gunicorn")
         env = dict(os.environ, MONGODB_URI=self.mongodb_uri)
         self.process = subprocess.Popen(
-            # -c /dev/null: gunicorn would otherwise load ./gunicorn.conf.py (the "after").
-            [str(gunicorn), "--config", "/dev/null", *BEFORE_ARGS,
+            # An empty --config: gunicorn would otherwise load ./gunicorn.conf.py ("after").
+            [str(gunicorn), "--config", str(self.empty_config), *BEFORE_ARGS,
              "--bind", f"127.0.0.1:{self.port}", "--no-control-socket",
              "--log-level", "warning", "server:create_app()"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
@@ -184,15 +225,24 @@ def main() -> int:
     parser.add_argument("--levels", default="8,16,32")
     parser.add_argument("--duration-s", type=float, default=15.0)
     parser.add_argument("--probe-timeout-s", type=float, default=5.0)
+    parser.add_argument("--upload-hours", type=float, default=8.0)
+    parser.add_argument("--upload-rounds", type=int, default=3)
     parser.add_argument("--configs", default="before,after")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    levels = [int(n) for n in args.levels.split(",")]
-    rows = []
+    levels = [int(n) for n in args.levels.split(",") if n]
+    rows, uploads = [], []
     with tempfile.TemporaryDirectory() as tmp, \
             LocalMongo(data_dir=Path(tmp) / "db", port=free_port()) as database:
+        empty_config = Path(tmp) / "empty.conf.py"
+        empty_config.write_text("")
+        recording, size_mb = Path(tmp) / "recording.txt", 0.0
+        if args.upload_rounds:
+            cpap_synth.write(recording, duration_s=args.upload_hours * 3600,
+                             apnea_gaps_s=(15.0,))
+            size_mb = recording.stat().st_size / 2**20
         for config in args.configs.split(","):
-            server = (BeforeServer(database.uri()) if config == "before"
+            server = (BeforeServer(database.uri(), empty_config) if config == "before"
                       else ApiServer(database.uri()))
             with server:
                 for clients in levels:
@@ -201,20 +251,38 @@ def main() -> int:
                                                          args.probe_timeout_s)}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
+                if args.upload_rounds:
+                    row = {"config": config, **run_uploads(server.port, recording,
+                                                           args.upload_rounds,
+                                                           args.probe_timeout_s)}
+                    uploads.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    names = {"before": "2 workers x 4 gthreads (before)", "after": "gunicorn.conf.py (after)"}
     print(f"\n/health latency under slow-header clients ({args.duration_s:.0f} s per level, "
           f"a probe every {PROBE_INTERVAL_S} s, timeout {args.probe_timeout_s:.0f} s; "
           f"load average {os.getloadavg()[0]:.1f})\n")
     print("| gunicorn | slow clients | probes | p50 ms | p99 ms | max ms | timeouts "
           "| slow connections opened / cut by the server |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"before": "2 workers x 4 gthreads (before)", "after": "gunicorn.conf.py (after)"}
     for row in rows:
         print(f"| {names.get(row['config'], row['config'])} | {row['clients']} "
               f"| {row['probes']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
               f"| {row['max_ms']:.1f} | {row['timeouts']} "
               f"| {row['slow_connections']} / {row['cut_by_server']} |")
+    if uploads:
+        print(f"\nRaw recording uploads ({args.upload_hours:g} h, {size_mb:.0f} MB, analysed by "
+              f"the server) with /health probed every {UPLOAD_PROBE_INTERVAL_S} s\n")
+        print("| gunicorn | uploads | upload median / min s | /health probes "
+              "| /health p50 / p99 / max ms | timeouts |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for row in uploads:
+            print(f"| {names.get(row['config'], row['config'])} | {row['uploads']} "
+                  f"| {row['upload_median_s']:.2f} / {row['upload_min_s']:.2f} "
+                  f"| {row['health_probes']} | {row['health_p50_ms']:.1f} / "
+                  f"{row['health_p99_ms']:.1f} / {row['health_max_ms']:.1f} "
+                  f"| {row['health_timeouts']} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"slow_clients": rows, "uploads": uploads}, indent=2))
     return 0
 
 
