@@ -1,6 +1,6 @@
 """Slow-client benchmark: does ``/health`` still answer while slow clients hold connections?
 
-    python benchmarks/bench_slow_clients.py [--levels 8,16,32] [--duration-s 15]
+    python benchmarks/bench_slow_clients.py [--levels 0,8,16,32] [--duration-s 15]
                                             [--upload-hours 8] [--upload-rounds 3]
                                             [--configs before,after] [--json out.json]
 
@@ -12,7 +12,8 @@ starts the API under gunicorn on a free loopback port:
 - ``after``: ``gunicorn -c gunicorn.conf.py``, as ``./run.sh``, the tests and the
   container start it (api_process.ApiServer).
 
-For each level (8, 16, 32 by default), that many slow clients each open a connection,
+For each level (0, 8, 16, 32 by default; 0 shows the machine's own noise), that many slow
+clients each open a connection,
 send a request line and then one header line every 2–3 s, never finishing the head (a
 "slowloris"). A client whose connection the server closes opens a new one at once, so
 the pressure stays on for the whole ``--duration-s``. Meanwhile one probe client sends
@@ -222,7 +223,7 @@ class BeforeServer:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--levels", default="8,16,32")
+    parser.add_argument("--levels", default="0,8,16,32")  # 0: the machine's own noise
     parser.add_argument("--duration-s", type=float, default=15.0)
     parser.add_argument("--probe-timeout-s", type=float, default=5.0)
     parser.add_argument("--upload-hours", type=float, default=8.0)

@@ -5,7 +5,7 @@
 // the database MONGO_INITDB_DATABASE. It creates the API's own user, SLEEPLAB_DB_USER
 // with password SLEEPLAB_DB_PASSWORD, whose role "sleeplabApi" may
 //   - read and change the working collections (patients, rooms, records, images,
-//     commands, uploads, meta), and
+//     commands, uploads, meta, and users and sessions for signing in), and
 //   - only read and insert into the audit trail ("audit"): no update, no delete, no drop,
 // so the API, a bug in it or anyone holding its credentials cannot rewrite or remove an
 // audit entry. Only the root user can; keep its password away from the API.
@@ -19,7 +19,7 @@ if (!apiPassword) {
 }
 
 const WORKING_COLLECTIONS = ["patients", "rooms", "records", "images", "commands",
-                             "uploads", "meta"];
+                             "uploads", "meta", "users", "sessions"];
 const APPEND_ONLY_COLLECTIONS = ["audit"];
 const WORKING_ACTIONS = ["find", "insert", "update", "remove", "createCollection",
                          "createIndex", "listIndexes"];

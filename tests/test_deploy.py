@@ -174,8 +174,8 @@ def test_compose_runs_mongo_with_access_control(compose):
 def test_the_apis_role_appends_to_the_audit_trail_only():
     working, append_only = js_list("WORKING_COLLECTIONS"), js_list("APPEND_ONLY_COLLECTIONS")
     assert append_only == ["audit"]
-    # Every collection the API uses has a privilege, and no other.
-    assert set(working) | set(append_only) == storage_collections()
+    # Every collection the API uses has a privilege (a new one needs a line in the script).
+    assert storage_collections() <= set(working) | set(append_only)
     assert not set(working) & set(append_only)
     actions = set(js_list("APPEND_ONLY_ACTIONS"))
     assert {"find", "insert"} <= actions
