@@ -217,6 +217,14 @@ class Worker(gasgi.ASGIWorker):
         gasgi.ASGIProtocol = _HeadTimeoutProtocol
         super().init_process()
 
+    def handle_exit_signal(self):
+        # Stop accepting at once, not at the next turn of the once-a-second heartbeat
+        # loop: after `kill -HUP` (tokens file reload) an old worker must not take new
+        # requests with the old tokens. Requests in flight still finish.
+        super().handle_exit_signal()
+        for server in self.servers:
+            server.close()
+
     def load_wsgi(self):
         super().load_wsgi()
         if not (inspect.iscoroutinefunction(self.asgi)
