@@ -7,6 +7,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
+    API_HOST=0.0.0.0 \
+    API_PORT=5000 \
     API_WORKERS=2 \
     API_THREADS=4 \
     HEALTHCHECK_URL=http://127.0.0.1:5000/health
@@ -26,6 +28,6 @@ EXPOSE 5000 8501
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"
 
-# Shell form so API_WORKERS/API_THREADS can be set per deployment; exec keeps gunicorn as PID 1.
-CMD exec gunicorn --workers "$API_WORKERS" --threads "$API_THREADS" --bind 0.0.0.0:5000 --timeout 120 \
-    --access-logfile - "server:create_app()"
+# The one gunicorn configuration of every deployment (gunicorn.conf.py: app, worker class,
+# timeouts); it reads API_HOST/API_PORT/API_WORKERS/API_THREADS from the environment.
+CMD ["gunicorn", "--config", "gunicorn.conf.py"]

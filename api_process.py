@@ -1,7 +1,7 @@
 """Run the API under gunicorn in a child process (integration tests and benchmarks).
 
-The same command as the quick start (``launcher.py``): ``gunicorn 'server:create_app()'``
-with ``MONGODB_URI`` in the environment, bound to a loopback port.
+The same server as the quick start (``launcher.py``) and the container: ``gunicorn -c
+gunicorn.conf.py`` with ``MONGODB_URI`` in the environment, bound to a loopback port.
 """
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ from local_mongo import free_port
 from processes import stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent
+#: The one gunicorn configuration (worker class, timeouts, app) of every deployment.
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+
+
+def gunicorn_command(*extra: str) -> list[str]:
+    """The gunicorn command line of every deployment; ``extra`` adds e.g. ``--pid``."""
+    return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(GUNICORN_CONF),
+            *extra]
 
 
 @dataclass
@@ -31,13 +39,11 @@ class ApiServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> "ApiServer":
-        env = dict(os.environ, MONGODB_URI=self.mongodb_uri, **self.extra_env)
-        gunicorn = Path(sys.executable).with_name("gunicorn")
-        self.process = subprocess.Popen(
-            [str(gunicorn), "--workers", str(self.workers), "--bind",
-             f"{self.host}:{self.port}", "--timeout", "120", "--log-level", "warning",
-             "server:create_app()"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+        env = dict(os.environ, MONGODB_URI=self.mongodb_uri, API_HOST=self.host,
+                   API_PORT=str(self.port), API_WORKERS=str(self.workers),
+                   API_ACCESS_LOG="", API_LOG_LEVEL="warning", **self.extra_env)
+        self.process = subprocess.Popen(gunicorn_command(), cwd=ROOT, env=env,
+                                        stdout=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_http(f"{self.url}/health", self.process, "gunicorn", timeout_s, poll_s=0.1)
         except RuntimeError:
@@ -45,7 +51,7 @@ class ApiServer:
             raise
         return self
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 15.0) -> None:
         proc, self.process = self.process, None
         stop_process(proc, timeout_s)
 

@@ -14,7 +14,16 @@ Access control is on by default: unless ``API_TOKEN`` or ``API_TOKENS_FILE`` is 
 with ``SLEEPLAB_SIGN_IN=1``, people sign in and the UI holds no token. A UI bound to
 any other address than loopback requires ``SLEEPLAB_SIGN_IN=1``.
 
-Ctrl-C (SIGINT) or SIGTERM stops every process it started, in reverse order.
+While they run, the launcher watches them: a local database that stops is restarted
+(at most ``DB_RESTARTS`` times in ``DB_RESTART_WINDOW_S``), and when the API or the UI
+stops, or the database cannot be restarted, everything is stopped with an error and
+exit status 1. Ctrl-C (SIGINT) or SIGTERM stops every process it started, in reverse
+order, and kills whatever is left of each one's process group (a gunicorn worker stuck
+in a request included).
+
+``DATA_DIR`` is private to the user running it: the launcher and its children create
+files with umask 077 (folders 0700, files 0600), and looser modes left from earlier
+runs are tightened at start.
 """
 from __future__ import annotations
 
@@ -28,8 +37,9 @@ import sys
 import time
 from pathlib import Path
 
-from local_mongo import LocalMongo, LocalMongoError
-from processes import stop_process, wait_http
+from api_process import gunicorn_command
+from local_mongo import PRIVATE_UMASK, LocalMongo, LocalMongoError, make_private
+from processes import describe_exit, pid_file_owner, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -41,6 +51,14 @@ STATION_TOKEN_ENV, MONITOR_TOKEN_ENV = "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONIT
 #: Tokens only the UI gets (never the API's environment).
 UI_TOKEN_ENVS = (UI_TOKEN_ENV, STATION_TOKEN_ENV, MONITOR_TOKEN_ENV)
 SIGN_IN_ENV = "SLEEPLAB_SIGN_IN"
+#: A local database that stops is restarted at most this often within the window.
+DB_RESTARTS = 3
+DB_RESTART_WINDOW_S = 600.0
+#: How often the launcher checks that its children still run.
+WATCH_INTERVAL_S = 0.5
+#: How long a child gets to stop after SIGTERM before its whole process group is killed;
+#: longer than gunicorn's graceful_timeout (gunicorn.conf.py), so requests can finish.
+STOP_TIMEOUT_S = 15.0
 
 
 def setting(name: str, default: str) -> str:
@@ -136,30 +154,90 @@ def configure_auth(env: dict, data_dir: Path) -> str:
     return f"{path}  (mode 0600; send 'Authorization: Bearer <token>')"
 
 
-def say(message: str) -> None:
-    """Print during shutdown; a closed terminal or pipe must not stop the clean-up."""
+def say(message: str, error: bool = False) -> None:
+    """Print (errors to stderr); a closed terminal or pipe must not stop the clean-up."""
     try:
-        print(message, flush=True)
+        print(message, file=sys.stderr if error else sys.stdout, flush=True)
     except OSError:  # BrokenPipeError when whoever read our output has gone
         pass
 
 
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window_s`` seconds."""
+
+    def __init__(self, limit: int = DB_RESTARTS, window_s: float = DB_RESTART_WINDOW_S):
+        self.limit, self.window_s = limit, window_s
+        self.times: list[float] = []
+
+    def allow(self, now_s: float) -> bool:
+        """Record a restart at ``now_s`` (monotonic seconds) if one is still allowed."""
+        self.times = [t for t in self.times if now_s - t < self.window_s]
+        if len(self.times) >= self.limit:
+            return False
+        self.times.append(now_s)
+        return True
+
+
+def clear_stale_api_pid_file(pid_file: Path) -> None:
+    """Refuse to start beside a running API of this DATA_DIR; remove a stale pid file."""
+    had_file = pid_file.exists()
+    pid = pid_file_owner(pid_file)
+    if pid is not None:
+        raise RuntimeError(f"the API of an earlier run (gunicorn, pid {pid}) is still "
+                           f"running from {pid_file.parent.parent}; stop it first "
+                           f"(kill {pid})")
+    if had_file:
+        print(f"==> removed the stale pid file {pid_file} (its process is gone)")
+
+
+def watch(database: LocalMongo | None, children: dict[str, subprocess.Popen]) -> int:
+    """Watch the running system until a child stops for good; return the exit status.
+
+    A stopped local database is restarted within :class:`RestartBudget`; any other
+    stopped child, or a database that cannot be restarted, ends the watch with 1.
+    ``poll()`` reaps each child that stops, so none is left a zombie.
+    """
+    budget = RestartBudget()
+    while True:
+        time.sleep(WATCH_INTERVAL_S)
+        code = database.exit_code() if database is not None else None
+        if code is not None:
+            say(f"error: the local database (nx-27017) stopped unexpectedly "
+                f"({describe_exit(code)}); see {database.log_file}", error=True)
+            if not budget.allow(time.monotonic()):
+                say(f"error: the local database stopped {DB_RESTARTS + 1} times within "
+                    f"{DB_RESTART_WINDOW_S / 60:.0f} minutes; stopping everything",
+                    error=True)
+                return 1
+            say(f"==> restarting the local database (restart {len(budget.times)} of at "
+                f"most {DB_RESTARTS} within {DB_RESTART_WINDOW_S / 60:.0f} minutes)")
+            database.start()
+            say("==> local database running again; the API reconnects by itself")
+        for name, child in children.items():
+            if child.poll() is not None:
+                say(f"error: the {name} stopped unexpectedly "
+                    f"({describe_exit(child.returncode)}); stopping everything", error=True)
+                return 1
+
+
 def main() -> int:
+    # Everything the launcher and its children write is private to this user.
+    os.umask(PRIVATE_UMASK)
     data_dir = Path(setting("DATA_DIR", str(ROOT / "data"))).resolve()
-    run_dir = data_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    api_pid_file = data_dir / "run" / "gunicorn.pid"
     api_host = setting("API_HOST", "127.0.0.1")
     api_port = setting("API_PORT", "5000")
     ui_host = setting("UI_HOST", "127.0.0.1")
     ui_port = setting("UI_PORT", "8501")
     workers = setting("API_WORKERS", "2")
-    # Threads let cheap reads (the monitor wall) interleave with uploads instead of
-    # queueing behind them (benchmarks/bench_load.py: wall p50 845 -> 522 ms under load).
+    # Threads per worker for the app: cheap reads (the monitor wall) interleave with uploads
+    # instead of queueing behind them (benchmarks/bench_load.py: wall p50 845 -> 522 ms).
     threads = setting("API_THREADS", "4")
 
-    env = dict(os.environ)
+    env = dict(os.environ, API_HOST=api_host, API_PORT=api_port, API_WORKERS=workers,
+               API_THREADS=threads)
     database: LocalMongo | None = None
-    children: list[subprocess.Popen] = []
+    children: dict[str, subprocess.Popen] = {}
     stopping = False
 
     def on_signal(signum, _frame):
@@ -172,6 +250,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        if make_private(data_dir):
+            print(f"==> {data_dir} was readable by other users; now private (folders "
+                  f"0700, files 0600)")
+        api_pid_file.parent.mkdir(mode=0o700, exist_ok=True)
         tokens = configure_auth(env, data_dir)
         if os.environ.get("MONGODB_URI"):
             print("==> using the database at MONGODB_URI (local database not started)")
@@ -183,17 +265,17 @@ def main() -> int:
             database.start()
             env["MONGODB_URI"] = database.uri()
 
-        print(f"==> starting API (gunicorn, {workers} workers x {threads} threads) on "
-              f"{api_host}:{api_port}")
+        print(f"==> starting API (gunicorn -c gunicorn.conf.py, {workers} workers x "
+              f"{threads} threads) on {api_host}:{api_port}")
+        clear_stale_api_pid_file(api_pid_file)
         api = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--workers", workers, "--threads", threads,
-             "--bind", f"{api_host}:{api_port}", "--pid", str(run_dir / "gunicorn.pid"), "--access-logfile", "-",
-             "--timeout", "120", "server:create_app()"],
+            gunicorn_command("--pid", str(api_pid_file)),
             cwd=ROOT, env={k: v for k, v in env.items() if k not in UI_TOKEN_ENVS},
             start_new_session=True)
-        children.append(api)
+        children["API"] = api
         api_url = f"http://{api_host}:{api_port}"
         wait_http(f"{api_url}/health", api, "API")
+        api_pid_file.chmod(0o600)  # gunicorn writes it 0644 whatever the umask
 
         print(f"==> starting UI (Streamlit) on {ui_host}:{ui_port}")
         ui_env = dict(env, API_URL=setting("API_URL", api_url))
@@ -204,7 +286,7 @@ def main() -> int:
              "--server.address", ui_host, "--server.port", ui_port,
              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
             cwd=ROOT, env=ui_env, start_new_session=True)
-        children.append(ui)
+        children["UI"] = ui
         ui_url = f"http://{ui_host}:{ui_port}"
         wait_http(f"{ui_url}/_stcore/health", ui, "UI")
 
@@ -215,12 +297,7 @@ def main() -> int:
         print(f"  Database: {env['MONGODB_URI']}")
         print(f"  Tokens:   {tokens}")
         print("Press Ctrl-C to stop.", flush=True)
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        dead = [c for c in children if c.poll() is not None]
-        print(f"error: a process stopped unexpectedly (exit code {dead[0].returncode})",
-              file=sys.stderr)
-        return 1
+        return watch(database, children)
     except KeyboardInterrupt:
         return 0
     except (LocalMongoError, RuntimeError, OSError) as exc:
@@ -231,8 +308,8 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("\n==> stopping")
-        for child in reversed(children):
-            stop_process(child)
+        for child in reversed(children.values()):
+            stop_process(child, STOP_TIMEOUT_S)
         if database is not None:
             database.stop()
         say("==> stopped")

@@ -10,7 +10,6 @@ its data directory, so data survives restarts. Production uses MongoDB itself
 """
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -21,10 +20,13 @@ from pathlib import Path
 
 import pymongo
 
-from processes import stop_process
+from processes import describe_exit, pid_file_owner, stop_process
 
 #: How long to wait for the server to answer ``ping`` after start-up.
 START_TIMEOUT_S = 30.0
+#: File-mode creation mask of the database server: what it writes (SQLite files, pid and
+#: log files) is readable by the service user only (0600 files, 0700 folders).
+PRIVATE_UMASK = 0o077
 
 
 class LocalMongoError(RuntimeError):
@@ -52,14 +54,19 @@ def _nx_executable() -> str:
     return found
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def make_private(folder: Path) -> int:
+    """Create ``folder`` (mode 0700) or take group and other access away from everything
+    in it (folders 0700, files 0600 or 0700); return how many entries were tightened."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tightened = 0
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue  # chmod would change the target, which may be anywhere
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            path.chmod(0o700 if path.is_dir() else mode & 0o700)
+            tightened += 1
+    return tightened
 
 
 def ping(uri: str, timeout_s: float = 1.0) -> bool:
@@ -96,22 +103,22 @@ class LocalMongo:
         return f"mongodb://{self.host}:{self.port}/{database}"
 
     def _clear_stale_pid_file(self) -> None:
-        # A pid file left by a killed instance must not block the next start.
-        if not self.pid_file.exists():
-            return
-        try:
-            pid = int(self.pid_file.read_text().strip() or 0)
-        except ValueError:
-            pid = 0
-        if pid and _pid_alive(pid):
+        # A pid file left by a killed instance must not block the next start; one of an
+        # instance still running on this data directory must.
+        pid = pid_file_owner(self.pid_file)
+        if pid is not None:
             raise LocalMongoError(
                 f"another nx-27017 (pid {pid}) is using {self.data_dir}; stop it first"
             )
-        self.pid_file.unlink(missing_ok=True)
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> "LocalMongo":
-        """Start the server in the foreground of a child process and wait for ``ping``."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Start the server in the foreground of a child process and wait for ``ping``.
+
+        The data directory is private to the service user (see :func:`make_private`).
+        """
+        if make_private(self.data_dir):
+            print(f"==> {self.data_dir} was readable by other users; now private "
+                  f"(folders 0700, files 0600)")
         self._clear_stale_pid_file()
         cmd = [
             _nx_executable(),
@@ -122,14 +129,15 @@ class LocalMongo:
             "--log-file", str(self.log_file),
         ]
         self.process = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, umask=PRIVATE_UMASK,
             start_new_session=True,  # Ctrl-C in a terminal reaches only the launcher
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LocalMongoError(
-                    f"nx-27017 exited with code {self.process.returncode}; see {self.log_file}"
+                    f"nx-27017 stopped ({describe_exit(self.process.returncode)}); "
+                    f"see {self.log_file}"
                 )
             if ping(self.uri(), timeout_s=0.5):
                 return self
@@ -142,6 +150,10 @@ class LocalMongo:
         proc, self.process = self.process, None
         stop_process(proc, timeout_s)
         self.pid_file.unlink(missing_ok=True)
+
+    def exit_code(self) -> int | None:
+        """The server's exit code once it has stopped (reaping it), else None."""
+        return None if self.process is None else self.process.poll()
 
     def kill(self) -> None:
         """Kill the server with SIGKILL (crash tests); the pid file stays behind."""

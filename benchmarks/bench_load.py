@@ -1,7 +1,7 @@
 """Load benchmark: 50 station clients uploading while 5 monitors poll the wall.
 
     python benchmarks/bench_load.py [--stations 50] [--uploads 20] [--monitors 5]
-                                    [--workers 2] [--threads 1] [--json out.json]
+                                    [--workers 2] [--threads 4] [--json out.json]
 
 Starts its own nx-27017 and gunicorn (``--workers``) on free loopback ports with a
 temporary data directory. Then, at the same time:
@@ -138,7 +138,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         with LocalMongo(data_dir=Path(tmp), port=free_port()) as db:
             uri = db.uri("benchload")
-            env = {"GUNICORN_CMD_ARGS": f"--threads {args.threads}"} if args.threads > 1 else {}
+            env = {"API_THREADS": str(args.threads)}  # app threads per worker (serving.py)
             with ApiServer(uri, workers=args.workers, extra_env=env) as api:
                 requests.get(f"{api.url}/api/v1/rooms", timeout=30)  # warm-up
                 stop, done = threading.Event(), threading.Event()
@@ -204,8 +204,8 @@ def main(argv=None) -> int:
     parser.add_argument("--uploads", type=int, default=20, help="uploads per station")
     parser.add_argument("--monitors", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads per gunicorn worker (> 1: gthread workers)")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="threads per gunicorn worker that run the app (API_THREADS)")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="stop the stations after this long, whatever is left")
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -1,17 +1,21 @@
 """Static checks of the container deployment (no Docker engine runs on these machines).
 
 They check what can be checked without building: the compose file's structure, that
-every file the Dockerfile copies exists, and that the containers' commands match the
-application's real entry points.
+every file the Dockerfile copies exists, that the containers, the launcher and the tests
+start gunicorn with the one configuration file, and MongoDB's users and roles.
 """
+import json
 import re
+import runpy
 import shlex
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+MONGO_INIT = ROOT / "docker" / "mongo-init.js"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,9 @@ def test_compose_api_is_scalable_and_waits_for_mongo(compose):
     api = compose["services"]["api"]
     assert "container_name" not in api  # a fixed name makes --scale api=3 fail
     assert api["depends_on"]["mongo"]["condition"] == "service_healthy"
-    assert api["environment"]["MONGODB_URI"].startswith("mongodb://mongo:27017/")
+    uri = urlsplit(api["environment"]["MONGODB_URI"])
+    assert (uri.scheme, uri.hostname, uri.port, uri.path) == ("mongodb", "mongo", 27017,
+                                                              "/sleeplab")
     host_ports = api["ports"][0].split(":")[0]
     assert "-" in host_ports, "a single host port cannot be shared by several replicas"
 
@@ -71,12 +77,46 @@ def test_dockerfile_copies_only_existing_files(dockerfile):
     assert any("requirements.txt" in run for run in instructions(dockerfile, "RUN"))
 
 
-def test_container_and_launcher_run_the_same_app_factory(dockerfile):
-    target = '"server:create_app()"'
-    assert target in instructions(dockerfile, "CMD")[0]
-    assert "server:create_app()" in (ROOT / "launcher.py").read_text()
+@pytest.fixture
+def gunicorn_settings(monkeypatch):
+    """gunicorn.conf.py's settings, as the container's environment makes them."""
+    for name, value in {"API_HOST": "0.0.0.0", "API_PORT": "5000", "API_WORKERS": "3"}.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_one_gunicorn_configuration_for_container_launcher_and_tests(dockerfile,
+                                                                     gunicorn_settings):
+    import api_process
+    import serving
+    cmd = json.loads(instructions(dockerfile, "CMD")[0])
+    assert cmd == ["gunicorn", "--config", "gunicorn.conf.py"]  # nothing else overrides it
+    assert api_process.gunicorn_command()[1:] == ["--config", str(ROOT / "gunicorn.conf.py")]
+    assert "gunicorn_command(" in (ROOT / "launcher.py").read_text()
+    settings = gunicorn_settings
+    assert settings["wsgi_app"] == "server:create_app()"
+    assert settings["worker_class"] == "serving.Worker"
+    assert (settings["bind"], settings["workers"]) == (["0.0.0.0:5000"], 3)
+    assert settings["keepalive"] == serving.HEAD_TIMEOUT_S  # the request-head time limit
+    assert settings["graceful_timeout"] < __import__("launcher").STOP_TIMEOUT_S
+    # Instances must not share (and delete) one control socket.
+    assert settings["control_socket_disable"] is True
     import server
     assert callable(server.create_app)
+
+
+def test_container_env_sets_what_the_configuration_reads(dockerfile, compose):
+    env = " ".join(instructions(dockerfile, "ENV"))
+    for name in ("API_HOST=0.0.0.0", "API_PORT=5000", "API_WORKERS=", "API_THREADS="):
+        assert name in env
+    assert compose["services"]["api"]["environment"]["HEALTHCHECK_URL"].endswith(":5000/health")
+
+
+def test_dockerfile_copies_every_module_the_server_needs(dockerfile):
+    copied = [source for args in instructions(dockerfile, "COPY")
+              for source in shlex.split(args)[:-1]]
+    for needed in ("gunicorn.conf.py", "serving.py", "server.py", "storage.py", "auth.py"):
+        assert any(Path(needed).match(pattern) for pattern in copied), needed
 
 
 def test_compose_requires_a_token_for_the_api_and_sign_in_for_the_ui(compose):
@@ -90,3 +130,67 @@ def test_compose_requires_a_token_for_the_api_and_sign_in_for_the_ui(compose):
     assert not {"SLEEPLAB_API_TOKEN", "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONITOR_TOKEN",
                 "API_TOKEN", "API_TOKENS_FILE"} & set(ui_env)
     assert api_env["API_PROTECT_READS"].endswith(":-1}")  # patient data not readable openly
+
+
+# -- MongoDB access control: the API may only insert into the audit trail --------------
+def js_list(name: str) -> list[str]:
+    match = re.search(rf"const {name} = \[(.*?)\];", MONGO_INIT.read_text(), re.S)
+    assert match, f"{name} not found in {MONGO_INIT.name}"
+    return re.findall(r'"(\w+)"', match.group(1))
+
+
+def storage_collections() -> set[str]:
+    """The collections storage.Storage uses (read from its constructor)."""
+    import storage
+    used = set()
+
+    class Recorder(dict):
+        def __getitem__(self, name):
+            used.add(name)
+            return None
+
+    storage.Storage(Recorder())
+    return used
+
+
+def test_compose_runs_mongo_with_access_control(compose):
+    mongo_env = compose["services"]["mongo"]["environment"]
+    api_env = compose["services"]["api"]["environment"]
+    # Root credentials switch the official image's access control on, and are required.
+    assert mongo_env["MONGO_INITDB_ROOT_USERNAME"]
+    assert re.fullmatch(r"\$\{MONGO_ROOT_PASSWORD:\?[^}]+\}", mongo_env["MONGO_INITDB_ROOT_PASSWORD"])
+    assert re.fullmatch(r"\$\{SLEEPLAB_DB_PASSWORD:\?[^}]+\}", mongo_env["SLEEPLAB_DB_PASSWORD"])
+    init = [v for v in compose["services"]["mongo"]["volumes"]
+            if "/docker-entrypoint-initdb.d/" in v]
+    assert len(init) == 1
+    source, target = init[0].split(":")[:2]
+    assert (ROOT / source).resolve() == MONGO_INIT and target.endswith(".js")
+    # The API logs in as its own user, never as root, in the database the script sets up.
+    uri = urlsplit(api_env["MONGODB_URI"])
+    assert uri.username == mongo_env["SLEEPLAB_DB_USER"] != mongo_env["MONGO_INITDB_ROOT_USERNAME"]
+    assert uri.password == "${SLEEPLAB_DB_PASSWORD}"  # required by the mongo service
+    assert parse_qs(uri.query)["authSource"] == [mongo_env["MONGO_INITDB_DATABASE"]]
+    assert uri.path == "/" + mongo_env["MONGO_INITDB_DATABASE"]
+    assert not any("MONGO_ROOT" in str(value) for value in api_env.values())
+
+
+def test_the_apis_role_appends_to_the_audit_trail_only():
+    working, append_only = js_list("WORKING_COLLECTIONS"), js_list("APPEND_ONLY_COLLECTIONS")
+    assert append_only == ["audit"]
+    # Every collection the API uses has a privilege (a new one needs a line in the script).
+    assert storage_collections() <= set(working) | set(append_only)
+    assert not set(working) & set(append_only)
+    actions = set(js_list("APPEND_ONLY_ACTIONS"))
+    assert {"find", "insert"} <= actions
+    assert not actions & {"update", "remove", "dropCollection", "dropIndex", "renameCollectionSameDB",
+                          "collMod", "compact", "convertToCapped", "emptycapped"}
+    assert {"update", "remove"} <= set(js_list("WORKING_ACTIONS"))
+    script = MONGO_INIT.read_text()
+    assert 'roles: [{ role: "sleeplabApi", db: dbName }]' in script  # the user has no other
+    assert "process.env.SLEEPLAB_DB_PASSWORD" in script
+
+
+def test_every_gunicorn_instance_redacts_tokens_in_its_access_log():
+    """The one gunicorn configuration names the redacting logger (tokens in URLs)."""
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert settings["logger_class"] == "logconfig.RedactingLogger"

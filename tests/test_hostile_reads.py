@@ -508,10 +508,14 @@ def test_redaction_leaves_other_parameters_alone(line):
 
 def run_gunicorn_with_access_log(mongodb_uri: str, log_path: Path, *extra: str) -> str:
     """Serve the API under gunicorn with an access log; send requests that carry tokens
-    in their query strings and referer; return the log."""
+    in their query strings and referer; return the log. An empty configuration file:
+    gunicorn would otherwise load ./gunicorn.conf.py (which names the redacting logger)."""
     port = free_port()
+    empty_config = log_path.with_suffix(".conf.py")
+    empty_config.write_text("")
     proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "--workers", "1", "--bind", f"127.0.0.1:{port}",
+        [str(BIN / "gunicorn"), "--config", str(empty_config), "--workers", "1",
+         "--bind", f"127.0.0.1:{port}",
          "--access-logfile", str(log_path), *extra, "server:create_app()"],
         cwd=ROOT, env=dict(os.environ, MONGODB_URI=mongodb_uri),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -1,10 +1,16 @@
-"""The quick-start launcher: whole system up, healthy, Ctrl-C stops all, data kept."""
+"""The quick-start launcher: whole system up, healthy, Ctrl-C stops all, data kept;
+a crashed database restarted, a dead API or UI stops all loudly, stale pid files and
+stuck workers handled, the data folder private."""
 import json
 import os
+import queue
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +18,7 @@ import pymongo
 import pytest
 import requests
 
+import processes
 from local_mongo import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,3 +257,225 @@ def test_launcher_refuses_a_public_ui_without_sign_in(tmp_path):
     assert "error: UI_HOST=0.0.0.0 is not a loopback address" in err
     assert "starting" not in out                          # nothing was started
     assert processes_using(tmp_path) == []
+
+
+# -- watching the children, stale pid files, stuck workers, private data (issue #11) --
+def launcher_env(tmp_path, **extra):
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), SLEEPLAB_AUTH="off",
+               **{name: str(free_port()) for name in ("LOCAL_DB_PORT", "API_PORT", "UI_PORT")},
+               **extra)
+    env.pop("MONGODB_URI", None)
+    return env
+
+
+class Followed:
+    """A started launcher whose output is read by a thread, line by line."""
+
+    def __init__(self, proc, lines):
+        self.proc, self.lines, self._queue = proc, list(lines), queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.children = child_pids(proc.pid)  # database, API (gunicorn master), UI
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, text, timeout_s=90.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"the launcher never printed {text!r}:\n" + "".join(self.lines))
+
+    def output(self, timeout_s=10.0):
+        """Everything printed so far; waits for the end of the output for ``timeout_s``
+        (a process left behind that holds the pipe would keep it open)."""
+        try:
+            while (line := self._queue.get(timeout=timeout_s)) is not None:
+                self.lines.append(line)
+        except queue.Empty:
+            pass
+        return "".join(self.lines)
+
+    def stop(self, timeout_s=60):
+        """Ctrl-C; the launcher's exit status and output."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+            raise AssertionError("the launcher ignored SIGINT:\n" + self.output()) from None
+        return self.proc.returncode, self.output()
+
+
+def child_pids(pid):
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def in_groups(groups):
+    """Live (not zombie) processes whose process group is one of ``groups``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            found.append(int(entry.name))
+    return found
+
+
+def assert_nothing_left(followed):
+    """No process of the launcher's children's groups is left (any left is killed)."""
+    assert followed.children, "the launcher had started no children"
+    deadline = time.monotonic() + 10
+    while in_groups(followed.children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120]
+            for pid in in_groups(followed.children)}
+    for pid in left:  # a failing test leaves nothing running either
+        os.kill(pid, signal.SIGKILL)
+    assert left == {}, "processes of the launcher's children left"
+
+
+def pid_in(path):
+    return int(Path(path).read_text().strip())
+
+
+def test_private_data_folder_and_a_stale_pid_file_of_another_process(tmp_path):
+    """``sleep 3600 & echo $! > data/run/gunicorn.pid; ./run.sh`` starts; modes are made
+    private; the unrelated process is left alone."""
+    data = tmp_path / "data"
+    (data / "run").mkdir(parents=True)
+    (data / "mongo").mkdir()
+    (data / "notes.txt").write_text("left by hand")
+    for path, mode in ((data, 0o755), (data / "run", 0o755), (data / "mongo", 0o755),
+                       (data / "notes.txt", 0o644)):
+        path.chmod(mode)
+    other = subprocess.Popen(["sleep", "3600"])
+    (data / "run" / "gunicorn.pid").write_text(f"{other.pid}\n")
+    try:
+        proc, lines = start_launcher(launcher_env(tmp_path))
+        try:
+            out = "".join(lines)
+            assert f"{data} was readable by other users; now private" in out
+            assert "removed the stale pid file" in out
+            found = {str(p.relative_to(data)): stat.S_IMODE(p.stat().st_mode)
+                     for p in [data, *data.rglob("*")] if not p.is_socket()}
+            assert {"run/gunicorn.pid", "mongo/nx-27017.pid", "mongo/nx-27017.log",
+                    "notes.txt"} <= set(found)
+            assert any(name.startswith("mongo/db/") for name in found)
+            assert {n: oct(m) for n, m in found.items() if m & 0o077} == {}
+            assert all(found[n] == 0o700 for n in found if (data / n).is_dir())
+            api_pid = pid_in(data / "run" / "gunicorn.pid")
+            assert api_pid != other.pid and "gunicorn" in processes.command_line(api_pid)
+        finally:
+            out = stop_launcher(proc)
+        assert proc.returncode == 0, out
+        assert other.poll() is None, "the launcher must not touch an unrelated process"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_crashed_database_is_restarted_and_reaped(tmp_path):
+    env = launcher_env(tmp_path)
+    api = f"http://127.0.0.1:{env['API_PORT']}"
+    db_uri = f"mongodb://127.0.0.1:{env['LOCAL_DB_PORT']}/sleeplab"
+    launcher = Followed(*start_launcher(env))
+    try:
+        client = pymongo.MongoClient(db_uri, serverSelectionTimeoutMS=20_000)
+        client.get_default_database().kept.insert_one({"before": "crash"})
+        crashed = pid_in(tmp_path / "data" / "mongo" / "nx-27017.pid")
+        os.kill(crashed, signal.SIGKILL)
+        launcher.wait_for("the local database (nx-27017) stopped unexpectedly "
+                          "(killed by SIGKILL)")
+        launcher.wait_for("local database running again")
+        assert not Path(f"/proc/{crashed}").exists(), "the crashed database was not reaped"
+        deadline = time.monotonic() + 30
+        while requests.get(f"{api}/health", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not reconnect"
+            time.sleep(0.5)
+        assert client.get_default_database().kept.find_one({}, {"_id": 0}) == {
+            "before": "crash"}
+        client.close()
+    finally:
+        status, out = launcher.stop()
+    assert status == 0, out
+    assert_nothing_left(launcher)
+
+
+def test_ctrl_c_leaves_no_worker_stuck_in_a_request(tmp_path):
+    env = launcher_env(tmp_path)
+    launcher = Followed(*start_launcher(env))
+    in_flight = socket.create_connection(("127.0.0.1", int(env["API_PORT"])))
+    try:
+        # A request in flight, and the workers stuck (they no longer react to signals).
+        in_flight.sendall(b"POST /api/v1/patients HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Length: 1000\r\n\r\n{")
+        for worker in child_pids(pid_in(tmp_path / "data" / "run" / "gunicorn.pid")):
+            os.kill(worker, signal.SIGSTOP)
+    finally:
+        status, out = launcher.stop()
+        in_flight.close()
+    assert status == 0, out
+    assert "==> stopped" in out
+    assert_nothing_left(launcher)
+
+
+def test_a_dead_api_stops_everything_loudly(tmp_path):
+    launcher = Followed(*start_launcher(launcher_env(tmp_path)))
+    try:
+        os.kill(pid_in(tmp_path / "data" / "run" / "gunicorn.pid"), signal.SIGKILL)
+        launcher.wait_for("error: the API stopped unexpectedly (killed by SIGKILL); "
+                          "stopping everything")
+        launcher.proc.wait(timeout=60)
+    finally:
+        status, out = launcher.stop()
+    assert status == 1, out
+    assert "==> stopped" in out
+    assert_nothing_left(launcher)
+
+
+def test_database_restarts_are_bounded():
+    import launcher
+    budget = launcher.RestartBudget(limit=3, window_s=600)
+    assert [budget.allow(t) for t in (0, 10, 20, 30)] == [True, True, True, False]
+    assert budget.allow(605) is True  # the first restart left the window
+    assert budget.allow(606) is False
+
+
+def test_stop_process_kills_what_is_left_of_the_group():
+    """A child that ignores SIGTERM, with a grandchild: neither survives stop_process."""
+    proc = subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 3600 & wait"],
+                            start_new_session=True)
+    time.sleep(0.5)
+    grandchildren = child_pids(proc.pid)
+    assert grandchildren
+    processes.stop_process(proc, timeout_s=0.5)
+    deadline = time.monotonic() + 5
+    while in_groups({proc.pid}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert in_groups({proc.pid}) == []
+
+
+@pytest.mark.parametrize("returncode, text", [(0, "exit code 0"), (3, "exit code 3"),
+                                              (-9, "killed by SIGKILL"),
+                                              (-15, "killed by SIGTERM")])
+def test_describe_exit(returncode, text):
+    assert processes.describe_exit(returncode) == text
