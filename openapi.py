@@ -183,7 +183,7 @@ _NOT_FOUND = {"404": _err("not found")}
 def _op(summary: str, responses: dict, parameters=(), body: dict | None = None,
         tags=("api",)) -> dict:
     op = {"summary": summary, "tags": list(tags), "parameters": list(parameters),
-          "responses": {**responses, "503": _err("database unavailable")}}
+          "responses": {**responses, "503": responses.get("503", _err("database unavailable"))}}
     if body is not None:
         op["requestBody"] = body
     return op
@@ -257,7 +257,9 @@ def _api_paths() -> dict:
                     "for metrics), nothing new stored", _REPLAY_HEADERS),
                 **_BAD, **_CONFLICT, "413": _err("file larger than the upload limit"),
                 "415": _err("not multipart/form-data"),
-                "422": _err("the file cannot be analysed (message names the line)")},
+                "422": _err("the file cannot be analysed (message names the line)"),
+                "503": _err("database unavailable, or busy analysing other large recordings "
+                            "(Retry-After: seconds to wait)")},
             parameters=[_ROOM], body={"required": True, "content": {"multipart/form-data": {
                 "schema": {"type": "object", "required": ["file", "mrn", "cpap_pressure_cmh2o"],
                            "properties": {"file": {"type": "string", "format": "binary"},

@@ -11,6 +11,7 @@ the JSON (``*_out`` functions); they never touch pymongo.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -18,11 +19,14 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 
-from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
+from flask import Blueprint, Flask, Request, Response, abort, current_app, jsonify, request
+from werkzeug.exceptions import (HTTPException, RequestEntityTooLarge, ServiceUnavailable,
+                                 UnsupportedMediaType)
 
+import analysis_slots
 import auth
 import openapi
 import storage
@@ -37,6 +41,12 @@ log = logging.getLogger(__name__)
 #: raw CPAP recordings (an 8-hour file at 100 Hz is ~110 MB).
 DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: A recording larger than this is a heavy analysis (~5x its size in memory, seconds of
+#: CPU): it needs one of the host's analysis slots (API_ANALYSIS_SLOTS, waiting at most
+#: API_ANALYSIS_WAIT_S, else 503 + Retry-After). Smaller ones (an hour is ~14 MB) do not.
+DEFAULT_HEAVY_UPLOAD_BYTES = 16 * 1024 * 1024
+DEFAULT_ANALYSIS_WAIT_S = 1.0
+ANALYSIS_RETRY_AFTER_S = 5
 #: Records are immutable, so their images may be cached for a year.
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
 DEFAULT_RECORDS_LIMIT, MAX_RECORDS_LIMIT = 100, 10_000
@@ -328,29 +338,72 @@ def upload_recording(room):
     validation.pressure(form.get("cpap_pressure_cmh2o"))
 
     import cpap_measurements  # the analysis stack (NumPy/SciPy/Matplotlib) loads on first use
-    data = upload.stream.read()
+    size_bytes, file_sha256 = _spooled_size_and_sha256(upload.stream)
     # A repeated upload_id must repeat the same request: the file and the form values.
     digest = storage.fingerprint("recording", first["mrn"], number, first["name"],
                                  validation.pressure(form.get("cpap_pressure_cmh2o")),
-                                 hashlib.sha256(data).hexdigest())
-    try:
-        result = cpap_measurements.analyze(data)
-    except cpap_measurements.CpapFileError as exc:
-        raise ValidationError(str(exc), "file", status=422) from exc
+                                 file_sha256)
+    with _analysis_slot(size_bytes):
+        try:
+            analysis, png = _analyse_recording(cpap_measurements, upload.stream)
+        except cpap_measurements.CpapFileError as exc:
+            raise ValidationError(str(exc), "file", status=422) from exc
     metrics = {"cpap_pressure_cmh2o": form.get("cpap_pressure_cmh2o"),
-               "breath_rate_bpm": result.breath_rate_bpm, "apnea_count": result.apnea_count,
-               "breaths": result.breaths, "duration_s": result.duration, "ahi": result.ahi,
-               "leakage_l": result.leakage}
+               "breath_rate_bpm": analysis["breath_rate_bpm"],
+               "apnea_count": analysis["apnea_count"], "breaths": analysis["breaths"],
+               "duration_s": analysis["duration"], "ahi": analysis["ahi"],
+               "leakage_l": analysis["leakage"]}
     try:
         clean = validation.upload({**base, **metrics})
     except ValidationError as exc:
         raise ValidationError(f"the recording gives an implausible result: {exc.message}",
                               "file", status=422) from exc
-    clean["image"] = (cpap_measurements.flow_plot_png(result), "image/png")
+    clean["image"] = (png, "image/png")
     saved = save_upload(clean, digest=digest)
     return upload_answer(jsonify(patient=patient_out(saved.patient),
-                                 record=record_out(saved.record), metrics=result.to_dict()),
+                                 record=record_out(saved.record), metrics=analysis),
                          saved)
+
+
+def _spooled_size_and_sha256(stream) -> tuple[int, str]:
+    """Size (bytes) and SHA-256 of an uploaded file, read in blocks (never whole)."""
+    stream.seek(0)
+    sha256 = hashlib.file_digest(stream, "sha256").hexdigest()
+    return stream.tell(), sha256
+
+
+def _analyse_recording(cpap_measurements, stream) -> tuple[dict, bytes]:
+    """``result.to_dict()`` and the flow plot of an uploaded recording. Read from its
+    temporary file on disk (:class:`ApiRequest`): the fast whole-file path, and the
+    content is never held in memory. The large arrays die with this call."""
+    stream.flush()
+    path = getattr(stream, "name", None)
+    if not isinstance(path, str):  # not a named file: read from the stream
+        stream.seek(0)
+        path = stream
+    result = cpap_measurements.analyze(path)
+    return result.to_dict(), cpap_measurements.flow_plot_png(result)
+
+
+@contextlib.contextmanager
+def _analysis_slot(size_bytes: int):
+    """Hold one of the host's analysis slots for a heavy recording (503 + Retry-After
+    when none frees up within ANALYSIS_WAIT_S), and give the memory the analysis freed
+    back to the system before the next one may start."""
+    if size_bytes <= current_app.config["HEAVY_UPLOAD_BYTES"]:
+        yield
+        return
+    try:
+        held = current_app.extensions["analysis_slots"].hold()
+    except analysis_slots.SlotsBusy:
+        raise ServiceUnavailable(
+            f"the server is busy analysing other large recordings; retry in "
+            f"{ANALYSIS_RETRY_AFTER_S} s", retry_after=ANALYSIS_RETRY_AFTER_S) from None
+    with held:
+        try:
+            yield
+        finally:
+            analysis_slots.release_memory()
 
 
 # -- pressure commands -------------------------------------------------------------
@@ -521,6 +574,15 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(500, "Internal Server Error", "unexpected server error")
 
 
+class ApiRequest(Request):
+    """A request whose uploaded files go to a named temporary file (deleted when the
+    request ends), so a recording is analysed from disk, never held in memory whole."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        return tempfile.NamedTemporaryFile("w+b", prefix="sleeplab-upload-")
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Application factory (flaskr style).
 
@@ -528,16 +590,27 @@ def create_app(test_config: dict | None = None) -> Flask:
     ``MONGODB_URI``.
     """
     app = Flask(__name__, static_folder=None)
+    app.request_class = ApiRequest
     app.config.from_mapping(
         MONGODB_URI=os.environ.get("MONGODB_URI", storage.DEFAULT_URI),
         MAX_CONTENT_LENGTH=int(os.environ.get("API_MAX_JSON_BYTES", DEFAULT_MAX_JSON_BYTES)),
         MAX_UPLOAD_BYTES=int(os.environ.get("API_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)),
+        HEAVY_UPLOAD_BYTES=int(os.environ.get("API_HEAVY_UPLOAD_BYTES",
+                                              DEFAULT_HEAVY_UPLOAD_BYTES)),
+        ANALYSIS_SLOTS=int(os.environ.get("API_ANALYSIS_SLOTS",
+                                          analysis_slots.default_slot_count())),
+        ANALYSIS_WAIT_S=float(os.environ.get("API_ANALYSIS_WAIT_S", DEFAULT_ANALYSIS_WAIT_S)),
+        ANALYSIS_LOCK_DIR=os.environ.get("API_ANALYSIS_LOCK_DIR",
+                                         analysis_slots.default_lock_dir()),
     )
     app.json.sort_keys = False
     if test_config:
         app.config.update(test_config)
     for key, value in auth.config_from_env().items():
         app.config.setdefault(key, value)
+    app.extensions["analysis_slots"] = analysis_slots.AnalysisSlots(
+        app.config["ANALYSIS_LOCK_DIR"], app.config["ANALYSIS_SLOTS"],
+        app.config["ANALYSIS_WAIT_S"])
     storage.init_app(app)
     auth.init_app(app)
     register_error_handlers(app)
