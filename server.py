@@ -11,7 +11,6 @@ the JSON (``*_out`` functions); they never touch pymongo.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -22,7 +21,7 @@ import os
 import tempfile
 import time
 
-from flask import Blueprint, Flask, Request, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Flask, Request, Response, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import (HTTPException, RequestEntityTooLarge, ServiceUnavailable,
                                  UnsupportedMediaType)
 
@@ -45,7 +44,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 #: CPU): it needs one of the host's analysis slots (API_ANALYSIS_SLOTS, waiting at most
 #: API_ANALYSIS_WAIT_S, else 503 + Retry-After). Smaller ones (an hour is ~14 MB) do not.
 DEFAULT_HEAVY_UPLOAD_BYTES = 16 * 1024 * 1024
-DEFAULT_ANALYSIS_WAIT_S = 1.0
+DEFAULT_ANALYSIS_WAIT_S = 0.2
 ANALYSIS_RETRY_AFTER_S = 5
 #: Records are immutable, so their images may be cached for a year.
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
@@ -321,6 +320,7 @@ def upload_recording(room):
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("send the recording as multipart/form-data with a "
                                    "'file' part")
+    hold_analysis_slot(request.content_length)  # before a large body is read
     try:
         upload = request.files.get("file")
     except RequestEntityTooLarge:
@@ -343,11 +343,11 @@ def upload_recording(room):
     digest = storage.fingerprint("recording", first["mrn"], number, first["name"],
                                  validation.pressure(form.get("cpap_pressure_cmh2o")),
                                  file_sha256)
-    with _analysis_slot(size_bytes):
-        try:
-            analysis, png = _analyse_recording(cpap_measurements, upload.stream)
-        except cpap_measurements.CpapFileError as exc:
-            raise ValidationError(str(exc), "file", status=422) from exc
+    hold_analysis_slot(size_bytes)  # a large body sent without its length
+    try:
+        analysis, png = _analyse_recording(cpap_measurements, upload.stream)
+    except cpap_measurements.CpapFileError as exc:
+        raise ValidationError(str(exc), "file", status=422) from exc
     metrics = {"cpap_pressure_cmh2o": form.get("cpap_pressure_cmh2o"),
                "breath_rate_bpm": analysis["breath_rate_bpm"],
                "apnea_count": analysis["apnea_count"], "breaths": analysis["breaths"],
@@ -385,25 +385,30 @@ def _analyse_recording(cpap_measurements, stream) -> tuple[dict, bytes]:
     return result.to_dict(), cpap_measurements.flow_plot_png(result)
 
 
-@contextlib.contextmanager
-def _analysis_slot(size_bytes: int):
-    """Hold one of the host's analysis slots for a heavy recording (503 + Retry-After
-    when none frees up within ANALYSIS_WAIT_S), and give the memory the analysis freed
-    back to the system before the next one may start."""
-    if size_bytes <= current_app.config["HEAVY_UPLOAD_BYTES"]:
-        yield
+def hold_analysis_slot(size_bytes: int | None) -> None:
+    """For a heavy upload (over HEAVY_UPLOAD_BYTES), hold one of the host's analysis slots
+    until the request ends: receiving, analysing and storing it. Taken before the body is
+    read when its length is known, so a busy server refuses at once (503 + Retry-After,
+    after waiting ANALYSIS_WAIT_S) and at most ANALYSIS_SLOTS workers of the host are
+    tied up by heavy uploads; the others stay free for everything else."""
+    if (size_bytes is None or size_bytes <= current_app.config["HEAVY_UPLOAD_BYTES"]
+            or "analysis_slot" in g):
         return
     try:
-        held = current_app.extensions["analysis_slots"].hold()
+        g.analysis_slot = current_app.extensions["analysis_slots"].hold()
     except analysis_slots.SlotsBusy:
         raise ServiceUnavailable(
             f"the server is busy analysing other large recordings; retry in "
             f"{ANALYSIS_RETRY_AFTER_S} s", retry_after=ANALYSIS_RETRY_AFTER_S) from None
-    with held:
-        try:
-            yield
-        finally:
-            analysis_slots.release_memory()
+
+
+def release_analysis_slot(exc: BaseException | None = None) -> None:
+    """At the end of a request that held a slot: give the memory the analysis freed back
+    to the system, then the slot, so the next analysis starts on returned memory."""
+    held = g.pop("analysis_slot", None)
+    if held is not None:
+        analysis_slots.release_memory()
+        held.__exit__(None, None, None)
 
 
 # -- pressure commands -------------------------------------------------------------
@@ -611,6 +616,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["analysis_slots"] = analysis_slots.AnalysisSlots(
         app.config["ANALYSIS_LOCK_DIR"], app.config["ANALYSIS_SLOTS"],
         app.config["ANALYSIS_WAIT_S"])
+    app.teardown_request(release_analysis_slot)
     storage.init_app(app)
     auth.init_app(app)
     register_error_handlers(app)

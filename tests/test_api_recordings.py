@@ -17,12 +17,12 @@ def recording():
                                apnea_gaps_s=(15.0, 20.0))
 
 
-def send(client, content: bytes, room="4", filename="night.txt", **form):
+def send(client, content: bytes, room="4", filename="night.txt", environ_overrides=None, **form):
     data = {"mrn": "21", "cpap_pressure_cmh2o": "9", "name": "Lin", **form}
     if content is not None:
         data["file"] = (io.BytesIO(content), filename)
     return client.post(f"/api/v1/rooms/{room}/recordings", data=data,
-                       content_type="multipart/form-data")
+                       content_type="multipart/form-data", environ_overrides=environ_overrides)
 
 
 def test_recording_analysed_and_stored(client, recording):
@@ -185,15 +185,19 @@ def test_recording_is_analysed_from_its_temporary_file(client, recording, upload
     assert list(upload_dir.iterdir()) == []
 
 
-def test_busy_server_answers_503_with_retry_after(slot_app, recording):
+@pytest.mark.parametrize("length_known", [True, False], ids=["length known", "streamed body"])
+def test_busy_server_answers_503_with_retry_after(slot_app, recording, length_known):
+    """Every slot taken: a body of known length is refused before it is read (no worker
+    time spent receiving it); one sent without its length when it is in."""
     client = slot_app.test_client()
+    overrides = {} if length_known else {"CONTENT_LENGTH": "", "wsgi.input_terminated": True}
     with slot_app.extensions["analysis_slots"].hold():  # another worker is analysing
-        resp = send(client, recording[0])
+        resp = send(client, recording[0], environ_overrides=overrides)
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
     body = resp.get_json()
     assert body["status"] == 503 and "busy analysing other large recordings" in body["message"]
     assert client.get("/api/v1/patients/21").status_code == 404, "nothing stored"
-    assert send(client, recording[0]).status_code == 201  # the slot is free again
+    assert send(client, recording[0], environ_overrides=overrides).status_code == 201  # free again
 
 
 @pytest.mark.parametrize("content, status", [(None, 201), (b"1," * 5_000_000, 422)],
@@ -214,7 +218,7 @@ def test_small_recording_needs_no_slot(app, recording, tmp_path, monkeypatch):
     """Below HEAVY_UPLOAD_BYTES an upload is analysed even when every slot is taken."""
     import analysis_slots
 
-    app.config["HEAVY_UPLOAD_BYTES"] = len(recording[0])
+    app.config["HEAVY_UPLOAD_BYTES"] = 2 * len(recording[0])  # the body: file and form
     slots = analysis_slots.AnalysisSlots(str(tmp_path), 1, 0.0)
     app.extensions["analysis_slots"] = slots
     released = []
@@ -237,3 +241,23 @@ def test_analysis_limits_come_from_the_environment(monkeypatch, tmp_path):
     slots = app.extensions["analysis_slots"]
     assert (len(slots.paths), slots.wait_s, app.config["HEAVY_UPLOAD_BYTES"]) == (3, 2.5, 1000)
     assert all(p.startswith(str(tmp_path / "locks")) for p in slots.paths)
+
+
+def test_heavy_upload_holds_its_slot_while_analysed(slot_app, recording, monkeypatch):
+    import analysis_slots
+    import cpap_measurements
+
+    other_worker = analysis_slots.AnalysisSlots(slot_app.config["ANALYSIS_LOCK_DIR"], 1, 0.0)
+    real_analyze, refused = cpap_measurements.analyze, []
+
+    def analyze(source):
+        with pytest.raises(analysis_slots.SlotsBusy) as busy:
+            other_worker.hold()
+        refused.append(busy.value)
+        return real_analyze(source)
+
+    monkeypatch.setattr(cpap_measurements, "analyze", analyze)
+    assert send(slot_app.test_client(), recording[0]).status_code == 201
+    assert len(refused) == 1
+    with other_worker.hold():  # released with the request
+        pass
