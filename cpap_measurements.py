@@ -333,7 +333,7 @@ def _check_line_lengths(buffer, size: int) -> bool:
 
     ``buffer`` is the content or a map of the file (anything with ``find`` and ``rfind``).
     Every block of half the limit must hold a line end: one ``memchr`` per 8 KB block
-    (~2 ms for 114 MB), no copy, bounded memory. A longer line covers a whole block, so it
+    (2-7 ms for 114 MB), no copy, bounded memory. A longer line covers a whole block, so it
     is always found; only then is its exact length measured.
 
     Returns
