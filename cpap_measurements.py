@@ -341,9 +341,9 @@ def _check_line_lengths(buffer, size: int) -> bool:
     bool
         True when a line after the first (a header may be long) longer than MAX_LINE_BYTES
         was seen on the way (running on for that long after a block start): a sample, not
-        a proof of absence. pandas is
-        slow on such lines (a 2,000-digit number costs ~100x a sample's bytes), so the
-        whole-file call is not tried when there are enough of them to matter.
+        a proof of absence. pandas is slow on such lines (a 2,000-digit number costs ~100x
+        a sample's bytes), so the whole-file call is not tried when there are enough of
+        them to matter.
 
     Raises
     ------
@@ -383,9 +383,11 @@ def _long_line_message(buffer, start: int) -> str:
 
 def _count_newlines(buffer, stop: int) -> int:
     """Line ends in ``buffer[:stop]``, counted in chunks (a map of a file has no ``count``)."""
-    return sum(int(np.count_nonzero(np.frombuffer(buffer, dtype=np.uint8, count=min(SCAN_CHUNK_BYTES, stop - pos),
-                                                  offset=pos) == NEWLINE))
-               for pos in range(0, stop, SCAN_CHUNK_BYTES))
+    total = 0
+    for pos in range(0, stop, SCAN_CHUNK_BYTES):
+        chunk = np.frombuffer(buffer, dtype=np.uint8, count=min(SCAN_CHUNK_BYTES, stop - pos), offset=pos)
+        total += int(np.count_nonzero(chunk == NEWLINE))
+    return total
 
 
 def _extra_fields_ahead(buffer, start: int) -> bool:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: raw CPAP recordings (an 8-hour file at 100 Hz is ~110 MB).
 DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
-#: A recording larger than this is a heavy analysis (~5x its size in memory, seconds of
+#: A recording larger than this is a heavy analysis (~4-5x its size in memory, seconds of
 #: CPU): it needs one of the host's analysis slots (API_ANALYSIS_SLOTS, waiting at most
 #: API_ANALYSIS_WAIT_S, else 503 + Retry-After). Smaller ones (an hour is ~14 MB) do not.
 DEFAULT_HEAVY_UPLOAD_BYTES = 16 * 1024 * 1024
@@ -320,13 +320,13 @@ def upload_recording(room):
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("send the recording as multipart/form-data with a "
                                    "'file' part")
+    if (request.content_length or 0) > request.max_content_length:
+        raise _too_large()  # before waiting for an analysis slot it would never use
     hold_analysis_slot(request.content_length)  # before a large body is read
     try:
         upload = request.files.get("file")
-    except RequestEntityTooLarge:
-        limit = current_app.config["MAX_UPLOAD_BYTES"]
-        raise ValidationError(f"the recording is larger than the upload limit of "
-                              f"{limit / 2**20:.3g} MB", "file", status=413) from None
+    except RequestEntityTooLarge:  # a streamed body over the limit
+        raise _too_large() from None
     if upload is None:
         raise ValidationError("file is required (the CPAP recording)", "file")
     form = request.form
@@ -362,6 +362,11 @@ def upload_recording(room):
     return upload_answer(jsonify(patient=patient_out(saved.patient),
                                  record=record_out(saved.record), metrics=analysis),
                          saved)
+
+
+def _too_large() -> ValidationError:
+    return ValidationError(f"the recording is larger than the upload limit of "
+                           f"{request.max_content_length / 2**20:.3g} MB", "file", status=413)
 
 
 def _sha256(stream) -> str:

@@ -261,3 +261,11 @@ def test_heavy_upload_holds_its_slot_while_analysed(slot_app, recording, monkeyp
     assert len(refused) == 1
     with other_worker.hold():  # released with the request
         pass
+
+
+def test_oversized_recording_is_413_even_when_the_server_is_busy(slot_app, recording):
+    slot_app.config["MAX_UPLOAD_BYTES"] = 10_000
+    with slot_app.extensions["analysis_slots"].hold():
+        resp = send(slot_app.test_client(), recording[0])
+    assert resp.status_code == 413 and resp.get_json()["field"] == "file"
+    assert "larger than the upload limit" in resp.get_json()["message"]
