@@ -19,6 +19,7 @@ meant for a clinician. Lines that cannot be read are skipped, logged and reporte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import itertools
@@ -230,6 +231,9 @@ _MAX_ALLOWED_BYTE = max(_ALLOWED_BYTES)
 NEWLINE, COMMA, CR = ord("\n"), ord(","), ord("\r")
 SCAN_CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 250            # a valid line is ~40 bytes; longer ones are not samples
+# A longer line (the header too) refuses the whole file: no recorder writes one, and pandas
+# would pay for it (extra fields on a first line become an index of that many levels).
+MAX_ANY_LINE_BYTES = 16 * 1024
 MAX_LOGGED_LINES = 20
 MAX_OUT_OF_ORDER_FRACTION = 0.01  # more samples out of time order: refuse the file
 MAX_REASONS_WITHOUT_SAMPLES = 1000  # a file without any sample: word this many reasons
@@ -280,8 +284,9 @@ def _scan_chunk(raw, check_bytes: bool = True):
     good = _has_six_commas(comma, starts, ends)
     good &= (ends - starts) <= MAX_LINE_BYTES
     # bytes.translate deletes every allowed byte at C speed: usually nothing is left
+    # (per line by one reduceat pass: a hostile file has millions of such bytes or fields)
     if check_bytes and bytes(raw).translate(None, _ALLOWED_BYTES):
-        good[np.searchsorted(starts, np.flatnonzero(_FORBIDDEN_BYTES[chunk]), side="right") - 1] = False
+        good &= ~np.logical_or.reduceat(_FORBIDDEN_BYTES[chunk], safe_starts)
     # an empty field: a comma followed by a comma or the line end, or a line starting with one
     # (the comma and newline masks are reused: each full-chunk pass costs as much as the test)
     ender = comma[1:] | nl[1:]
@@ -291,17 +296,16 @@ def _scan_chunk(raw, check_bytes: bool = True):
     empty[-1] = comma[-1]
     empty[safe_starts] |= comma[safe_starts]
     if empty.any():
-        good[np.searchsorted(starts, np.flatnonzero(empty), side="right") - 1] = False
+        good &= ~np.logical_or.reduceat(empty, safe_starts)
     return starts, ends, good
 
 
 def _has_six_commas(comma: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """True for lines with exactly N_COLUMNS - 1 commas (``comma``: the chunk's comma mask)."""
     n_lines = len(starts)
-    positions = np.flatnonzero(comma)
-    if len(positions) == (N_COLUMNS - 1) * n_lines:
+    if np.count_nonzero(comma) == (N_COLUMNS - 1) * n_lines:
         # Usual case, proved cheaply: the k-th group of 6 commas lies inside line k.
-        groups = positions.reshape(n_lines, N_COLUMNS - 1)
+        groups = np.flatnonzero(comma).reshape(n_lines, N_COLUMNS - 1)
         if (groups[:, 0] >= starts).all() and (groups[:, -1] < ends).all():
             return np.ones(n_lines, dtype=bool)
     # uint8 sums wrap above 255 commas; such lines are longer than MAX_LINE_BYTES and
@@ -322,6 +326,76 @@ def _has_forbidden_bytes(data: bytes) -> bool:
     """True when a byte that cannot be part of a number occurs: :func:`_has_letters` settles
     most dirty content; otherwise one ``bytes.translate`` pass."""
     return _has_letters(data) or bool(data.translate(None, _ALLOWED_BYTES))
+
+
+def _check_line_lengths(buffer, size: int) -> bool:
+    """Refuse the content if a line (the header too) is longer than MAX_ANY_LINE_BYTES.
+
+    ``buffer`` is the content or a map of the file (anything with ``find`` and ``rfind``).
+    Every block of half the limit must hold a line end: one ``memchr`` per 8 KB block
+    (2-7 ms for 114 MB), no copy, bounded memory. A longer line covers a whole block, so it
+    is always found; only then is its exact length measured.
+
+    Returns
+    -------
+    bool
+        True when a line after the first (a header may be long) longer than MAX_LINE_BYTES
+        was seen on the way (running on for that long after a block start): a sample, not
+        a proof of absence. pandas is slow on such lines (a 2,000-digit number costs ~100x
+        a sample's bytes), so the whole-file call is not tried when there are enough of
+        them to matter.
+
+    Raises
+    ------
+    CpapFileError
+        Naming the first over-long line.
+    """
+    block = MAX_ANY_LINE_BYTES // 2
+    pos = 0
+    long_lines = False
+    while pos < size:
+        line_end = buffer.find(b"\n", pos, pos + block)
+        if line_end >= 0:
+            long_lines = long_lines or (pos > 0 and line_end - pos > MAX_LINE_BYTES)
+            pos += block
+            continue
+        start = buffer.rfind(b"\n", 0, pos) + 1  # the previous block ended a line: a short search
+        end = buffer.find(b"\n", pos, start + MAX_ANY_LINE_BYTES + 1)
+        if end < 0 and size - start <= MAX_ANY_LINE_BYTES:
+            end = size  # the last line, without a line end
+        if end < 0:
+            raise CpapFileError(_long_line_message(buffer, start))
+        long_lines = long_lines or (start > 0 and end - start > MAX_LINE_BYTES)
+        pos = end + 1
+    return long_lines
+
+
+def _long_line_message(buffer, start: int) -> str:
+    """Why a file with an over-long line from ``start`` on is refused, naming the line."""
+    line_number = _count_newlines(buffer, start) + 1
+    text = _line_text(buffer, start, start + 2 * MAX_LINE_BYTES, limit=20)
+    message = (f"line {line_number} is longer than {MAX_ANY_LINE_BYTES:,} characters ({text!r}); "
+               f"a CPAP recording has one sample of about 40 characters per line")
+    if buffer.find(b"\r", start, start + MAX_ANY_LINE_BYTES) >= 0:
+        return message + ": its lines seem to end with CR only; save it with LF or CRLF line ends"
+    return message + ": this is not a CPAP text recording, or the file is damaged at that line"
+
+
+def _count_newlines(buffer, stop: int) -> int:
+    """Line ends in ``buffer[:stop]``, counted in chunks (a map of a file has no ``count``)."""
+    total = 0
+    for pos in range(0, stop, SCAN_CHUNK_BYTES):
+        chunk = np.frombuffer(buffer, dtype=np.uint8, count=min(SCAN_CHUNK_BYTES, stop - pos), offset=pos)
+        total += int(np.count_nonzero(chunk == NEWLINE))
+    return total
+
+
+def _extra_fields_ahead(buffer, start: int) -> bool:
+    """True when the line from ``start`` has more than N_COLUMNS fields. pandas must never
+    see one first: it makes the extra fields an index of that many levels for every row
+    (2,000 fields and 200,000 rows: 40 s)."""
+    end = buffer.find(b"\n", start)
+    return buffer[start:end if end >= 0 else len(buffer)].count(b",") > N_COLUMNS - 1
 
 
 def _scan_lines(data: bytes, chunk_bytes: int = SCAN_CHUNK_BYTES):
@@ -363,7 +437,7 @@ def _reason(data: bytes, start: int, end: int) -> str:
     if not raw.strip():
         return "blank line"
     n_fields = raw.count(b",") + 1
-    if _FORBIDDEN_BYTES[np.frombuffer(raw, dtype=np.uint8)].any():
+    if raw.translate(None, _ALLOWED_BYTES):
         return f"not a number: {text!r}"
     if n_fields < N_COLUMNS:
         return f"too few columns ({n_fields} of {N_COLUMNS}): {text!r}"
@@ -379,19 +453,18 @@ def _parse_clean(piece: bytes):
 
     pandas' C parser is the proof: with integer ADC columns and no NA filter an empty,
     missing or malformed field raises, and so does an extra field (no ``usecols``, which
-    would silently drop it; on the first line pandas makes it an index). The byte check
+    would silently drop it; a first line with one is not given to pandas). The byte check
     keeps out what the parser would take but a sample must not have (``1e3``, ``nan``,
     ``inf``), and the line count a bare CR, which pandas ends a line at. Returns the time
     and V1 columns and the number of lines.
     """
-    if not piece or _has_letters(piece):
+    if not piece or _has_letters(piece) or _extra_fields_ahead(piece, 0):
         return None
     try:
         frame = pd.read_csv(io.BytesIO(piece), dtype=_CLEAN_DTYPES, na_filter=False, **_SAMPLE_CSV)
     except (ValueError, OverflowError):  # pandas' ParserError is a ValueError
         return None
     n_lines = piece.count(b"\n") + (not piece.endswith(b"\n"))
-    # extra fields on the first line become an index instead of raising
     if len(frame) != n_lines or not isinstance(frame.index, pd.RangeIndex):
         return None
     return [frame[c].to_numpy() for c in range(COL_P1_EXP + 1)], n_lines
@@ -515,6 +588,19 @@ class _Content:
             os.close(self._fd)
             self._fd = None
 
+    @contextlib.contextmanager
+    def mapped(self):
+        """The whole content for searching without a copy: the bytes, or a map of the file
+        (its pages are the page cache's, not this process's memory)."""
+        if self._fd is None:
+            yield self._data
+            return
+        mapped = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        try:
+            yield mapped
+        finally:
+            mapped.close()
+
     def read(self, start: int, stop: int) -> bytes:
         if self._fd is None:
             return self._data[start:stop]
@@ -575,30 +661,27 @@ class _Parsed(NamedTuple):
     skipped: list
 
 
-def _parse_clean_file(content: _Content, body_start: int, header_lines: int):
+def _parse_clean_file(content: _Content, body_start: int, header_lines: int, long_lines: bool):
     """A file on disk whose every line after the header is a sample, parsed by one call of
     pandas' own parallel reader (it maps the file and parses byte ranges in threads, with
-    less overhead than our pieces); ``None`` when the file is small, from memory, or not clean.
+    less overhead than our pieces); ``None`` when the file is small, from memory, has
+    ``long_lines`` (:func:`_check_line_lengths`) or is not clean.
 
     Cheap checks first, on the mapped file: no byte above the digits (letters: ``NaN``,
-    ``bad data``, exponents) and no bare CR (pandas ends a line there). pandas then raises
-    on a line with too many fields; an empty or missing field or a blank line shows as a
-    NaN, which makes an ADC column float; a malformed number makes a column text; extra
-    fields on the first line become an index. Any of these, and the pieces take over (the
-    whole-file parse is then wasted, once: not the usual case)."""
-    if content.path is None or content.size - body_start < CLEAN_FILE_MIN_BYTES:
+    ``bad data``, exponents), no bare CR (pandas ends a line there) and no extra field on
+    the first line (pandas would make it an index). pandas then raises on a line with too
+    many fields; an empty or missing field or a blank line shows as a NaN, which makes an
+    ADC column float; a malformed number makes a column text. Any of these, and the pieces
+    take over (the whole-file parse is then wasted, once: not the usual case)."""
+    if long_lines or content.path is None or content.size - body_start < CLEAN_FILE_MIN_BYTES:
         return None
-    with open(content.path, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        dirty = _has_letters(mapped, body_start)
+    with content.mapped() as mapped:
+        dirty = _has_letters(mapped, body_start) or _extra_fields_ahead(mapped, body_start)
         if not dirty and mapped.find(b"\r", body_start) >= 0:
             body = np.frombuffer(mapped, dtype=np.uint8, offset=body_start)
             cr = np.flatnonzero(body == CR)
             dirty = cr[-1] + 1 >= len(body) or not (body[cr + 1] == NEWLINE).all()
             del body  # the map cannot close while a view of it exists
-    finally:
-        mapped.close()
     if dirty:
         return None
     try:
@@ -614,14 +697,14 @@ def _parse_clean_file(content: _Content, body_start: int, header_lines: int):
     return _Parsed(columns, range(header_lines, header_lines + len(frame)), [])
 
 
-def _parse_content(content: _Content) -> _Parsed:
+def _parse_content(content: _Content, long_lines: bool) -> _Parsed:
     """Parse the lines after the header: a clean file on disk with :func:`_parse_clean_file`;
     anything else in pieces of about PARSE_PIECE_BYTES, parsed in parallel
     (:func:`_parse_piece`) and joined with file line numbers."""
     header_end = content.line_end(0)
     has_header = not _scan_chunk(content.read(0, header_end))[2][0]
     body_start = header_end if has_header else 0
-    clean = _parse_clean_file(content, body_start, int(has_header))
+    clean = _parse_clean_file(content, body_start, int(has_header), long_lines)
     if clean is not None:
         return clean
     cuts = [body_start]
@@ -701,7 +784,8 @@ def read_samples(source: Source) -> Samples:
     Raises
     ------
     CpapFileError
-        Empty, binary, without a single valid sample, or mostly out of time order.
+        Empty, binary, a line longer than ``MAX_ANY_LINE_BYTES``, without a single valid
+        sample, or mostly out of time order.
     """
     with _Content.of(source) as content:
         head = content.read(0, 4096)
@@ -709,7 +793,9 @@ def read_samples(source: Source) -> Samples:
             raise CpapFileError("the recording is empty: no samples to analyse")
         if _looks_binary(head):
             raise CpapFileError("the file is not a CPAP text recording (it contains binary data)")
-        parsed = _parse_content(content)
+        with content.mapped() as buffer:  # before pandas sees any line
+            long_lines = _check_line_lengths(buffer, content.size)
+        parsed = _parse_content(content, long_lines)
     skipped = parsed.skipped
     time = parsed.columns[COL_TIME].astype(np.float64, copy=False)
     keep, out_of_order = _drop_out_of_order(time, parsed.line_index)
@@ -986,8 +1072,8 @@ def analyze(source: Source) -> AnalysisResult:
     Raises
     ------
     CpapFileError
-        The file is empty, binary, has no valid sample, or less than
-        ``MIN_DURATION_S`` of data.
+        The file is empty, binary, has a line longer than ``MAX_ANY_LINE_BYTES``, no
+        valid sample, or less than ``MIN_DURATION_S`` of data.
     """
     samples = read_samples(source)
     time = samples.time

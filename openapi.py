@@ -229,9 +229,10 @@ def _op(summary: str, responses: dict, parameters=(), body: dict | None = None,
         tags=("api",), description: str | None = None) -> dict:
     op = {"summary": summary, "tags": list(tags), "parameters": list(parameters),
           "responses": {**responses,
-                        "503": _err("database unavailable, or (a heavy read) the worker is "
-                                    "busy with another or the read took too long: try again "
-                                    "after Retry-After"),
+                        "503": responses.get("503", _err(
+                            "database unavailable, or (a heavy read) the worker is busy "
+                            "with another or the read took too long: try again after "
+                            "Retry-After")),
                         "507": _err("the database's disk is full: nothing was stored")}}
     if body is not None:
         op["requestBody"] = body
@@ -320,7 +321,9 @@ def _api_paths() -> dict:
                     "for metrics), nothing new stored", _REPLAY_HEADERS),
                 **_BAD, **_CONFLICT, "413": _err("file larger than the upload limit"),
                 "415": _err("not multipart/form-data"),
-                "422": _err("the file cannot be analysed (message names the line)")},
+                "422": _err("the file cannot be analysed (message names the line)"),
+                "503": _err("database unavailable, or busy analysing other large recordings "
+                            "(Retry-After: seconds to wait)")},
             description=UPLOAD_ADVICE + " Each form field and the file part may be given "
                                         "once (a repeated one is a 400 naming it).",
             parameters=[_ROOM], body={"required": True, "content": {"multipart/form-data": {

@@ -19,14 +19,16 @@ import io
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 
-from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Flask, Request, Response, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import (HTTPException, RequestEntityTooLarge, ServiceUnavailable,
                                  UnsupportedMediaType)
 
 import accounts
+import analysis_slots
 import auth
 import openapi
 import storage
@@ -41,6 +43,12 @@ log = logging.getLogger(__name__)
 #: raw CPAP recordings (an 8-hour file at 100 Hz is ~110 MB).
 DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: A recording larger than this is a heavy analysis (~4-5x its size in memory, seconds of
+#: CPU): it needs one of the host's analysis slots (API_ANALYSIS_SLOTS, waiting at most
+#: API_ANALYSIS_WAIT_S, else 503 + Retry-After). Smaller ones (an hour is ~14 MB) do not.
+DEFAULT_HEAVY_UPLOAD_BYTES = 16 * 1024 * 1024
+DEFAULT_ANALYSIS_WAIT_S = 0.2
+ANALYSIS_RETRY_AFTER_S = 5
 #: Records are immutable, so their images may be cached for a year.
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
 DEFAULT_RECORDS_LIMIT, MAX_RECORDS_LIMIT = 100, validation.MAX_LIST_LIMIT
@@ -386,12 +394,13 @@ def upload_recording(room):
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("send the recording as multipart/form-data with a "
                                    "'file' part")
+    if (request.content_length or 0) > request.max_content_length:
+        raise _too_large()  # before waiting for an analysis slot it would never use
+    hold_analysis_slot(request.content_length)  # before a large body is read
     try:
         upload = request.files.get("file")
-    except RequestEntityTooLarge:
-        limit = current_app.config["MAX_UPLOAD_BYTES"]
-        raise ValidationError(f"the recording is larger than the upload limit of "
-                              f"{limit / 2**20:.3g} MB", "file", status=413) from None
+    except RequestEntityTooLarge:  # a streamed body over the limit
+        raise _too_large() from None
     single_form_values()
     if upload is None:
         raise ValidationError("file is required (the CPAP recording)", "file")
@@ -404,29 +413,81 @@ def upload_recording(room):
     validation.pressure(form.get("cpap_pressure_cmh2o"))
 
     import cpap_measurements  # the analysis stack (NumPy/SciPy/Matplotlib) loads on first use
-    data = upload.stream.read()
+    hold_analysis_slot(upload.stream.seek(0, os.SEEK_END))  # a large body sent without its length
+    try:
+        analysis, png = _analyse_recording(cpap_measurements, upload.stream)
+    except cpap_measurements.CpapFileError as exc:
+        raise ValidationError(str(exc), "file", status=422) from exc
     # A repeated upload_id must repeat the same request: the file and the form values.
     digest = storage.fingerprint("recording", first["mrn"], number, first["name"],
                                  validation.pressure(form.get("cpap_pressure_cmh2o")),
-                                 hashlib.sha256(data).hexdigest())
-    try:
-        result = cpap_measurements.analyze(data)
-    except cpap_measurements.CpapFileError as exc:
-        raise ValidationError(str(exc), "file", status=422) from exc
+                                 _sha256(upload.stream))
     metrics = {"cpap_pressure_cmh2o": form.get("cpap_pressure_cmh2o"),
-               "breath_rate_bpm": result.breath_rate_bpm, "apnea_count": result.apnea_count,
-               "breaths": result.breaths, "duration_s": result.duration, "ahi": result.ahi,
-               "leakage_l": result.leakage}
+               "breath_rate_bpm": analysis["breath_rate_bpm"],
+               "apnea_count": analysis["apnea_count"], "breaths": analysis["breaths"],
+               "duration_s": analysis["duration"], "ahi": analysis["ahi"],
+               "leakage_l": analysis["leakage"]}
     try:
         clean = validation.upload({**base, **metrics})
     except ValidationError as exc:
         raise ValidationError(f"the recording gives an implausible result: {exc.message}",
                               "file", status=422) from exc
-    clean["image"] = (cpap_measurements.flow_plot_png(result), "image/png")
+    clean["image"] = (png, "image/png")
     saved = save_upload(clean, digest=digest)
     return upload_answer(jsonify(patient=patient_out(saved.patient),
-                                 record=record_out(saved.record), metrics=result.to_dict()),
+                                 record=record_out(saved.record), metrics=analysis),
                          saved)
+
+
+def _too_large() -> ValidationError:
+    return ValidationError(f"the recording is larger than the upload limit of "
+                           f"{request.max_content_length / 2**20:.3g} MB", "file", status=413)
+
+
+def _sha256(stream) -> str:
+    """SHA-256 of an uploaded file, read in blocks (never whole); after the analysis, so a
+    refused file does not wait for it (~0.3 s for 100 MB)."""
+    stream.seek(0)
+    return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def _analyse_recording(cpap_measurements, stream) -> tuple[dict, bytes]:
+    """``result.to_dict()`` and the flow plot of an uploaded recording. Read from its
+    temporary file on disk (:class:`ApiRequest`): the fast whole-file path, and the
+    content is never held in memory. The large arrays die with this call."""
+    stream.flush()
+    path = getattr(stream, "name", None)
+    if not isinstance(path, str):  # not a named file: read from the stream
+        stream.seek(0)
+        path = stream
+    result = cpap_measurements.analyze(path)
+    return result.to_dict(), cpap_measurements.flow_plot_png(result)
+
+
+def hold_analysis_slot(size_bytes: int | None) -> None:
+    """For a heavy upload (over HEAVY_UPLOAD_BYTES), hold one of the host's analysis slots
+    until the request ends: receiving, analysing and storing it. Taken before the body is
+    read when its length is known, so a busy server refuses at once (503 + Retry-After,
+    after waiting ANALYSIS_WAIT_S) and at most ANALYSIS_SLOTS workers of the host are
+    tied up by heavy uploads; the others stay free for everything else."""
+    if (size_bytes is None or size_bytes <= current_app.config["HEAVY_UPLOAD_BYTES"]
+            or "analysis_slot" in g):
+        return
+    try:
+        g.analysis_slot = current_app.extensions["analysis_slots"].hold()
+    except analysis_slots.SlotsBusy:
+        raise ServiceUnavailable(
+            f"the server is busy analysing other large recordings; retry in "
+            f"{ANALYSIS_RETRY_AFTER_S} s", retry_after=ANALYSIS_RETRY_AFTER_S) from None
+
+
+def release_analysis_slot(exc: BaseException | None = None) -> None:
+    """At the end of a request that held a slot: give the memory the analysis freed back
+    to the system, then the slot, so the next analysis starts on returned memory."""
+    held = g.pop("analysis_slot", None)
+    if held is not None:
+        analysis_slots.release_memory()
+        held.__exit__(None, None, None)
 
 
 # -- pressure commands -------------------------------------------------------------
@@ -686,6 +747,15 @@ def can_write() -> bool:
     return probed[1]
 
 
+class ApiRequest(Request):
+    """A request whose uploaded files go to a named temporary file (deleted when the
+    request ends), so a recording is analysed from disk, never held in memory whole."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        return tempfile.NamedTemporaryFile("w+b", prefix="sleeplab-upload-")
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Application factory (flaskr style).
 
@@ -693,6 +763,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     ``MONGODB_URI``.
     """
     app = Flask(__name__, static_folder=None)
+    app.request_class = ApiRequest
     app.config.from_mapping(
         MONGODB_URI=os.environ.get("MONGODB_URI", storage.DEFAULT_URI),
         MAX_CONTENT_LENGTH=int(os.environ.get("API_MAX_JSON_BYTES", DEFAULT_MAX_JSON_BYTES)),
@@ -700,6 +771,13 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_HEAVY_READS=int(os.environ.get("API_MAX_HEAVY_READS", DEFAULT_MAX_HEAVY_READS)),
         HEAVY_READ_TIMEOUT_S=float(os.environ.get("API_HEAVY_READ_TIMEOUT_S",
                                                   validation.DEFAULT_HEAVY_READ_TIMEOUT_S)),
+        HEAVY_UPLOAD_BYTES=int(os.environ.get("API_HEAVY_UPLOAD_BYTES",
+                                              DEFAULT_HEAVY_UPLOAD_BYTES)),
+        ANALYSIS_SLOTS=int(os.environ.get("API_ANALYSIS_SLOTS",
+                                          analysis_slots.default_slot_count())),
+        ANALYSIS_WAIT_S=float(os.environ.get("API_ANALYSIS_WAIT_S", DEFAULT_ANALYSIS_WAIT_S)),
+        ANALYSIS_LOCK_DIR=os.environ.get("API_ANALYSIS_LOCK_DIR",
+                                         analysis_slots.default_lock_dir()),
     )
     app.json.sort_keys = False
     if test_config:
@@ -708,6 +786,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.setdefault(key, value)
     app.extensions["heavy_reads"] = threading.BoundedSemaphore(
         max(1, int(app.config["MAX_HEAVY_READS"])))
+    app.extensions["analysis_slots"] = analysis_slots.AnalysisSlots(
+        app.config["ANALYSIS_LOCK_DIR"], app.config["ANALYSIS_SLOTS"],
+        app.config["ANALYSIS_WAIT_S"])
+    app.teardown_request(release_analysis_slot)
     storage.init_app(app)
     auth.init_app(app)
     register_error_handlers(app)
