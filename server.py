@@ -11,10 +11,8 @@ the JSON (``*_out`` functions); they never touch pymongo.
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import os
@@ -28,6 +26,7 @@ import openapi
 import storage
 import validation
 from auth import ANYONE, MONITOR, STATION, ADMIN, public, reads, writes
+from csv_export import csv_text
 from storage import get_storage
 from validation import ValidationError
 
@@ -242,18 +241,16 @@ def patient_records(mrn):
 
 CSV_COLUMNS = ("received_at", "mrn", "room", "cpap_pressure_cmh2o", "breath_rate_bpm",
                "apnea_count", "breaths", "duration_s", "ahi", "leakage_l", "has_image", "id")
+#: Decimal places in the CSV: what the screens show (leakage in the station's 2 places).
+CSV_DECIMALS = {"breath_rate_bpm": 1, "duration_s": 1, "ahi": 1, "leakage_l": 2}
 
 
 @api.get("/patients/<mrn>/records.csv")
 @reads(*WARD)
 def patient_records_csv(mrn):
     number, _ = existing_patient(mrn)
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for doc in get_storage().patient_records(number):
-        writer.writerow(record_out(doc))
-    return Response(out.getvalue(), mimetype="text/csv", headers={
+    rows = (record_out(doc) for doc in get_storage().patient_records(number))
+    return Response(csv_text(rows, CSV_COLUMNS, CSV_DECIMALS), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="patient-{number}-records.csv"'})
 
 
