@@ -505,6 +505,25 @@ def init_session_state() -> None:
             st.session_state[key] = copy.deepcopy(value)
 
 
+def pressure_key() -> str:
+    """Session-state key of the pressure field (what Upload sends).
+
+    A commanded pressure is written into a *new* field (a new key) instead of the one
+    on screen: the browser keeps reporting the old field's value with every rerun it
+    asks for — another fragment's timer, a click — until it has drawn the new value,
+    and a report arriving in between would overwrite a value written into the same
+    key (the pressure seen to fall back to 10 after the monitor set 14). A report
+    for a field that is gone is ignored.
+    """
+    gen = st.session_state.get("ps_pressure_gen", 0)
+    return "ps_pressure" if gen == 0 else f"ps_pressure_{gen}"
+
+
+def pressure_text() -> str:
+    """The pressure field's text, as the next upload will send it."""
+    return st.session_state.get(pressure_key()) or ""
+
+
 @safe_callback
 def reset_patient_station() -> None:
     """Forget the patient: entries, recording, results, lock and pending notices."""
@@ -519,7 +538,7 @@ def entries_snapshot() -> tuple:
     """What the station's entries and chosen recording are now (to expire old messages)."""
     ss = st.session_state
     uploaded = ss.get(f"ps_file_{ss.ps_uploader_gen}")
-    return (ss.ps_name, ss.ps_mrn, ss.ps_room, ss.ps_pressure, ss.ps_source, ss.ps_sample,
+    return (ss.ps_name, ss.ps_mrn, ss.ps_room, pressure_text(), ss.ps_source, ss.ps_sample,
             getattr(uploaded, "file_id", None))
 
 
@@ -595,7 +614,7 @@ def upload_payload() -> tuple[dict | None, str | None]:
     mrn, mrn_error = (locked["mrn"], None) if locked else parse_positive_int(ss.ps_mrn, "MRN")
     room, room_error = (locked["room"], None) if locked else parse_positive_int(ss.ps_room,
                                                                                 "Room number")
-    pressure, pressure_error = parse_pressure(ss.ps_pressure)
+    pressure, pressure_error = parse_pressure(pressure_text())
     name, name_error = parse_name(ss.ps_name)
     for error in (name_error, mrn_error, room_error, pressure_error):
         if error:
@@ -634,7 +653,7 @@ def details_only_reason() -> str:
     analysis = ss.ps_analysis
     if analysis is None:
         return "No recording is loaded: load one and enter a pressure to send its results."
-    pressure, _ = parse_pressure(ss.ps_pressure)
+    pressure, _ = parse_pressure(pressure_text())
     made_at = ss.ps_uploaded.get(analysis["sha256"])
     if made_at is None:
         return "Enter a CPAP pressure to send the recording's results."

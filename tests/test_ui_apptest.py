@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import patient_streamlit as ui  # noqa: E402
 from server import create_app  # noqa: E402
-from ui_support import click, closed_port_url, run, serve_api  # noqa: E402
+from ui_support import click, closed_port_url, pressure_field, run, serve_api  # noqa: E402
 
 SCRIPT = str(ROOT / "patient_streamlit.py")
 SAMPLE_DIR = ROOT / "sample_data"
@@ -280,7 +280,7 @@ def apply_commanded_pressure(at, api, room: int, pressure: int) -> None:
     requests.put(f"{api}/api/v1/rooms/{room}/pressure", json={"pressure_cmh2o": pressure},
                  timeout=5).raise_for_status()
     run(at)
-    assert at.text_input(key="ps_pressure").value == str(pressure)
+    assert pressure_field(at).value == str(pressure)
     assert requests.get(f"{api}/api/v1/rooms/{room}/pressure", timeout=5).json()["applied"]
 
 
@@ -873,7 +873,7 @@ def test_pressing_upload_again_after_no_answer_reuses_the_key(monkeypatch, recor
         click(at, "ps_upload")
         assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
         stored = patient(url, 12)
-        at.text_input(key="ps_pressure").input("11")         # a new upload: a new key
+        pressure_field(at).input("11")         # a new upload: a new key
         load_file(at, recordings["calm"], name="next.txt")
         run(at)
         click(at, "ps_upload")

@@ -38,3 +38,10 @@ def click(at, key):
 def closed_port_url() -> str:
     """A URL on which nothing listens (the port was free a moment ago)."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+def pressure_field(at):
+    """The Patient Station's pressure field: a commanded pressure arrives in a new field
+    (patient_streamlit.pressure_key), so its key changes with each command."""
+    gen = at.session_state["ps_pressure_gen"] if "ps_pressure_gen" in at.session_state else 0
+    return at.text_input(key="ps_pressure" if gen == 0 else f"ps_pressure_{gen}")
