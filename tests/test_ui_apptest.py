@@ -121,6 +121,15 @@ def patient(url, mrn):
     return requests.get(f"{url}/api/v1/patients/{mrn}", timeout=5).json()
 
 
+def api_command(url, room: int, pressure: int, mrn: int) -> dict:
+    """Command ``pressure`` for patient ``mrn`` in ``room`` through the API, as the
+    monitoring station does; returns the command."""
+    resp = requests.put(f"{url}/api/v1/rooms/{room}/pressure",
+                        json={"pressure_cmh2o": pressure}, timeout=5)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
 # --- Patient Station ------------------------------------------------------------------
 
 def test_pressure_outside_4_to_25_is_refused_not_clamped(at):
@@ -274,11 +283,10 @@ def test_upload_locks_mrn_and_room_and_keeps_entries(at, api, recordings):
     assert image.content.startswith(b"\x89PNG")
 
 
-def apply_commanded_pressure(at, api, room: int, pressure: int) -> None:
+def apply_commanded_pressure(at, api, room: int, pressure: int, mrn: int) -> None:
     """The monitoring station commands ``pressure`` through the API; the station's poll
     applies it (the pressure field follows) and marks it applied."""
-    requests.put(f"{api}/api/v1/rooms/{room}/pressure", json={"pressure_cmh2o": pressure},
-                 timeout=5).raise_for_status()
+    api_command(api, room, pressure, mrn)
     run(at)
     assert pressure_field(at).value == str(pressure)
     assert requests.get(f"{api}/api/v1/rooms/{room}/pressure", timeout=5).json()["applied"]
@@ -291,7 +299,7 @@ def test_old_recording_is_not_stored_under_a_new_pressure(at, api, recordings):
     load_file(at, recordings["apneic"])
     run(at)
     click(at, "ps_upload")
-    apply_commanded_pressure(at, api, room=3, pressure=14)
+    apply_commanded_pressure(at, api, room=3, pressure=14, mrn=12)
     click(at, "ps_upload")
     stored = patient(api, 12)
     assert [r["cpap_pressure_cmh2o"] for r in stored["records"]] == [10]
@@ -506,8 +514,7 @@ def wall_order(at) -> list[int]:
 
 def test_wall_shows_the_pressure_in_force_and_the_records_pressure(at, api):
     api_upload(api, mrn=12, room=3, name="Ada", pressure=10)
-    command = requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 14},
-                           timeout=5).json()
+    command = api_command(api, 3, 14, mrn=12)
     requests.post(f"{api}/api/v1/rooms/3/pressure/{command['id']}/applied", timeout=5)
     click(at, "mon_refresh")
     # large: the pressure the room runs at now (card and detail); the record's is labelled
@@ -516,7 +523,7 @@ def test_wall_shows_the_pressure_in_force_and_the_records_pressure(at, api):
     assert any(c.startswith("Latest record made at 10 cmH2O") for c in texts(monitor(at).caption))
     assert not metric_values(monitor(at), "cmH2O")
     # a command not yet applied is pending, not in force
-    requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 16}, timeout=5)
+    api_command(api, 3, 16, mrn=12)
     click(at, "mon_refresh")
     assert metric_values(monitor(at), "Pressure in force") == ["14 cmH2O", "14 cmH2O"]
     (card,) = [m for m in texts(monitor(at).markdown) if m.startswith("**Room 3**")]
@@ -533,7 +540,7 @@ def test_rooms_needing_attention_stand_out_and_can_come_first(at, api, monkeypat
     api_upload(api, mrn=12, room=3, name="Apneic", apneas=2)
     requests.post(f"{api}/api/v1/patients", json={"mrn": 13, "room": 4}, timeout=5)
     api_upload(api, mrn=14, room=5, name="Waiting", apneas=0)
-    requests.put(f"{api}/api/v1/rooms/5/pressure", json={"pressure_cmh2o": 12}, timeout=5)
+    api_command(api, 5, 12, mrn=14)
     click(at, "mon_refresh")
     assert card_states(at) == {2: "ok", 3: "attention", 4: "nodata", 5: "ok"}
     assert wall_order(at) == [2, 3, 4, 5]
