@@ -86,6 +86,12 @@ APNEA_GAP_S = 10.0              # apnea: more than this between consecutive brea
 PLOT_MAX_COLUMNS = 2000         # min/max envelope bins for long recordings (<= image width)
 FLOW_COLOUR = "#1f77b4"
 PNG_COMPRESS_LEVEL = 2          # zlib level: 6 (default) costs ~3x the time for ~20 % smaller files
+#: Fixed flow axis (L/min) of every plot, so two plots side by side compare at a glance; it
+#: covers the sample recordings (-20..43 L/min). A flow outside widens it in steps of
+#: FLOW_PLOT_STEP_LPM instead of being clipped.
+FLOW_PLOT_RANGE_LPM = (-40.0, 60.0)
+FLOW_PLOT_STEP_LPM = 20.0
+PLOT_FONT_PT = 16               # the 1200 px image is shown at half width on the monitor
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, BinaryIO, TextIO]
 
@@ -1123,6 +1129,17 @@ def _envelope(time: np.ndarray, values: np.ndarray, columns: int = PLOT_MAX_COLU
     return time[edges], np.minimum.reduceat(values, edges), np.maximum.reduceat(values, edges)
 
 
+def flow_axis_range(flow_lpm: np.ndarray) -> tuple[float, float]:
+    """The flow axis (L/min): FLOW_PLOT_RANGE_LPM, widened in FLOW_PLOT_STEP_LPM steps
+    only as far as a flow outside it needs."""
+    low, high = FLOW_PLOT_RANGE_LPM
+    if len(flow_lpm):
+        step = FLOW_PLOT_STEP_LPM
+        low = min(low, math.floor(float(flow_lpm.min()) / step) * step)
+        high = max(high, math.ceil(float(flow_lpm.max()) / step) * step)
+    return low, high
+
+
 def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int = 450) -> bytes:
     """Render flow (L/min) against time (s) with breaths and apneas as a PNG.
 
@@ -1143,6 +1160,7 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
     from matplotlib.figure import Figure
 
     dpi = 100
+    small_pt = PLOT_FONT_PT - 2
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -1161,19 +1179,22 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
         ax.plot(result.breath_times, flow_lpm[nearest], linestyle="none", marker="v", markersize=4,
                 color="#2ca02c", label="breath")
     ax.axhline(0.0, color="0.6", linewidth=0.5)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("flow (L/min)")
+    ax.set_xlabel("time (s)", fontsize=PLOT_FONT_PT)
+    ax.set_ylabel("flow (L/min)", fontsize=PLOT_FONT_PT)
+    ax.tick_params(labelsize=small_pt)
     # y given: matplotlib then skips measuring every artist to place the title (~6 ms)
-    ax.set_title(loc="left", y=1.0,
-                 label=f"CPAP flow: {result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
+    ax.set_title(loc="left", y=1.0, fontsize=PLOT_FONT_PT,
+                 label=f"{result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
                  f"{result.apnea_count} apnea{'s' if result.apnea_count != 1 else ''} "
                  f"in {result.duration:.0f} s")
     if len(result.time):
         ax.set_xlim(result.time[0], result.time[-1])
+    ax.set_ylim(*flow_axis_range(flow_lpm))
     ax.grid(True, linewidth=0.3, alpha=0.5)
     # legend above the axes: inside it would hide peaks at the end of the recording
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize="small", frameon=False)
-    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.12, top=0.92)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=small_pt,
+              frameon=False, handlelength=1.2, columnspacing=1.0)
+    fig.subplots_adjust(left=0.085, right=0.985, bottom=0.16, top=0.88)
     out = io.BytesIO()
     fig.savefig(out, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return out.getvalue()

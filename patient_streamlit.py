@@ -19,8 +19,10 @@ Run with ``streamlit run patient_streamlit.py``. Settings (environment variables
 ``PRESSURE_POLL_S``     how often a patient station asks for a commanded pressure (10, max 30)
 ``MONITOR_REFRESH_S``   default refresh interval of the monitoring wall (10)
 
-User-supplied text (names) is never passed through ``unsafe_allow_html``; where it goes
-into Markdown it is escaped with :func:`md_escape` so it renders literally.
+User-supplied text (names) is never passed through ``unsafe_allow_html``. Names are shown
+with ``st.text`` or, where only Markdown exists (labels), as a code span (:func:`md_code`):
+escaping is not enough there, since Streamlit's Markdown links URLs and e-mail addresses even
+in escaped text. Other text that goes into Markdown is escaped with :func:`md_escape`.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import string
 import uuid
 from datetime import datetime, timezone
@@ -48,6 +51,8 @@ from urllib3.util.retry import Retry
 import cpap_measurements
 from launcher import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, is_loopback,
                       sign_in_wanted)
+import validation
+from csv_export import csv_text
 
 log = logging.getLogger("sleeplab.ui")
 
@@ -58,10 +63,11 @@ SAMPLE_SUFFIXES = (".txt", ".csv")
 PRESSURE_MIN_CMH2O = 4
 PRESSURE_MAX_CMH2O = 25
 APNEA_ALERT_COUNT = 2           # apnea counts at or above this are shown in red
-MAX_ID = 2**53 - 1              # largest integer every JSON client reads exactly
+MAX_ID = validation.MAX_ID      # largest integer every JSON client reads exactly
 CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of this size
 ROOMS_TTL_S = 2                 # below the shortest refresh interval: one fetch per refresh
 AUDIT_LIMIT = 50                # audit entries shown for a room (newest first)
+COMMAND_LOOKBACK = 20           # commands searched for the one applied before a pending one
 TOKEN_ENV = "SLEEPLAB_API_TOKEN"
 #: Which screen acts: the API records it with the caller (header X-Sleeplab-Via).
 STATION_SIDE, MONITOR_SIDE = "patient-station", "monitoring-station"
@@ -71,10 +77,25 @@ IMAGE_TTL_S = 3600              # images of a record never change
 PATIENTS_PAGE_SIZE = 100
 WALL_COLUMNS = 4
 REFRESH_CHOICES_S = {"5 s": 5, "10 s": 10, "15 s": 15, "30 s": 30, "Paused": None}
-UPLOAD_SOURCE, SAMPLE_SOURCE = "Upload a file", "Sample recording"
+UPLOAD_SOURCE, SAMPLE_SOURCE = "Recording file", "Sample recording"
 HIGHLIGHT_CSS = "background-color: #fde8e8"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time on screen (strftime and Vega-Lite alike)
+TREND_BAR_PX = 12
 WHOLE_COLUMNS = ("Room", "MRN", "Records", "Pressure (cmH2O)", "Apnea count", "Breaths")
 DECIMAL_COLUMNS = ("Breath rate (bpm)", "Duration (s)")
+RECORDING_FORMAT = ("A CPAP recording is a text file: a header line, then one line per sample "
+                    "with 7 comma-separated numbers (time in s and six pressures), 100 samples "
+                    "per second.")
+ORDER_CHOICES = ("Room number", "Needs attention first")
+#: Wall card states: CSS of the card (by its key's class ``st-key-mon_card_<state>_<room>``)
+#: and the legend. Colours are translucent so a dark theme stays readable.
+CARD_STYLES = {
+    "attention": "border: 4px solid #d62728 !important; background: rgba(214, 39, 40, 0.14);",
+    "nodata": "border: 2px dashed #9e9e9e !important; background: rgba(128, 128, 128, 0.08);",
+    "ok": "border: 2px solid #2e7d32 !important;",
+}
+CARD_CSS = "<style>" + "".join(f'div[class*="st-key-mon_card_{state}_"] {{{css}}}'
+                               for state, css in CARD_STYLES.items()) + "</style>"
 
 
 def _env_number(name: str, default: float, low: float, high: float) -> float:
@@ -122,6 +143,8 @@ API_TIMEOUT_S = _env_number("API_TIMEOUT_S", 5, 0.5, 60)
 STALE_AFTER_MIN = _env_number("STALE_AFTER_MIN", 15, 0, 24 * 60)
 PRESSURE_POLL_S = _env_number("PRESSURE_POLL_S", 10, 1, 30)
 MONITOR_REFRESH_S = _env_number("MONITOR_REFRESH_S", 10, 5, 30)
+#: A command still not applied after two bedside polls needs someone to look.
+COMMAND_OVERDUE_S = 2 * PRESSURE_POLL_S
 
 #: Automatic retries of an upload: on connection errors, a lost answer and 502/503/504
 #: (e.g. the database restarting), waiting 0, 1, 2 s. Safe for this POST only because
@@ -142,6 +165,21 @@ def md_escape(text: object) -> str:
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(text))
 
 
+def md_code(text: object) -> str:
+    """``text`` as a Markdown code span: shown exactly as typed. Escaping alone is not
+    enough for names: Streamlit's Markdown turns ``www.x.org``, ``http://...`` and e-mail
+    addresses in (escaped) text into links; a code span is never linked or interpreted."""
+    text = str(text)
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    pad = " " if text[:1] in "` " or text[-1:] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 record``, ``2 records``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def parse_time(iso: str | None) -> datetime | None:
     if not iso:
         return None
@@ -153,9 +191,10 @@ def parse_time(iso: str | None) -> datetime | None:
 
 
 def fmt_time(iso: str | None) -> str:
-    """An API time as local wall-clock time ``YYYY-MM-DD HH:MM:SS`` ('—' when missing)."""
+    """An API time as local wall-clock time ``YYYY-MM-DD HH:MM:SS`` ('—' when missing):
+    the one date format of every screen."""
     moment = parse_time(iso)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+    return moment.astimezone().strftime(TIME_FORMAT) if moment else "—"
 
 
 def now_iso() -> str:
@@ -187,8 +226,18 @@ def parse_positive_int(text: str, label: str) -> tuple[int | None, str | None]:
         entered = md_escape(text)
         return None, f"{label} must be a positive whole number (you entered “{entered}”)."
     if not 1 <= value <= MAX_ID:
-        return None, f"{label} must be a positive whole number (you entered {value})."
+        return None, (f"{label} must be a positive whole number, at most {MAX_ID} "
+                      f"(you entered {value}).")
     return value, None
+
+
+def parse_name(text: str) -> tuple[str | None, str | None]:
+    """The patient name (optional), checked with the server's own rule: at most
+    MAX_NAME_CHARS characters, no control, invisible or text-direction characters."""
+    try:
+        return validation.text(text or "", "Patient name", validation.MAX_NAME_CHARS), None
+    except validation.ValidationError as exc:
+        return None, f"{exc.message}."
 
 
 def parse_pressure(text: str) -> tuple[int | None, str | None]:
@@ -322,6 +371,15 @@ def fetch_audit(base: str, room: int) -> list[dict]:
                     params={"limit": AUDIT_LIMIT}).get("entries") or []
 
 
+@st.cache_data(ttl=ROOMS_TTL_S, show_spinner=False)
+def fetch_applied_command(base: str, room: int, mrn: int | None) -> dict | None:
+    """The newest command applied at the bedside for the room's current patient (the room
+    list carries only the latest command, which may still be pending)."""
+    commands = api_json("GET", f"/api/v1/rooms/{room}/pressure/history", base=base,
+                        params={"limit": COMMAND_LOOKBACK}).get("commands") or []
+    return next((c for c in commands if c.get("applied") and c.get("mrn") == mrn), None)
+
+
 def fetch_latest_command(room: int, mrn: int) -> dict | None:
     """Latest pressure command for this station's patient ``mrn`` in ``room`` (never
     cached: the bedside must see it). A 409 means another patient occupies the room."""
@@ -336,12 +394,14 @@ def fetch_latest_command(room: int, mrn: int) -> dict | None:
 
 def clear_fetch_caches() -> None:
     """After a change on the server, the next render must not show cached data."""
-    for fetch in (fetch_rooms, fetch_patients, fetch_patient, fetch_audit):
+    for fetch in (fetch_rooms, fetch_patients, fetch_patient, fetch_audit,
+                  fetch_applied_command):
         fetch.clear()
 
 
 def refresh_monitor() -> None:
     fetch_rooms.clear()
+    fetch_applied_command.clear()
     fetch_patient.clear()
     fetch_audit.clear()
 
@@ -469,8 +529,10 @@ PATIENT_DEFAULTS = {
     "ps_source": UPLOAD_SOURCE, "ps_sample": None,
     "ps_locked": None,           # {"mrn", "room", "since"} after the first successful upload
     "ps_analysis": None,         # analysis of the recording on screen (what Upload sends)
-    "ps_uploaded": [],           # (sha256, pressure) pairs already sent for this patient
-    "ps_message": None,          # (kind, text) result of the last Upload
+    "ps_unusable": None,         # (file name, reason) of a chosen recording that failed analysis
+    "ps_uploaded": {},           # sha256 -> pressure (cmH2O) of each recording already stored
+    "ps_message": None,          # (kind, text, entries) result of the last Upload and the
+                                 # entries it was about: shown only while they are unchanged
     "ps_notice": None,           # pressure change received from the monitoring station
     "ps_pressure_gen": 0,        # the pressure field's generation (see pressure_key)
     "ps_command_id": None,       # id of the last command applied and acknowledged here
@@ -482,6 +544,7 @@ PATIENT_DEFAULTS = {
 MONITOR_DEFAULTS = {
     "mon_interval": (f"{MONITOR_REFRESH_S:g} s" if f"{MONITOR_REFRESH_S:g} s" in REFRESH_CHOICES_S
                      else "10 s"),
+    "mon_order": ORDER_CHOICES[0],
     "mon_confirm": None,         # {"room", "pressure", "mrn", "name"} awaiting confirmation
     "mon_message": None,         # {"room", "kind", "text"} result of the last command
 }
@@ -524,7 +587,20 @@ def reset_patient_station() -> None:
             ss[key] = copy.deepcopy(value)
     ss[field] = ""
     ss.ps_uploader_gen += 1      # a new key empties the file uploader
-    ss.ps_message = ("info", "Station reset: ready for the next patient.")
+    set_message("info", "Station reset: ready for the next patient.")
+
+
+def entries_snapshot() -> tuple:
+    """What the station's entries and chosen recording are now (to expire old messages)."""
+    ss = st.session_state
+    uploaded = ss.get(f"ps_file_{ss.ps_uploader_gen}")
+    return (ss.ps_name, ss.ps_mrn, ss.ps_room, pressure_text(), ss.ps_source, ss.ps_sample,
+            getattr(uploaded, "file_id", None))
+
+
+def set_message(kind: str, text: str) -> None:
+    """The result of the last action; it disappears once the entries change."""
+    st.session_state.ps_message = (kind, text, entries_snapshot())
 
 
 # --- Patient Station ------------------------------------------------------------------
@@ -558,6 +634,28 @@ def selected_recording() -> tuple[str, bytes, str] | None:
     return path.name, data, _file_digest(token, lambda: data)
 
 
+def load_chosen_analysis() -> tuple[str, dict] | None:
+    """Analyse the recording chosen on screen (cached by content hash) into ``ps_analysis``
+    or, when it cannot be used, ``ps_unusable``; returns (file name, analysis or error).
+
+    Called by the page and again by Send: a click on Send while the page is still
+    analysing a newly chosen file interrupts that run, which must not leave Send with no
+    analysis (it then stored the patient details only, saying no recording was loaded).
+    """
+    ss = st.session_state
+    ss.ps_analysis = ss.ps_unusable = None
+    chosen = selected_recording()
+    if chosen is None:
+        return None
+    file_name, data, digest = chosen
+    analysis = analyse_recording(digest, data)
+    if "error" in analysis:
+        ss.ps_unusable = (file_name, analysis["error"])
+    else:
+        ss.ps_analysis = analysis
+    return file_name, analysis
+
+
 def sample_files() -> list[str]:
     if not SAMPLE_DIR.is_dir():
         return []
@@ -573,18 +671,24 @@ def upload_payload() -> tuple[dict | None, str | None]:
     room, room_error = (locked["room"], None) if locked else parse_positive_int(ss.ps_room,
                                                                                 "Room number")
     pressure, pressure_error = parse_pressure(pressure_text())
-    for error in (mrn_error, room_error, pressure_error):
+    name, name_error = parse_name(ss.ps_name)
+    for error in (name_error, mrn_error, room_error, pressure_error):
         if error:
             return None, error
     if mrn is None or room is None:
         return None, "Enter the MRN and the room number first."
+    if ss.ps_unusable:
+        return None, (f"the chosen recording {md_code(ss.ps_unusable[0])} cannot be used (see "
+                      "below). Choose another recording, or remove this one to send only the "
+                      "patient details.")
     payload = {"mrn": mrn, "room": room}
-    name = ss.ps_name.strip()
     if name:
         payload["name"] = name
     analysis = ss.ps_analysis
+    # A recording's results are stored once, under the pressure it was made at: after a
+    # pressure change the same recording is never stored again under the new pressure.
     if pressure is not None and analysis is not None \
-            and (analysis["sha256"], pressure) not in ss.ps_uploaded:
+            and analysis["sha256"] not in ss.ps_uploaded:
         payload.update({
             "cpap_pressure_cmh2o": pressure,
             "breath_rate_bpm": analysis["breath_rate_bpm"] or 0.0,
@@ -597,6 +701,23 @@ def upload_payload() -> tuple[dict | None, str | None]:
         })
         payload = {k: v for k, v in payload.items() if v is not None}
     return payload, None
+
+
+def details_only_reason() -> str:
+    """Why Send to server sends the patient details only (the entries being valid)."""
+    ss = st.session_state
+    analysis = ss.ps_analysis
+    if analysis is None:
+        return "No recording is loaded: load one and enter a pressure to send its results."
+    pressure, _ = parse_pressure(pressure_text())
+    made_at = ss.ps_uploaded.get(analysis["sha256"])
+    if made_at is None:
+        return "Enter a CPAP pressure to send the recording's results."
+    if pressure is None or pressure == made_at:
+        return f"This recording is already stored (made at {made_at} cmH2O)."
+    return (f"This recording was made at {made_at} cmH2O and is already stored; it is not "
+            f"stored again under {pressure} cmH2O. Load the next recording made at "
+            f"{pressure} cmH2O to send its results.")
 
 
 def upload_id_for(payload: dict) -> str:
@@ -614,9 +735,10 @@ def upload_id_for(payload: dict) -> str:
 def do_upload() -> None:
     """Upload button callback (runs before the rerun, so the page shows the new lock)."""
     ss = st.session_state
+    load_chosen_analysis()
     payload, error = upload_payload()
     if error:
-        ss.ps_message = ("error", f"Not uploaded: {error}")
+        set_message("error", f"Not uploaded: {error}")
         return
     payload["upload_id"] = upload_id_for(payload)
     try:
@@ -624,7 +746,7 @@ def do_upload() -> None:
     except ApiError as exc:
         if exc.status is not None and exc.status < 500:
             ss.ps_pending = None          # refused for good: a new attempt is a new upload
-        ss.ps_message = ("error", f"Not uploaded. {exc.message}")
+        set_message("error", f"Not uploaded. {exc.message}")
         return
     ss.ps_pending = None
     record = body.get("record")
@@ -633,23 +755,16 @@ def do_upload() -> None:
         since = (record or {}).get("received_at") or patient.get("updated_at") or now_iso()
         ss.ps_locked = {"mrn": payload["mrn"], "room": payload["room"], "since": since}
     if record:
-        ss.ps_uploaded.append((ss.ps_analysis["sha256"], payload["cpap_pressure_cmh2o"]))
-        ss.ps_message = ("success", (
+        ss.ps_uploaded[ss.ps_analysis["sha256"]] = payload["cpap_pressure_cmh2o"]
+        set_message("success", (
             f"Uploaded at {fmt_time(record.get('received_at'))}: new record for MRN "
             f"{payload['mrn']} in room {payload['room']} "
             f"({payload['cpap_pressure_cmh2o']} cmH2O, "
             f"{fmt_number(payload['breath_rate_bpm'])} bpm, "
-            f"{payload['apnea_count']} apnea events)."))
+            f"{plural(payload['apnea_count'], 'apnea event')})."))
     else:
-        analysis = ss.ps_analysis
-        pressure, _ = parse_pressure(pressure_text())
-        why = ""
-        if analysis is not None and pressure is not None:
-            why = " This recording was already uploaded with this pressure."
-        elif analysis is not None:
-            why = " Enter a CPAP pressure to send the recording's results."
-        ss.ps_message = ("success", f"Patient details saved for MRN {payload['mrn']} in room "
-                                    f"{payload['room']}.{why}")
+        set_message("success", f"Patient details saved for MRN {payload['mrn']} in room "
+                               f"{payload['room']}; no new record. {details_only_reason()}")
 
 
 def poll_pressure_command() -> None:
@@ -754,9 +869,9 @@ def render_analysis(analysis: dict, file_name: str) -> None:
     skipped = analysis["skipped_lines"]
     if skipped:
         line, reason = skipped[0]
-        st.caption(f"{len(skipped)} unreadable line(s) skipped, e.g. line {line}: "
+        st.caption(f"{plural(len(skipped), 'unreadable line')} skipped, e.g. line {line}: "
                    f"{md_escape(reason)}")
-    st.caption(f"Flow of {md_escape(file_name)}: breath markers and apnea intervals")
+    st.caption(f"Flow of {md_code(file_name)}: breath markers and apnea intervals")
     st.image(analysis["plot_png"], width="stretch")
     st.caption("Zoomable flow (scroll to zoom, drag to pan, double-click to reset)")
     st.altair_chart(flow_chart(analysis), width="stretch")
@@ -773,6 +888,9 @@ def render_patient_station() -> None:
     with left:
         locked = ss.ps_locked is not None
         st.text_input("Patient name", key="ps_name", placeholder="optional")
+        _, name_error = parse_name(ss.ps_name)
+        if name_error:
+            st.error(name_error)
         st.text_input("MRN (medical record number)", key="ps_mrn", disabled=locked)
         _, mrn_error = parse_positive_int(ss.ps_mrn, "MRN")
         if mrn_error and not locked:
@@ -795,7 +913,7 @@ def render_patient_station() -> None:
         st.radio("Recording", [UPLOAD_SOURCE, SAMPLE_SOURCE], key="ps_source",
                  horizontal=True)
         if ss.ps_source == UPLOAD_SOURCE:
-            st.file_uploader("CPAP recording (text file, 7 columns at 100 Hz)",
+            st.file_uploader("Choose recording file (text, 7 columns at 100 Hz)",
                              key=f"ps_file_{ss.ps_uploader_gen}")
         else:
             samples = sample_files()
@@ -805,16 +923,14 @@ def render_patient_station() -> None:
                          placeholder="Choose a sample")
 
     actions = st.container()         # Upload/Reset sit above the (long) analysis results
-    chosen = selected_recording()
-    ss.ps_analysis = None
+    chosen = load_chosen_analysis()
     if chosen is not None:
-        file_name, data, digest = chosen
-        analysis = analyse_recording(digest, data)
+        file_name, analysis = chosen
         if "error" in analysis:
-            st.error(f"{md_escape(file_name)} cannot be analysed: "
-                     f"{md_escape(analysis['error'])}")
+            st.error(f"{md_code(file_name)} is not a usable CPAP recording: "
+                     f"{md_escape(analysis['error'])}. {RECORDING_FORMAT} Nothing from this "
+                     "file is sent.")
         else:
-            ss.ps_analysis = analysis
             render_analysis(analysis, file_name)
 
     with actions:
@@ -826,25 +942,18 @@ def render_upload_actions() -> None:
     payload, error = upload_payload()
     can_upload = payload is not None
     buttons = st.columns([1, 1, 4], vertical_alignment="center")
-    buttons[0].button("Upload", key="ps_upload", type="primary", on_click=do_upload,
+    # "Send to server", not "Upload": the file picker has its own "Upload" button
+    buttons[0].button("Send to server", key="ps_upload", type="primary", on_click=do_upload,
                       disabled=not can_upload, icon=":material/cloud_upload:", width="stretch")
     buttons[1].button("Reset", key="ps_reset", on_click=reset_patient_station,
                       icon=":material/restart_alt:", width="stretch")
     with buttons[2]:
         if error:
-            st.caption(f"Upload is disabled: {error}")
+            st.caption(f"Send to server is disabled: {error}")
         elif "cpap_pressure_cmh2o" not in payload:
-            if ss.ps_analysis is not None and pressure_text().strip():
-                st.caption("This recording was already uploaded with this pressure; "
-                           "Upload sends the patient details only.")
-            elif ss.ps_analysis is not None:
-                st.caption("Enter a CPAP pressure to send the recording's results; "
-                           "without it only the patient details are sent.")
-            else:
-                st.caption("Load a recording and enter a pressure to send results; "
-                           "without them only the patient details are sent.")
-    if ss.ps_message:
-        kind, text = ss.ps_message
+            st.caption(f"Send to server sends the patient details only. {details_only_reason()}")
+    if ss.ps_message and ss.ps_message[2] == entries_snapshot():
+        kind, text, _ = ss.ps_message
         {"success": st.success, "error": st.error}.get(kind, st.info)(text)
 
 
@@ -874,23 +983,98 @@ def command_text(command: dict | None) -> str:
     return text + ":orange-badge[:material/hourglass_top: waiting for the bedside station]"
 
 
-def render_room_card(entry: dict, server_time: str | None) -> None:
-    patient = entry.get("patient") or {}
+def command_overdue(command: dict | None, server_time: str | None) -> bool:
+    """A command the bedside has not applied within COMMAND_OVERDUE_S (server clock)."""
+    if not command or command.get("applied"):
+        return False
+    commanded = parse_time(command.get("commanded_at"))
+    reference = parse_time(server_time) or datetime.now(timezone.utc)
+    return commanded is not None and (reference - commanded).total_seconds() > COMMAND_OVERDUE_S
+
+
+def room_alerts(entry: dict, server_time: str | None) -> list[str]:
+    """Why a room needs attention (empty: it does not): apneas, no data, a command not
+    applied in time."""
+    alerts = []
+    apneas = (entry.get("latest") or {}).get("apnea_count")
+    if apneas is not None and int(apneas) >= APNEA_ALERT_COUNT:
+        alerts.append(plural(int(apneas), "apnea"))
+    if is_stale(entry, server_time):
+        alerts.append(f"stale > {STALE_AFTER_MIN:g} min")
+    command = entry.get("command")
+    if command_overdue(command, server_time):
+        alerts.append(f"pending {command['pressure_cmh2o']} cmH2O not applied after "
+                      f"{COMMAND_OVERDUE_S:g} s")
+    return alerts
+
+
+def room_state(entry: dict, server_time: str | None) -> str:
+    """``attention``, ``nodata`` (no CPAP record yet) or ``ok``: a key of CARD_STYLES."""
+    if room_alerts(entry, server_time):
+        return "attention"
+    return "ok" if entry.get("latest") else "nodata"
+
+
+def order_rooms(rooms: list[dict], server_time: str | None, attention_first: bool) -> list[dict]:
+    """Rooms by number; with ``attention_first`` the rooms needing attention lead."""
+    def key(entry):
+        leads = attention_first and room_state(entry, server_time) == "attention"
+        return (not leads, entry.get("room") or 0)
+    return sorted(rooms, key=key)
+
+
+def pressure_in_force(base: str, entry: dict) -> tuple[int | None, str]:
+    """The CPAP pressure the room runs at now (cmH2O) and where that comes from.
+
+    The newest command applied at the bedside after the latest record is in force;
+    otherwise the latest record's pressure (a record is stored under the pressure it was
+    made at). A command not yet applied is not in force: it is shown as pending.
+    """
     latest = entry.get("latest") or {}
     command = entry.get("command")
+    applied = None
+    if command and command.get("applied"):
+        applied = command
+    elif command:                                       # pending: what was applied before?
+        try:
+            applied = fetch_applied_command(base, entry["room"],
+                                            (entry.get("patient") or {}).get("mrn"))
+        except ApiError:
+            return None, "cannot be checked now (the command history did not load)"
+    recorded = parse_time(latest.get("received_at"))
+    applied_at = parse_time((applied or {}).get("applied_at"))
+    if applied_at is not None and (recorded is None or applied_at > recorded):
+        return applied["pressure_cmh2o"], f"commanded, applied {fmt_time(applied['applied_at'])}"
+    if latest.get("cpap_pressure_cmh2o") is not None:
+        return latest["cpap_pressure_cmh2o"], "of the latest record"
+    return None, "not known yet"
+
+
+def render_room_card(base: str, entry: dict, server_time: str | None) -> None:
+    patient = entry.get("patient") or {}
+    latest = entry.get("latest")
+    command = entry.get("command")
+    state = room_state(entry, server_time)
     badges = []
-    if is_stale(entry, server_time):
-        badges.append(f":orange-badge[:material/schedule: stale > {STALE_AFTER_MIN:g} min]")
-    if command and not command.get("applied"):
+    alerts = room_alerts(entry, server_time)
+    if alerts:
+        badges.append(f":red-badge[:material/warning: {' · '.join(alerts)}]")
+    if command and not command.get("applied") and not command_overdue(command, server_time):
         badges.append(f":blue-badge[pending {command['pressure_cmh2o']} cmH2O]")
-    with st.container(border=True):
+    with st.container(border=True, key=f"mon_card_{state}_{entry['room']}"):
         st.markdown(f"**Room {entry['room']}** " + " ".join(badges))
-        st.caption(f"MRN {patient.get('mrn', '—')} · {md_escape(patient.get('name') or '—')}")
-        cols = st.columns(3)
-        cols[0].metric("cmH2O", fmt_number(latest.get("cpap_pressure_cmh2o")))
-        cols[1].metric("bpm", fmt_number(latest.get("breath_rate_bpm")))
-        cols[2].metric("apneas", apnea_markdown(latest.get("apnea_count")))
-        st.caption(f"Latest data {fmt_time(latest.get('received_at'))}")
+        st.text(f"MRN {patient.get('mrn', '—')} · {patient.get('name') or 'no name'}")
+        pressure, source = pressure_in_force(base, entry)
+        if pressure is not None:
+            st.metric("Pressure in force", f"{pressure} cmH2O", help=f"Pressure {source}.")
+        if latest is None:
+            st.markdown("**No data yet** — no CPAP record from this room.")
+            return
+        cols = st.columns(2)
+        cols[0].metric("bpm", fmt_number(latest.get("breath_rate_bpm")))
+        cols[1].metric("apneas", apnea_markdown(latest.get("apnea_count")))
+        st.caption(f"Latest record made at {fmt_number(latest.get('cpap_pressure_cmh2o'))} "
+                   f"cmH2O · {fmt_time(latest.get('received_at'))}")
 
 
 @safe_callback
@@ -1048,9 +1232,10 @@ def render_audit(base: str, room: int) -> None:
 
 
 def record_label(record: dict) -> str:
+    apneas = record.get("apnea_count")
     return (f"{fmt_time(record.get('received_at'))} · {record.get('cpap_pressure_cmh2o')} "
             f"cmH2O · {fmt_number(record.get('breath_rate_bpm'))} bpm · "
-            f"{record.get('apnea_count')} apneas")
+            + (plural(int(apneas), "apnea") if apneas is not None else "— apneas"))
 
 
 def render_record_image(base: str, record: dict, title: str, room: int, key: str) -> None:
@@ -1078,35 +1263,32 @@ def trend_chart(records: list[dict]) -> alt.LayerChart:
         "apnea_count": r.get("apnea_count"),
     } for r in records if parse_time(r.get("received_at"))])
     span_s = (frame["time"].max() - frame["time"].min()).total_seconds() if len(frame) else 0
-    time_format = "%H:%M:%S" if span_s < 3600 else "%d %b %H:%M"
+    # the parts of fmt_time's format: the time alone within a day, else date and time
+    time_format = "%H:%M:%S" if span_s < 24 * 3600 else "%Y-%m-%d %H:%M"
+    time_tip = alt.Tooltip("time:T", title="Record time", format=TIME_FORMAT)
+    # padding: the first and last bars are centred on the ends of the axis, so half of
+    # each would be cut off without it
     base = alt.Chart(frame).encode(x=alt.X("time:T", title="Record time",
+                                           scale=alt.Scale(padding=TREND_BAR_PX),
                                            axis=alt.Axis(format=time_format, labelAngle=0,
                                                          labelOverlap=True)))
-    apneas = base.mark_bar(color="#d62728", opacity=0.45, size=12).encode(
-        y=alt.Y("apnea_count:Q", title="Apnea count", axis=alt.Axis(titleColor="#d62728")),
-        tooltip=["time:T", "apnea_count:Q"])
+    apneas = base.mark_bar(color="#d62728", opacity=0.45, size=TREND_BAR_PX).encode(
+        y=alt.Y("apnea_count:Q", title="Apnea count", scale=alt.Scale(domainMin=0),
+                axis=alt.Axis(titleColor="#d62728", format="d", tickMinStep=1)),
+        tooltip=[time_tip, alt.Tooltip("apnea_count:Q", title="Apneas")])
     rate = base.mark_line(point=True, color="#1f77b4").encode(
         y=alt.Y("breath_rate_bpm:Q", title="Breath rate (bpm)",
                 axis=alt.Axis(titleColor="#1f77b4")),
-        tooltip=["time:T", alt.Tooltip("breath_rate_bpm:Q", format=".1f")])
+        tooltip=[time_tip, alt.Tooltip("breath_rate_bpm:Q", title="Breath rate", format=".1f")])
     return alt.layer(apneas, rate).resolve_scale(y="independent").properties(height=240)
 
 
 def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
     room = entry["room"]
     patient = entry.get("patient") or {}
-    latest = entry.get("latest")
     mrn = patient.get("mrn")
-    st.markdown(f"#### Room {room} — MRN {mrn if mrn is not None else '—'} · "
-                f"{md_escape(patient.get('name') or 'no name')}")
-    cols = st.columns([1, 1, 1, 1.4, 0.8])
-    cols[0].metric("Pressure", f"{fmt_number((latest or {}).get('cpap_pressure_cmh2o'))} cmH2O")
-    cols[1].metric("Breath rate", f"{fmt_number((latest or {}).get('breath_rate_bpm'))} bpm")
-    cols[2].metric("Apnea count", apnea_markdown((latest or {}).get("apnea_count")))
-    received = parse_time((latest or {}).get("received_at"))
-    cols[3].metric("Data time", received.astimezone().strftime("%d %b %H:%M:%S") if received
-                   else "—", help=fmt_time((latest or {}).get("received_at")))
-    cols[4].metric("Status", ":orange[stale]" if is_stale(entry, server_time) else "live")
+    st.markdown(f"#### Room {room} — MRN {mrn if mrn is not None else '—'}")
+    st.text(f"Patient: {patient.get('name') or 'no name'}")
 
     records: list[dict] = []
     if mrn is not None:
@@ -1114,8 +1296,28 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
             records = fetch_patient(base, mrn).get("records") or []
         except ApiError as exc:
             st.warning(f"The history of MRN {mrn} cannot be loaded. {exc.message}")
-    if latest is None and records:
-        latest = records[0]
+    # Latest and the compare list come from one answer (the history, newest first): the
+    # room list is cached apart and may be older or newer, and a list built from both
+    # offered the record shown as latest, or lost the choice on the next refresh.
+    latest = records[0] if records else entry.get("latest")
+
+    pressure, source = pressure_in_force(base, entry)
+    alerts = room_alerts(entry, server_time)
+    cols = st.columns([1.1, 1.1, 1, 0.9, 1.9])
+    cols[0].metric("Pressure in force", f"{pressure} cmH2O" if pressure is not None else "—",
+                   help=f"Pressure {source}.")
+    if latest is None:
+        cols[1].metric("Latest record", "No data yet")
+    else:
+        cols[1].metric("Record made at", f"{fmt_number(latest.get('cpap_pressure_cmh2o'))} cmH2O",
+                       help="The pressure the latest record was made at.")
+        cols[2].metric("Breath rate", f"{fmt_number(latest.get('breath_rate_bpm'))} bpm")
+        cols[3].metric("Apnea count", apnea_markdown(latest.get("apnea_count")))
+        cols[4].metric("Data time", fmt_time(latest.get("received_at")))
+    if alerts:
+        st.markdown(f":red-badge[:material/warning: needs attention: {' · '.join(alerts)}]")
+    elif latest is not None:
+        st.markdown(":green-badge[live]")
 
     left, right = st.columns([2, 3], gap="large")
     with left:
@@ -1165,17 +1367,23 @@ def render_monitor_live() -> None:
     except ApiError as exc:
         st.error(exc.message)
         return
-    rooms = body.get("rooms") or []
     server_time = body.get("server_time")
-    title.caption(f"{len(rooms)} room(s) · updated {fmt_time(server_time)}")
+    rooms = order_rooms(body.get("rooms") or [], server_time,
+                        st.session_state.get("mon_order") == ORDER_CHOICES[1])
+    title.caption(f"{plural(len(rooms), 'room')} · updated {fmt_time(server_time)}")
     if not rooms:
         st.info("No rooms yet: a patient station appears here after its first upload.")
         return
+    st.html(CARD_CSS)                # fixed text only: no user data in HTML
+    st.caption(f":red-badge[:material/warning: needs attention] {APNEA_ALERT_COUNT} or more "
+               f"apneas, no data for {STALE_AFTER_MIN:g} min, or a pressure command not "
+               f"applied within {COMMAND_OVERDUE_S:g} s · :green-badge[green border] "
+               "data, no alarm · :gray-badge[dashed border] no data yet")
     for start in range(0, len(rooms), WALL_COLUMNS):
         cols = st.columns(WALL_COLUMNS)
         for col, entry in zip(cols, rooms[start:start + WALL_COLUMNS]):
             with col:
-                render_room_card(entry, server_time)
+                render_room_card(base, entry, server_time)
 
     by_room = {entry["room"]: entry for entry in rooms}
     if st.session_state.get("mon_room") not in by_room:
@@ -1193,10 +1401,11 @@ def render_monitor_live() -> None:
 
 def render_monitoring_station() -> None:
     st.subheader("Monitoring Station")
-    cols = st.columns([1, 3])
+    cols = st.columns([1, 1.4, 2])
     cols[0].selectbox("Auto-refresh", list(REFRESH_CHOICES_S), key="mon_interval")
+    cols[1].radio("Order", ORDER_CHOICES, key="mon_order", horizontal=True)
     interval_s = REFRESH_CHOICES_S[st.session_state.mon_interval]
-    cols[1].caption(
+    cols[2].caption(
         (f"Refreshes every {interval_s} s" if interval_s else "Auto-refresh paused")
         + f". Rooms without data for {STALE_AFTER_MIN:g} min are marked stale.")
     @st.fragment(run_every=interval_s)
@@ -1223,7 +1432,12 @@ def highlight_apnea_rows(frame: pd.DataFrame, column: str = "Apnea count"):
     return frame.style.apply(row_style, axis=1).format(formats, na_rep="—")
 
 
-def patients_frame(patients: list[dict]) -> pd.DataFrame:
+PATIENT_COLUMNS = ("Room", "MRN", "Name", "Records", "Pressure (cmH2O)", "Breath rate (bpm)",
+                   "Apnea count", "Latest data")
+
+
+def patients_rows(patients: list[dict]) -> list[dict]:
+    """One row per patient (the Patients table and its CSV), plain Python values."""
     rows = []
     for patient in patients:
         latest = patient.get("latest") or {}
@@ -1236,9 +1450,17 @@ def patients_frame(patients: list[dict]) -> pd.DataFrame:
             "Apnea count": latest.get("apnea_count"),
             "Latest data": fmt_time(latest.get("received_at")) if latest else "—",
         })
-    columns = ["Room", "MRN", "Name", "Records", "Pressure (cmH2O)", "Breath rate (bpm)",
-               "Apnea count", "Latest data"]
-    return pd.DataFrame(rows, columns=columns)
+    return rows
+
+
+def patients_frame(patients: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(patients_rows(patients), columns=list(PATIENT_COLUMNS))
+
+
+def patients_csv(patients: list[dict]) -> bytes:
+    """The Patients table as CSV: numbers as on screen, no cell a spreadsheet would run."""
+    return csv_text(patients_rows(patients), PATIENT_COLUMNS,
+                    {name: 1 for name in DECIMAL_COLUMNS}).encode("utf-8")
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -1267,7 +1489,7 @@ def render_patients() -> None:
         return
     frame = patients_frame(patients)
     st.dataframe(highlight_apnea_rows(frame), hide_index=True, width="stretch", placeholder="—")
-    st.download_button("Download CSV", frame.to_csv(index=False).encode("utf-8"),
+    st.download_button("Download CSV", patients_csv(patients),
                        file_name="patients.csv", mime="text/csv", key="pt_csv",
                        icon=":material/download:", on_click="ignore")
     st.caption(f"Rows with {APNEA_ALERT_COUNT} or more apnea events are highlighted. "
@@ -1275,8 +1497,8 @@ def render_patients() -> None:
     for patient in patients:
         mrn = patient.get("mrn")
         label = (f"Room {patient.get('room')} · MRN {mrn} · "
-                 f"{md_escape(patient.get('name') or 'no name')} "
-                 f"({patient.get('record_count', 0)} records)")
+                 f"{md_code(patient.get('name') or 'no name')} "
+                 f"({plural(patient.get('record_count', 0), 'record')})")
         expander = st.expander(label, key=f"pt_open_{mrn}", on_change="rerun")
         if not expander.open:
             continue
@@ -1380,13 +1602,13 @@ def render_sign_in() -> None:
 #: Entries typed into the tabs. Streamlit drops the value of a widget that is not drawn
 #: in a run unless it is set again, so they are re-set while the sign-in form is shown.
 ENTRY_KEYS = ("ps_name", "ps_mrn", "ps_room", "ps_pressure", "ps_source", "ps_sample",
-              "mon_room", "mon_interval")
+              "mon_room", "mon_interval", "mon_order")
 
 
 def keep_entries() -> None:
     ss = st.session_state
     for key in list(ss.keys()):
-        if key in ENTRY_KEYS or str(key).startswith("mon_pressure_"):
+        if key in ENTRY_KEYS or str(key).startswith(("mon_pressure_", "ps_pressure_")):
             ss[key] = ss[key]
 
 

@@ -12,10 +12,8 @@ the JSON (``*_out`` functions); they never touch pymongo.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import os
@@ -34,6 +32,7 @@ import openapi
 import storage
 import validation
 from auth import ANYONE, MONITOR, STATION, ADMIN, public, reads, writes
+from csv_export import csv_text
 from storage import get_storage
 from validation import ValidationError
 
@@ -317,25 +316,24 @@ def patient_records(mrn):
 
 CSV_COLUMNS = ("received_at", "mrn", "room", "cpap_pressure_cmh2o", "breath_rate_bpm",
                "apnea_count", "breaths", "duration_s", "ahi", "leakage_l", "has_image", "id")
+#: Decimal places in the CSV: what the screens show (leakage in the station's 2 places).
+CSV_DECIMALS = {"breath_rate_bpm": 1, "duration_s": 1, "ahi": 1, "leakage_l": 2}
 
 
 @api.get("/patients/<mrn>/records.csv")
 @reads(*WARD)
 def patient_records_csv(mrn):
-    """The newest ``limit`` records (at most MAX_CSV_RECORDS), newest first;
+    """The newest ``limit`` records (at most MAX_CSV_RECORDS), newest first, written by
+    :func:`csv_export.csv_text` (formula cells quoted, numbers rounded as on screen);
     ``X-Total-Count`` is the patient's number of records and ``X-Truncated`` says
     whether the file holds fewer."""
     number, patient = existing_patient(mrn)
     limit = records_limit(default=MAX_CSV_RECORDS)
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
     with read_guard(limit):
         records = get_storage().patient_records(number, limit)
-    for doc in records:
-        writer.writerow(record_out(doc))
     total = max(int(patient.get("record_count") or 0), len(records))
-    return Response(out.getvalue(), mimetype="text/csv", headers={
+    rows = (record_out(doc) for doc in records)
+    return Response(csv_text(rows, CSV_COLUMNS, CSV_DECIMALS), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="patient-{number}-records.csv"',
         "X-Total-Count": str(total), "X-Truncated": "true" if total > len(records) else "false"})
 

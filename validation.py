@@ -39,6 +39,9 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 UPLOAD_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
 _UPLOAD_ID = re.compile(UPLOAD_ID_PATTERN)
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+#: Unicode categories refused in free text: controls, format characters (bidi controls,
+#: zero-width characters), lone surrogates, line and paragraph separators.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
@@ -98,8 +101,28 @@ def breath_rate(value, field: str = "breath_rate_bpm") -> float:
                   f"a finite number from 0 to {BREATH_RATE_MAX_BPM:g} breaths per minute")
 
 
+def hidden_character(value: str) -> str | None:
+    """The first character of ``value`` that a reader cannot see as typed, described
+    (``"U+202E RIGHT-TO-LEFT OVERRIDE at position 6"``), or None.
+
+    Refused: controls (Cc), lone surrogates (Cs), line/paragraph separators (Zl, Zp) and
+    format characters (Cf) -- the bidirectional embeddings, overrides, isolates and marks
+    (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F), the zero-width characters (U+200B-U+200D,
+    U+2060, U+FEFF) and the rest of Cf. A right-to-left override makes "\\u202eevil Bob"
+    display as "boB live"; a zero-width space makes two different names look identical.
+    """
+    for position, ch in enumerate(value, start=1):
+        category = unicodedata.category(ch)
+        if category in HIDDEN_CATEGORIES:
+            name = unicodedata.name(ch, "lone surrogate" if category == "Cs"
+                                    else "control character")
+            return f"U+{ord(ch):04X} {name} at position {position}"
+    return None
+
+
 def text(value, field: str, max_chars: int) -> str | None:
-    """Free text (a name): a string ≤ max_chars without control characters; "" → None."""
+    """Free text (a name): a string ≤ max_chars without control, invisible or
+    text-direction characters (:func:`hidden_character`); "" → None."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -107,9 +130,11 @@ def text(value, field: str, max_chars: int) -> str | None:
     value = value.strip()
     if len(value) > max_chars:
         raise ValidationError(f"{field} must be at most {max_chars} characters", field)
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise ValidationError(f"{field} must not contain control characters or lone "
-                              "surrogates", field)
+    found = hidden_character(value)
+    if found:
+        raise ValidationError(f"{field} must not contain control characters, invisible or "
+                              f"text-direction characters, or lone surrogates (found {found}); "
+                              "type it as plain text", field)
     return value or None
 
 

@@ -214,8 +214,19 @@ def test_csv_export(client, prefix):
     assert lines[0].startswith("received_at,mrn,room,cpap_pressure_cmh2o,breath_rate_bpm")
     assert len(lines) == 3
     assert ",12,3,6,14.5,1,10,60.0," in lines[1]
-    assert ",12,3,5,12.25,2,,,,," in lines[2]
+    assert ",12,3,5,12.2,2,,,,," in lines[2]                 # 1 decimal, as on screen
     assert client.get(f"{prefix}/patients/99/records.csv").status_code == 404
+
+
+def test_csv_numbers_rounded_as_on_screen(client, prefix):
+    """The CSV had 8.468595624558928 where the screen shows 8.5."""
+    post(client, prefix, rate=8.468595624558928, duration_s=61.26, ahi=3.14159,
+         leakage_l=-0.123456)
+    header, row = client.get(f"{prefix}/patients/12/records.csv").get_data(
+        as_text=True).splitlines()
+    cells = dict(zip(header.split(","), row.split(",")))
+    assert (cells["breath_rate_bpm"], cells["duration_s"], cells["ahi"],
+            cells["leakage_l"]) == ("8.5", "61.3", "3.1", "-0.12")
 
 
 @pytest.mark.parametrize("data, content_type", [(PNG, "image/png"), (JPEG, "image/jpeg")])

@@ -98,7 +98,27 @@ def test_name_rules(client, value, message):
     assert_error(post_json(client, upload_body(name=value)), 400, "name", message)
 
 
-@pytest.mark.parametrize("name", ["x" * 100, "Zoë <b>Ørsted</b> 山田", "  Ada  "])
+@pytest.mark.parametrize("char, described", [
+    ("\u202e", "U+202E RIGHT-TO-LEFT OVERRIDE"), ("\u202a", "U+202A LEFT-TO-RIGHT EMBEDDING"),
+    ("\u2066", "U+2066 LEFT-TO-RIGHT ISOLATE"), ("\u2069", "U+2069 POP DIRECTIONAL ISOLATE"),
+    ("\u200e", "U+200E LEFT-TO-RIGHT MARK"), ("\u200f", "U+200F RIGHT-TO-LEFT MARK"),
+    ("\u200b", "U+200B ZERO WIDTH SPACE"), ("\u200d", "U+200D ZERO WIDTH JOINER"),
+    ("\u2060", "U+2060 WORD JOINER"), ("\ufeff", "U+FEFF ZERO WIDTH NO-BREAK SPACE"),
+    ("\u00ad", "U+00AD SOFT HYPHEN"), ("\u2028", "U+2028 LINE SEPARATOR")], ids=repr)
+def test_name_with_bidi_or_invisible_character_refused(client, char, described):
+    """ "\u202eevil Bob" would display as "boB live": such names are refused, naming the
+    character and its position, and nothing is stored."""
+    body = assert_error(post_json(client, upload_body(name=f"evil {char}Bob")), 400, "name",
+                        "invisible or text-direction characters")
+    assert f"(found {described} at position 6)" in body["message"]
+    assert client.get("/api/v1/patients/12").status_code == 404
+    legacy = client.post("/add_patient", json={"patient_mrn": 12, "room_number": 3,
+                                               "patient_name": f"Ada{char}King"})
+    assert_error(legacy, 400, "patient_name", described)
+
+
+@pytest.mark.parametrize("name", ["x" * 100, "Zoë <b>Ørsted</b> 山田", "  Ada  ",
+                                  "Ada see https://evil.example/x", "عائشة"])
 def test_name_stored_as_text(client, name):
     resp = post_json(client, upload_body(name=name))
     assert resp.status_code == 201 and resp.get_json()["patient"]["name"] == name.strip()

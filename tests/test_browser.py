@@ -200,7 +200,8 @@ def test_patient_to_monitor_and_back(stack):
                 "e => getComputedStyle(e.querySelector('span') || e).color"
                 ".match(/\\d+/g).slice(0, 3).map(Number)")
             assert red > green + 60 and red > blue + 60, f"apnea count not red: {red, green, blue}"
-            station.get_by_role("button", name="Upload").click()
+            # one "Upload" button only (the file picker's, hidden with the sample picker)
+            station.get_by_role("button", name="Send to server").click()
             expect(station.get_by_text("Uploaded at")).to_be_visible(timeout=20_000)
             expect(station.get_by_label("MRN (medical record number)")).to_be_disabled()
             expect(station.get_by_text("Pressure link active for room 3")).to_be_visible(
@@ -213,9 +214,15 @@ def test_patient_to_monitor_and_back(stack):
             idle(page)
             expect(monitor.get_by_text("Room 3", exact=True)).to_be_visible(timeout=20_000)
             expect(monitor.get_by_text("MRN 102 · <script>alert(1)</script>")).to_be_visible()
+            # Grace Hopper's 4 apneas: her card stands out (red border), not just the digit
+            attention = monitor.locator('[class*="st-key-mon_card_attention_1"]')
+            expect(attention).to_contain_text("4 apneas")
+            red, green, blue = attention.evaluate(
+                "e => getComputedStyle(e).borderTopColor.match(/\\d+/g).slice(0, 3).map(Number)")
+            assert red > green + 100 and red > blue + 100, f"card not red: {red, green, blue}"
             choose(page, "Room", "Room 3 — MRN 4711 Ada Lovelace")
-            expect(monitor.get_by_text("Room 3 — MRN 4711 · Ada Lovelace")).to_be_visible(
-                timeout=20_000)
+            expect(monitor.get_by_text("Room 3 — MRN 4711")).to_be_visible(timeout=20_000)
+            expect(monitor.get_by_text("Patient: Ada Lovelace")).to_be_visible()
             commit(monitor.get_by_label("New pressure for room 3 (cmH2O, 4–25)"), "14")
             idle(page)
             monitor.get_by_role("button", name="Send…").click()
@@ -236,8 +243,13 @@ def test_patient_to_monitor_and_back(stack):
                                    timeout=5, headers=AS_MONITOR).json()["applied"]:
                 assert time.monotonic() < deadline, "the station never marked the command applied"
                 time.sleep(0.3)
-            # The next upload carries the commanded pressure (a new record in the history).
-            station.get_by_role("button", name="Upload").click()
+            # The next recording is stored under the commanded pressure (the previous one
+            # never is: it was made at 10 cmH2O).
+            choose(page, "Sample file", "normal_15bpm.txt")
+            expect(station.get_by_text("Flow of normal_15bpm.txt")).to_be_visible(
+                timeout=60_000)
+            idle(page)
+            station.get_by_role("button", name="Send to server").click()
             expect(station.get_by_text("(14 cmH2O,")).to_be_visible(timeout=20_000)
             records = requests.get(f"{stack['api']}/api/v1/patients/4711", timeout=5,
                                    headers=AS_MONITOR).json()

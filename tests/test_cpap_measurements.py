@@ -345,3 +345,38 @@ def test_cli_unusable_file_one_line_error(tmp_path):
 def test_cli_missing_file(tmp_path):
     proc = run_cli(tmp_path / "nope.txt")
     assert proc.returncode == 2 and "cannot open" in proc.stderr
+
+
+def plotted_figure(monkeypatch, result):
+    """The matplotlib figure that flow_plot_png saves (captured at savefig)."""
+    from matplotlib.figure import Figure
+    saved = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig",
+                        lambda fig, *a, **kw: (saved.append(fig), original(fig, *a, **kw))[1])
+    cm.flow_plot_png(result)
+    (figure,) = saved
+    return figure
+
+
+def test_flow_plots_share_one_flow_scale_and_readable_text(monkeypatch):
+    """Two recordings of different strength are drawn on the same flow axis (so the monitor's
+    side-by-side images compare directly) with text still readable at half size."""
+    weak = cm.analyze(generate(duration_s=60, rate_bpm=15, amplitude_lpm=15.0, seed=1)[0])
+    strong = cm.analyze(generate(duration_s=90, rate_bpm=12, amplitude_lpm=35.0, seed=2)[0])
+    assert weak.flow_lpm.max() < 0.6 * strong.flow_lpm.max()
+    axes = [plotted_figure(monkeypatch, r).axes[0] for r in (weak, strong)]
+    assert axes[0].get_ylim() == axes[1].get_ylim()
+    low, high = axes[0].get_ylim()
+    assert low <= strong.flow_lpm.min() and high >= strong.flow_lpm.max()
+    for ax in axes:
+        sizes = [ax.xaxis.label.get_fontsize(), ax.yaxis.label.get_fontsize(),
+                 ax.title.get_fontsize() if ax.get_title() else ax._left_title.get_fontsize(),
+                 *(t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels())]
+        assert min(sizes) >= cm.PLOT_FONT_PT - 2 >= 13
+
+
+def test_flow_outside_the_fixed_scale_widens_it_never_clips(monkeypatch):
+    result = cm.analyze(generate(duration_s=60, rate_bpm=15, amplitude_lpm=90.0, seed=3)[0])
+    low, high = plotted_figure(monkeypatch, result).axes[0].get_ylim()
+    assert high >= result.flow_lpm.max() and low <= result.flow_lpm.min()

@@ -196,6 +196,10 @@ CATALOGUE = [
       "name", "control characters"),
     J("name-lone-surrogate", "name with a lone surrogate \\ud800", P, up(name="Ada\ud800"), 400,
       "name", "lone surrogates"),
+    J("name-rtl-override", "name with U+202E (displays reversed)", P,
+      up(name="\u202eevil Bob"), 400, "name", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    J("name-zero-width", "name with a zero-width joiner", P, up(name="Ada\u200dKing"), 400,
+      "name", "U+200D ZERO WIDTH JOINER"),
     J("name-too-long", "name of 101 emoji", P, up(name="😴" * 101), 400, "name",
       "at most 100 characters"),
     J("source-newline", "PUT source with a newline", PRESSURE,
@@ -346,10 +350,11 @@ def test_hostile_input_is_refused(hostile_app, case):
     assert snapshot(hostile_app) == before, "a refused request changed the database"
 
 
-@pytest.mark.parametrize("name", ["Zoë Ørsted", "山田 太郎", "😴 Ada", "Ada\u200dKing",
-                                  '{"$gt": ""}', "<script>alert(1)</script>", "x" * 100],
-                         ids=["accents", "cjk", "emoji", "zero-width-joiner", "operator-text",
-                              "html", "100-chars"])
+@pytest.mark.parametrize("name", ["Zoë Ørsted", "山田 太郎", "😴 Ada", "عائشة",
+                                  '{"$gt": ""}', "<script>alert(1)</script>", "x" * 100,
+                                  "Ada https://evil.example/x"],
+                         ids=["accents", "cjk", "emoji", "arabic", "operator-text",
+                              "html", "100-chars", "url"])
 def test_unicode_names_are_accepted_as_plain_text(name):
     """Printable text of any script (and text that merely looks like an operator or
     HTML) is a valid name: stored and returned exactly, never interpreted."""

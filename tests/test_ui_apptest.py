@@ -8,9 +8,12 @@ to it with ``requests`` exactly as in production. Recordings come from ``sample_
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
+import re
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -118,6 +121,15 @@ def patient(url, mrn):
     return requests.get(f"{url}/api/v1/patients/{mrn}", timeout=5).json()
 
 
+def api_command(url, room: int, pressure: int, mrn: int) -> dict:
+    """Command ``pressure`` for patient ``mrn`` in ``room`` through the API, as the
+    monitoring station does; returns the command."""
+    resp = requests.put(f"{url}/api/v1/rooms/{room}/pressure",
+                        json={"pressure_cmh2o": pressure, "mrn": mrn}, timeout=5)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
 # --- Patient Station ------------------------------------------------------------------
 
 def test_pressure_outside_4_to_25_is_refused_not_clamped(at):
@@ -147,6 +159,18 @@ def test_mrn_and_room_must_be_positive_integers(at, field, label):
         run(at)
         assert f"{label} must be a positive whole number" in " ".join(texts(at.error)), value
         assert at.button(key="ps_upload").disabled, value
+
+
+@pytest.mark.parametrize("field,label", [("ps_mrn", "MRN"), ("ps_room", "Room number")])
+def test_too_large_mrn_or_room_message_states_the_limit(at, field, label):
+    enter_patient(at)
+    at.text_input(key=field).input("99999999999999999999")
+    run(at)
+    assert texts(at.error) == [f"{label} must be a positive whole number, at most "
+                               "9007199254740991 (you entered 99999999999999999999)."]
+    at.text_input(key=field).input("9007199254740991")
+    run(at)
+    assert not at.error and not at.button(key="ps_upload").disabled
 
 
 def test_chart_frame_keeps_each_buckets_extremes():
@@ -205,13 +229,38 @@ def test_sample_picker_analyses_a_sample(at, recordings):
     assert metrics["Breath rate"] == f"{recordings['one_truth']['breath_rate_bpm']:.1f} bpm"
 
 
-def test_unusable_file_gives_a_clinician_message(at):
+def test_text_file_that_is_not_a_recording_is_told_so(at):
     enter_patient(at)
-    load_file(at, b"this is not a CPAP recording\n", name="notes.txt")
+    load_file(at, b"hello", name="notes.txt")
     run(at)
-    message = " ".join(texts(at.error))
-    assert "notes\\.txt cannot be analysed" in message
+    (message,) = texts(at.error)
+    assert message.startswith("`notes.txt` is not a usable CPAP recording: no valid samples")
+    assert "7 comma-separated numbers" in message and "Nothing from this file is sent" in message
     assert not metric_values(station(at), "Apnea count")
+
+
+def test_unusable_file_blocks_sending_and_stores_nothing(at, api, recordings):
+    """After a failed analysis the station neither offers Send nor claims "Load a
+    recording": it says the chosen file cannot be used; nothing reaches the server."""
+    enter_patient(at, pressure="10")
+    load_file(at, b"hello\n", name="notes.txt")
+    run(at)
+    assert at.button(key="ps_upload").disabled     # (AppTest, like a browser, cannot press it)
+    captions = " ".join(texts(station(at).caption))
+    assert "`notes.txt` cannot be used" in captions and "Load a recording" not in captions
+    assert requests.get(f"{api}/api/v1/patients/12", timeout=5).status_code == 404
+    assert requests.get(f"{api}/api/v1/rooms", timeout=5).json()["rooms"] == []
+    load_file(at, recordings["calm"], name="night.txt")          # a usable one: sent
+    run(at)
+    click(at, "ps_upload")
+    assert len(patient(api, 12)["records"]) == 1
+
+
+def test_only_one_button_is_labelled_upload(at):
+    """The file picker has its own "Upload" button; sending to the server is another."""
+    assert at.button(key="ps_upload").label == "Send to server"
+    assert [b.label for b in at.button if b.label == "Upload"] == []
+    assert at.file_uploader[0].label.startswith("Choose recording file")
 
 
 def test_upload_locks_mrn_and_room_and_keeps_entries(at, api, recordings):
@@ -232,6 +281,67 @@ def test_upload_locks_mrn_and_room_and_keeps_entries(at, api, recordings):
     assert record["has_image"]
     image = requests.get(f"{api}/api/v1/records/{record['id']}/image", timeout=5)
     assert image.content.startswith(b"\x89PNG")
+
+
+def apply_commanded_pressure(at, api, room: int, pressure: int, mrn: int) -> None:
+    """The monitoring station commands ``pressure`` through the API; the station's poll
+    applies it (the pressure field follows) and marks it applied."""
+    api_command(api, room, pressure, mrn)
+    run(at)
+    assert pressure_field(at).value == str(pressure)
+    assert requests.get(f"{api}/api/v1/rooms/{room}/pressure", timeout=5).json()["applied"]
+
+
+def test_old_recording_is_not_stored_under_a_new_pressure(at, api, recordings):
+    """After a commanded change, Send without a new recording must not store the previous
+    recording's breath rate and apneas at the new pressure."""
+    enter_patient(at, pressure="10")
+    load_file(at, recordings["apneic"])
+    run(at)
+    click(at, "ps_upload")
+    apply_commanded_pressure(at, api, room=3, pressure=14, mrn=12)
+    click(at, "ps_upload")
+    stored = patient(api, 12)
+    assert [r["cpap_pressure_cmh2o"] for r in stored["records"]] == [10]
+    assert stored["patient"]["record_count"] == 1
+    # said plainly, before and after pressing
+    captions = " ".join(texts(station(at).caption))
+    assert "made at 10 cmH2O and is already stored" in captions
+    assert "Load the next recording made at 14 cmH2O" in captions
+    assert any("no new record" in m and "made at 14 cmH2O" in m for m in texts(at.success))
+    load_file(at, recordings["calm"], name="at14.txt")          # the next recording: stored
+    run(at)
+    click(at, "ps_upload")
+    stored = patient(api, 12)["records"]
+    assert [(r["cpap_pressure_cmh2o"], r["apnea_count"]) for r in stored] == [
+        (14, recordings["calm_truth"]["apnea_count"]),
+        (10, recordings["apneic_truth"]["apnea_count"])]
+
+
+def test_send_during_an_interrupted_analysis_still_sends_the_results(at, api, recordings):
+    """Pressing Send while the page still analyses a newly chosen file interrupts that run,
+    leaving no analysis in the session: Send must analyse the chosen file itself (cached)
+    instead of storing the patient details only as if no recording were loaded."""
+    enter_patient(at, pressure="10")
+    load_file(at, recordings["apneic"])
+    run(at)
+    at.session_state["ps_analysis"] = None           # what the interrupted run left behind
+    click(at, "ps_upload")
+    (record,) = patient(api, 12)["records"]
+    assert record["apnea_count"] == recordings["apneic_truth"]["apnea_count"]
+
+
+def test_success_message_goes_when_the_entries_change(at, api, recordings):
+    enter_patient(at, pressure="10")
+    load_file(at, recordings["calm"])
+    run(at)
+    click(at, "ps_upload")
+    assert any("Uploaded at" in m for m in texts(at.success))
+    at.text_input(key="ps_name").input("Ada L.")
+    run(at)
+    assert not at.success, "a success message about other entries stayed on screen"
+    click(at, "ps_upload")
+    assert any("Patient details saved" in m for m in texts(at.success))
 
 
 def test_reupload_replaces_name_and_appends_history(at, api, recordings):
@@ -385,6 +495,114 @@ def test_history_selection_shows_earlier_image_beside_latest(at, api):
     assert at.get("vega_lite_chart"), "trend chart missing"
 
 
+def card_states(at) -> dict[int, str]:
+    """Room -> state of its wall card, read from the card container's key
+    (``mon_card_<state>_<room>``, which the page's CSS colours)."""
+    states = {}
+    for block in monitor(at).get("flex_container"):
+        key = block.proto.id.rpartition("-")[2]
+        if key.startswith("mon_card_"):
+            _, _, state, room = key.split("_")
+            states[int(room)] = state
+    return states
+
+
+def wall_order(at) -> list[int]:
+    return [int(m.split("**")[1].split()[1]) for m in texts(monitor(at).markdown)
+            if m.startswith("**Room ")]
+
+
+def test_wall_shows_the_pressure_in_force_and_the_records_pressure(at, api):
+    api_upload(api, mrn=12, room=3, name="Ada", pressure=10)
+    command = api_command(api, 3, 14, mrn=12)
+    requests.post(f"{api}/api/v1/rooms/3/pressure/{command['id']}/applied", timeout=5)
+    click(at, "mon_refresh")
+    # large: the pressure the room runs at now (card and detail); the record's is labelled
+    assert metric_values(monitor(at), "Pressure in force") == ["14 cmH2O", "14 cmH2O"]
+    assert metric_values(monitor(at), "Record made at") == ["10 cmH2O"]
+    assert any(c.startswith("Latest record made at 10 cmH2O") for c in texts(monitor(at).caption))
+    assert not metric_values(monitor(at), "cmH2O")
+    # a command not yet applied is pending, not in force
+    api_command(api, 3, 16, mrn=12)
+    click(at, "mon_refresh")
+    assert metric_values(monitor(at), "Pressure in force") == ["14 cmH2O", "14 cmH2O"]
+    (card,) = [m for m in texts(monitor(at).markdown) if m.startswith("**Room 3**")]
+    assert "pending 16 cmH2O" in card
+    # a record made after the applied command: its pressure is the one in force
+    api_upload(api, mrn=12, room=3, pressure=15)
+    click(at, "mon_refresh")
+    assert metric_values(monitor(at), "Pressure in force") == ["15 cmH2O", "15 cmH2O"]
+
+
+def test_rooms_needing_attention_stand_out_and_can_come_first(at, api, monkeypatch):
+    monkeypatch.setenv("PRESSURE_POLL_S", "1")          # a command is overdue after 2 s
+    api_upload(api, mrn=11, room=2, name="Calm", apneas=0)
+    api_upload(api, mrn=12, room=3, name="Apneic", apneas=2)
+    requests.post(f"{api}/api/v1/patients", json={"mrn": 13, "room": 4}, timeout=5)
+    api_upload(api, mrn=14, room=5, name="Waiting", apneas=0)
+    api_command(api, 5, 12, mrn=14)
+    click(at, "mon_refresh")
+    assert card_states(at) == {2: "ok", 3: "attention", 4: "nodata", 5: "ok"}
+    assert wall_order(at) == [2, 3, 4, 5]
+    cards = {wall_order(at)[i]: m for i, m in enumerate(
+        m for m in texts(monitor(at).markdown) if m.startswith("**Room "))}
+    assert ":red-badge[:material/warning: 2 apneas]" in cards[3]
+    assert any(m.startswith("**No data yet**") for m in texts(monitor(at).markdown))
+    time.sleep(2.2)                                     # the command is still not applied
+    click(at, "mon_refresh")
+    assert card_states(at)[5] == "attention"
+    assert any("pending 12 cmH2O not applied after 2 s" in m for m in texts(monitor(at).markdown))
+    at.radio(key="mon_order").set_value("Needs attention first")
+    run(at)
+    assert wall_order(at) == [3, 5, 2, 4]
+    assert at.selectbox(key="mon_room").options[:2] == ["Room 3 — MRN 12 Apneic",
+                                                        "Room 5 — MRN 14 Waiting"]
+    assert any("needs attention" in c for c in texts(monitor(at).caption))   # the legend
+
+
+def test_compare_list_and_latest_agree_when_the_room_list_is_older(at, api):
+    """The room list and the history are cached apart: a new record seen in the history
+    but not yet in the room list must not be offered as an "earlier" record (the choice
+    would vanish on the next refresh, so it took two clicks)."""
+    api_upload(api, mrn=12, room=3, name="Ada", pressure=8)
+    previous = api_upload(api, mrn=12, room=3, pressure=9)["record"]
+    click(at, "mon_refresh")
+    newest = api_upload(api, mrn=12, room=3, pressure=10)["record"]
+    click(at, "pt_refresh")                      # the history is fresh, the room list cached
+    history = at.selectbox(key="mon_history_3_12")
+    assert ui.record_label(newest) not in history.options
+    assert ui.record_label(previous) in history.options
+    headings = [m for m in texts(at.markdown) if m.startswith("**Latest**")]
+    assert headings == [f"**Latest** — {ui.fmt_time(newest['received_at'])}"]
+    history.set_value(previous["id"])
+    run(at)
+    click(at, "mon_refresh")                     # both fresh now: the choice stays
+    assert at.selectbox(key="mon_history_3_12").value == previous["id"]
+    assert any(m.startswith("**Earlier**") for m in texts(at.markdown))
+
+
+def test_one_date_format_and_whole_number_apnea_axis(at, api):
+    record = api_upload(api, mrn=12, room=3, name="Ada", apneas=1)["record"]
+    api_upload(api, mrn=12, room=3, apneas=3)
+    click(at, "mon_refresh")
+    records = patient(api, 12)["records"]
+    assert metric_values(monitor(at), "Data time") == [ui.fmt_time(records[0]["received_at"])]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", ui.fmt_time(record["received_at"]))
+    assert at.selectbox(key="mon_history_3_12").format_func(record["id"]).startswith(
+        ui.fmt_time(record["received_at"]) + " · 10 cmH2O · 14.0 bpm · 1 apnea")
+    (chart,) = [c for c in monitor(at).get("vega_lite_chart") if "apnea_count" in c.proto.spec]
+    spec = json.loads(chart.proto.spec)
+    bars, line = spec["layer"]
+    apnea_axis = bars["encoding"]["y"]["axis"]
+    assert apnea_axis["format"] == "d" and apnea_axis["tickMinStep"] == 1     # no 0.5 ticks
+    assert bars["encoding"]["y"]["scale"]["domainMin"] == 0
+    x = bars["encoding"]["x"]
+    assert x["scale"]["padding"] >= bars["mark"]["size"] / 2    # the first bar is not clipped
+    assert "%b" not in x["axis"]["format"]                      # no "28 Nov" style dates
+    assert all(t.get("format") in (None, ui.TIME_FORMAT, ".1f")
+               for layer in (bars, line) for t in layer["encoding"]["tooltip"])
+
+
 def test_switching_rooms_replaces_the_detail(at, api):
     api_upload(api, mrn=12, room=3, name="Ada", apneas=3)
     api_upload(api, mrn=40, room=7, name="Grace", apneas=0)
@@ -394,7 +612,8 @@ def test_switching_rooms_replaces_the_detail(at, api):
     at.selectbox(key="mon_room").set_value(7)
     run(at)
     headers = [m for m in texts(at.markdown) if m.startswith("#### Room")]
-    assert headers == ["#### Room 7 — MRN 40 · Grace"]
+    assert headers == ["#### Room 7 — MRN 40"]
+    assert "Patient: Grace" in texts(monitor(at).text)
     assert metric_values(monitor(at), "Apnea count") == ["0"]
     assert not any("Set the CPAP pressure of room" in w for w in texts(at.warning))
     assert not any(w.key == "mon_pressure_3" for w in at.text_input)
@@ -435,27 +654,79 @@ def test_patients_table_history_and_highlight(at, api):
 
 def test_patients_csv_matches_table(api):
     api_upload(api, mrn=12, room=3, name="Ada, \"Jr\"", apneas=2)
-    frame = ui.patients_frame(requests.get(f"{api}/api/v1/patients", timeout=5).json()["patients"])
+    patients = requests.get(f"{api}/api/v1/patients", timeout=5).json()["patients"]
     import pandas as pd
-    back = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+    back = pd.read_csv(io.BytesIO(ui.patients_csv(patients)))
     assert back.loc[0, "Name"] == "Ada, \"Jr\"" and back.loc[0, "Apnea count"] == 2
+
+
+def test_patients_csv_has_no_formula_cells_and_screen_precision(at, api):
+    """A name starting with = + - @ is saved so a spreadsheet shows text, not a formula;
+    numbers as on screen (8.5, not 8.468595624558928)."""
+    names = ['=HYPERLINK("http://evil.example","click")', "+1+1", "-2+3", "@SUM(A1)"]
+    for mrn, name in enumerate(names, start=1):
+        api_upload(api, mrn=mrn, room=mrn, name=name, rate=8.468595624558928)
+    click(at, "pt_refresh")
+    (button,) = [b for b in at.get("download_button") if b.key == "pt_csv"]
+    patients = requests.get(f"{api}/api/v1/patients", timeout=5).json()["patients"]
+    rows = list(csv.DictReader(io.StringIO(ui.patients_csv(patients).decode())))
+    assert [r["Name"] for r in rows] == ["'" + name for name in names]
+    assert {r["Breath rate (bpm)"] for r in rows} == {"8.5"}
+    assert at.dataframe[-1].value["Name"].tolist() == names       # the table shows them as typed
 
 
 # --- Safety and failures --------------------------------------------------------------
 
-def test_script_name_renders_as_text_everywhere(at, api):
-    name = "<script>alert(1)</script>"
+@pytest.mark.parametrize("name", ["<script>alert(1)</script>",
+                                  "Ada see https://evil.example/x www.evil.com bob@evil.com",
+                                  "**x** $y$ :red[z] `q`"], ids=["html", "links", "markdown"])
+def test_names_render_as_plain_text_everywhere(at, api, name):
+    """Names never go through Markdown (where URLs and e-mail addresses become links even
+    when escaped): plain text elements, grid cells, option labels and code spans only."""
     api_upload(api, mrn=12, room=3, name=name)
     at.button(key="mon_refresh").click()
     click(at, "pt_refresh")
-    shown = [m for m in texts(at.markdown) + texts(at.caption) if "script" in m]
-    assert shown, "the name is not shown"
-    assert all("\\<script\\>" in m and "<script>" not in m for m in shown)
-    assert all(not m.proto.allow_html for m in list(at.markdown) + list(at.caption))
+    assert "MRN 12 · " + name in texts(at.text) and "Patient: " + name in texts(at.text)
+    markdown = list(at.markdown) + list(at.caption) + list(at.success) + list(at.info)
+    assert not any(name.split()[0] in m.value for m in markdown)
+    assert all(not m.proto.allow_html for m in markdown)
     assert at.dataframe[-1].value.loc[0, "Name"] == name    # grid cells are plain text
+    assert at.selectbox(key="mon_room").options == [f"Room 3 — MRN 12 {name}"]
     (expander,) = [e for e in patients_tab(at).expander if "MRN 12" in e.label]
-    assert "\\<script\\>" in expander.label
+    assert ui.md_code(name) in expander.label
     assert ui.md_escape("**x** $y$ :red[z]") == "\\*\\*x\\*\\* \\$y\\$ \\:red\\[z\\]"
+
+
+@pytest.mark.parametrize("text, span", [("Ada", "`Ada`"), ("a`b", "``a`b``"),
+                                        ("`x`", "`` `x` ``"), ("a``b", "```a``b```")])
+def test_md_code_fences_any_backticks(text, span):
+    assert ui.md_code(text) == span
+
+
+def test_station_refuses_bidi_and_invisible_characters_in_the_name(at, api):
+    """ "\u202eevil Bob" would display reversed; the station refuses it with the server's
+    rule before anything is sent."""
+    for name, found in [("evil \u202eBob", "U+202E RIGHT-TO-LEFT OVERRIDE at position 6"),
+                        ("Ada\u200bKing", "U+200B ZERO WIDTH SPACE at position 4")]:
+        enter_patient(at, name=name)
+        run(at)
+        (error,) = texts(at.error)
+        assert error.startswith("Patient name must not contain control characters, invisible "
+                                "or text-direction characters") and found in error
+        assert at.button(key="ps_upload").disabled
+    assert requests.get(f"{api}/api/v1/patients/12", timeout=5).status_code == 404
+    enter_patient(at, name="Ada King")
+    run(at)
+    assert not at.error and not at.button(key="ps_upload").disabled
+
+
+def test_record_counts_are_singular_and_plural(at, api):
+    api_upload(api, mrn=12, room=3, name="Ada")
+    api_upload(api, mrn=40, room=7, name="Grace")
+    api_upload(api, mrn=40, room=7)
+    click(at, "pt_refresh")
+    labels = [e.label for e in patients_tab(at).expander]
+    assert labels == ["Room 3 · MRN 12 · `Ada` (1 record)", "Room 7 · MRN 40 · `Grace` (2 records)"]
 
 
 def test_server_down_message_keeps_entries(monkeypatch, recordings):
@@ -610,6 +881,7 @@ def test_pressing_upload_again_after_no_answer_reuses_the_key(monkeypatch, recor
         assert any("Uploaded at" in s for s in texts(at.success)), texts(at.error)
         stored = patient(url, 12)
         pressure_field(at).input("11")         # a new upload: a new key
+        load_file(at, recordings["calm"], name="next.txt")
         run(at)
         click(at, "ps_upload")
         newest = patient(url, 12)
