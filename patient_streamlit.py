@@ -1063,6 +1063,9 @@ def render_room_card(base: str, entry: dict, server_time: str | None) -> None:
         badges.append(f":blue-badge[pending {command['pressure_cmh2o']} cmH2O]")
     with st.container(border=True, key=f"mon_card_{state}_{entry['room']}"):
         st.markdown(f"**Room {entry['room']}** " + " ".join(badges))
+        if not patient:      # the patient moved to another room (or was never here)
+            st.text("Free: no patient in this room")
+            return
         st.text(f"MRN {patient.get('mrn', '—')} · {patient.get('name') or 'no name'}")
         pressure, source = pressure_in_force(base, entry)
         if pressure is not None:
@@ -1092,7 +1095,8 @@ def ask_confirm(room: int, mrn: int, name: str | None) -> None:
 
 
 def patient_words(mrn: int, name: str | None) -> str:
-    return f"MRN {mrn}" + (f" ({md_escape(name)})" if name else "")
+    """``MRN 40 (name)`` for Markdown messages, the name as plain text (a code span)."""
+    return f"MRN {mrn}" + (f" ({md_code(name)})" if name else "")
 
 
 @safe_callback
@@ -1390,7 +1394,9 @@ def render_monitor_live() -> None:
         st.session_state.mon_room = rooms[0]["room"]
 
     def room_label(room: int) -> str:
-        patient = by_room[room].get("patient") or {}
+        patient = by_room[room].get("patient")
+        if not patient:
+            return f"Room {room} — free"
         return f"Room {room} — MRN {patient.get('mrn', '—')} {patient.get('name') or ''}"
 
     st.divider()

@@ -312,7 +312,7 @@ def test_signed_in_command_is_audited_under_the_person(people_api, monkeypatch):
     at.text_input(key="mon_pressure_3").input("12")
     click(at, "mon_send_3")
     click(at, "mon_confirm_3")
-    assert any("12 cmH2O sent for MRN 12 (Ada) in room 3" in s for s in texts(at.success)), \
+    assert any("12 cmH2O sent for MRN 12 (`Ada`) in room 3" in s for s in texts(at.success)), \
         texts(at.error)
     assert who_did(store, "pressure_commanded") == {
         "name": "Dr Ada", "role": "monitor", "user": "ada", "via": "monitoring-station"}

@@ -79,3 +79,14 @@ def test_station_whose_patient_was_replaced_stops_taking_commands(at, api, recor
     assert any("now has another patient" in w for w in texts(at.warning))
     assert requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()["applied"] is False
     assert len(patient(api, 12)["records"]) == 1
+
+
+def test_a_room_its_patient_left_shows_free_and_takes_no_command(at, api):
+    api_upload(api, mrn=40, room=40, name="Ada")
+    api_upload(api, mrn=40, room=41, name="Ada")       # moved to room 41
+    click(at, "mon_refresh")
+    at.selectbox(key="mon_room").set_value(40)
+    run(at)
+    assert any("Free: no patient in this room" in t for t in texts(at.text))
+    assert not [t for t in at.text_input if t.key == "mon_pressure_40"]   # nothing to send
+    assert any("Room 40 is free" in c for c in texts(at.caption))
