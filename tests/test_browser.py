@@ -120,6 +120,7 @@ def seed_other_rooms(api_url: str) -> None:
     upload(101, 1, "Grace Hopper", "normal_15bpm.txt", 8)
     upload(101, 1, "Grace Hopper", "apnea_4.txt", 9)
     upload(102, 2, "<script>alert(1)</script>", "fast_28bpm.txt", 11)
+    upload(105, 5, "=HYPERLINK(\"http://x.example\")", "slow_7bpm.txt", 7)  # CSV injection
 
 
 def screenshot(page, name: str) -> None:
@@ -243,6 +244,18 @@ def test_patient_to_monitor_and_back(stack):
                                    timeout=5, headers=AS_MONITOR).json()["applied"]:
                 assert time.monotonic() < deadline, "the station never marked the command applied"
                 time.sleep(0.3)
+            # The wall: the pressure in force (14, applied) in large type, the latest
+            # record's 10 labelled as the record's.
+            page.get_by_role("tab", name="Monitoring Station").click()
+            monitor.get_by_role("button", name="Refresh now").click()
+            idle(page)
+            card = monitor.locator('div[class*="st-key-mon_card_"]').filter(
+                has_text="MRN 4711")
+            expect(card.get_by_test_id("stMetric").filter(has_text="Pressure in force")
+                   .get_by_test_id("stMetricValue")).to_have_text("14 cmH2O", timeout=20_000)
+            expect(card).to_contain_text("Latest record made at 10 cmH2O")
+            card.screenshot(path=str(SHOTS / "card-pressure-in-force.png"))
+            page.get_by_role("tab", name="Patient Station").click()
             # The next recording is stored under the commanded pressure (the previous one
             # never is: it was made at 10 cmH2O).
             choose(page, "Sample file", "normal_15bpm.txt")
@@ -293,6 +306,13 @@ def test_patient_to_monitor_and_back(stack):
                    ).to_be_visible(timeout=20_000)
             patients.get_by_text("Room 1 · MRN 101 · Grace Hopper (2 records)").click()
             screenshot(page, "patients.png")
+            # The patients CSV: a name that is a formula stays text; numbers as on screen.
+            with page.expect_download() as download:
+                patients.get_by_role("button", name="Download CSV").click()
+            exported = Path(download.value.path()).read_text(encoding="utf-8")
+            (row,) = [line for line in exported.splitlines() if "HYPERLINK" in line]
+            assert "'=HYPERLINK" in row and ",=HYPERLINK" not in row, row
+            assert not re.search(r"\d\.\d{3,}", exported), exported
         except Exception:
             page.screenshot(path=str(Path(os.environ.get("BROWSER_FAILSHOT", "/tmp")) /
                                      "browser-failure.png"))
