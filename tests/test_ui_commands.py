@@ -19,13 +19,18 @@ def commands(api_url, room):
                         timeout=5).json()["commands"]
 
 
-def test_confirm_names_patient_and_room_and_the_command_carries_the_mrn(at, api):
+def ask_to_send_14_to_room_7(at, api):
+    """The monitor opens room 7 (MRN 40, Ada), enters 14 cmH2O and presses Send…"""
     api_upload(api, mrn=40, room=7, name="Ada")
     click(at, "mon_refresh")
     at.selectbox(key="mon_room").set_value(7)
     run(at)
     at.text_input(key="mon_pressure_7").input("14")
     click(at, "mon_send_7")
+
+
+def test_confirm_names_patient_and_room_and_the_command_carries_the_mrn(at, api):
+    ask_to_send_14_to_room_7(at, api)
     (question,) = [w for w in texts(at.warning) if "Set the CPAP pressure" in w]
     assert "room 7" in question and "MRN 40" in question and "Ada" in question
     click(at, "mon_confirm_7")
@@ -34,12 +39,7 @@ def test_confirm_names_patient_and_room_and_the_command_carries_the_mrn(at, api)
 
 
 def test_a_new_occupant_before_confirm_is_refused_and_nothing_is_sent(at, api):
-    api_upload(api, mrn=40, room=7, name="Ada")
-    click(at, "mon_refresh")
-    at.selectbox(key="mon_room").set_value(7)
-    run(at)
-    at.text_input(key="mon_pressure_7").input("14")
-    click(at, "mon_send_7")
+    ask_to_send_14_to_room_7(at, api)
     api_upload(api, mrn=41, room=7, name="Bob")       # admitted while the monitor hesitates
     click(at, "mon_confirm_7")
     assert commands(api, 7) == []                      # the effect: nothing stored
