@@ -662,9 +662,10 @@ class OccupantChanged(Exception):
     """A pressure command named a patient who no longer occupies the room."""
 
     def __init__(self, room: int, mrn: int):
-        super().__init__(f"MRN {mrn} is no longer the patient in room {room}: the room's "
-                         "occupant changed since the command was prepared. Nothing was "
-                         "sent; check the room and send the command again.")
+        super().__init__(f"MRN {mrn} is not the patient in room {room} now (the room's "
+                         "occupant changed since the command was prepared, or the MRN is "
+                         "wrong). Nothing was sent; check the room and send the command "
+                         "again.")
         self.room, self.mrn = room, mrn
 
 
