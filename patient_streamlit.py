@@ -38,6 +38,7 @@ import re
 import string
 import uuid
 from datetime import datetime, timezone
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 
 import altair as alt
@@ -267,23 +268,40 @@ class ApiError(Exception):
         self.status = status
 
 
-def api_call(method: str, path: str, retry: Retry | None = None,
+@st.cache_resource(show_spinner=False)
+def api_session(retry_upload: bool = False) -> requests.Session:
+    """The process's pooled HTTP session to the API (one without retries, one with
+    :data:`UPLOAD_RETRY`), created once and shared by every browser session and rerun.
+
+    Streamlit runs each browser session's script in its own thread, so the session is
+    shared across threads. That is safe as used here: nothing on it is changed after
+    creation (credentials, timeout and parameters go with each request), its
+    HTTPAdapter's urllib3 pool manager is thread-safe, and cookies are refused, so one
+    person's server cookie can never ride along with another person's request. Reusing
+    it keeps TCP connections open between calls instead of one handshake per call.
+    """
+    http = requests.Session()
+    http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))    # refuse all
+    if retry_upload:
+        adapter = HTTPAdapter(max_retries=UPLOAD_RETRY)
+        http.mount("http://", adapter)
+        http.mount("https://", adapter)
+    return http
+
+
+def api_call(method: str, path: str, retry: bool = False,
              side: str | None = MONITOR_SIDE, **kwargs) -> requests.Response:
     """One API request with a timeout (per attempt); every failure becomes an
-    :class:`ApiError`. ``retry`` (urllib3) only for requests that are safe to repeat.
-    ``side``: the screen acting (its credentials; the API records it), None to send no
-    credentials (signing in)."""
+    :class:`ApiError`. ``retry`` (:data:`UPLOAD_RETRY`) only for requests that are safe
+    to repeat. ``side``: the screen acting (its credentials; the API records it), None to
+    send no credentials (signing in)."""
     base = kwargs.pop("base", None) or api_url()
     if side is not None:
         kwargs["headers"] = {**(kwargs.get("headers") or {}), **auth_headers(side),
                              VIA_HEADER: side}
     try:
-        with requests.Session() as http:
-            if retry is not None:
-                adapter = HTTPAdapter(max_retries=retry)
-                http.mount("http://", adapter)
-                http.mount("https://", adapter)
-            resp = http.request(method, f"{base}{path}", timeout=API_TIMEOUT_S, **kwargs)
+        resp = api_session(retry).request(method, f"{base}{path}", timeout=API_TIMEOUT_S,
+                                          **kwargs)
     except requests.Timeout:
         raise ApiError(f"The server at {base} did not answer within {API_TIMEOUT_S:g} s. "
                        "Your entries are kept; try again in a moment.") from None
@@ -392,49 +410,58 @@ def fetch_latest_command(room: int, mrn: int) -> dict | None:
         raise
 
 
-def clear_fetch_caches() -> None:
-    """After a change on the server, the next render must not show cached data."""
-    for fetch in (fetch_rooms, fetch_patients, fetch_patient, fetch_audit,
-                  fetch_applied_command):
+#: Which cached fetches each kind of change makes stale (cleared by :func:`after_change`).
+STALE_AFTER = {
+    "upload": (fetch_rooms, fetch_patients, fetch_patient, fetch_audit, fetch_applied_command),
+    "command": (fetch_rooms, fetch_audit, fetch_applied_command),
+    "applied": (fetch_rooms, fetch_audit, fetch_applied_command),
+    "monitor_refresh": (fetch_rooms, fetch_applied_command, fetch_patient, fetch_audit),
+    "patients_refresh": (fetch_patients, fetch_patient),
+}
+
+
+def after_change(kind: str) -> None:
+    """The next render must not show what a change of ``kind`` (a key of
+    :data:`STALE_AFTER`) made stale: clear those caches."""
+    for fetch in STALE_AFTER[kind]:
         fetch.clear()
 
 
 def refresh_monitor() -> None:
-    fetch_rooms.clear()
-    fetch_applied_command.clear()
-    fetch_patient.clear()
-    fetch_audit.clear()
+    after_change("monitor_refresh")
 
 
 def refresh_patients() -> None:
-    fetch_patients.clear()
-    fetch_patient.clear()
+    after_change("patients_refresh")
 
 
 def post_patient(payload: dict) -> dict:
     """Upload; retried automatically when ``payload`` carries its ``upload_id``."""
-    retry = UPLOAD_RETRY if payload.get("upload_id") else None
-    body = api_json("POST", "/api/v1/patients", json=payload, retry=retry,
-                    side=STATION_SIDE)
-    clear_fetch_caches()
+    body = api_json("POST", "/api/v1/patients", json=payload,
+                    retry=bool(payload.get("upload_id")), side=STATION_SIDE)
+    after_change("upload")
     return body
 
 
 def put_pressure(room: int, pressure_cmh2o: int, mrn: int) -> dict:
     """Command a pressure for patient ``mrn``: the server refuses it (409) when another
     patient occupies the room by now."""
-    body = api_json("PUT", f"/api/v1/rooms/{room}/pressure",
-                    json={"pressure_cmh2o": pressure_cmh2o, "mrn": mrn, "source": "monitor"})
-    fetch_rooms.clear()
-    fetch_audit.clear()
+    try:
+        body = api_json("PUT", f"/api/v1/rooms/{room}/pressure",
+                        json={"pressure_cmh2o": pressure_cmh2o, "mrn": mrn,
+                              "source": "monitor"})
+    except ApiError as exc:
+        if exc.status == 409:          # the room's patient changed: the wall is out of date
+            after_change("monitor_refresh")
+        raise
+    after_change("command")
     return body
 
 
 def post_applied(room: int, command_id: str) -> dict:
     body = api_json("POST", f"/api/v1/rooms/{room}/pressure/{command_id}/applied",
                     side=STATION_SIDE)
-    fetch_rooms.clear()
-    fetch_audit.clear()
+    after_change("applied")
     return body
 
 
@@ -1109,7 +1136,6 @@ def send_command(room: int, pressure: int, mrn: int, name: str | None) -> None:
         command = put_pressure(room, pressure, mrn)
     except ApiError as exc:
         if exc.status == 409:
-            refresh_monitor()
             text = (f"Not sent: the patient in room {room} is no longer "
                     f"{patient_words(mrn, name)}. The wall has been refreshed; check the "
                     "room and send the command again if it is still wanted.")

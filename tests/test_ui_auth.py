@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import patient_streamlit as ui  # noqa: E402
 from server import create_app  # noqa: E402
-from ui_support import click, pressure_field, run, serve_api  # noqa: E402
+from ui_support import click, pressure_field, run, serve_api, ui_sessions_from  # noqa: E402
 
 SCRIPT = str(ROOT / "patient_streamlit.py")
 TOKENS = {"ui-screen": ("admin", "ui-admin-token-0123456789"),
@@ -79,14 +79,14 @@ def test_every_request_carries_the_token(api, monkeypatch):
             sent.append((method, url, (kwargs.get("headers") or {}).get("Authorization")))
             return super().request(method, url, **kwargs)
 
-    monkeypatch.setattr(ui.requests, "Session", SpySession)
     upload(api)
-    at = start(monkeypatch, "ui-screen")
-    at.text_input(key="mon_pressure_3").input("12")
-    click(at, "mon_send_3")
-    click(at, "mon_confirm_3")
-    at.session_state["mon_audit_3"] = True
-    run(at)
+    with ui_sessions_from(SpySession):
+        at = start(monkeypatch, "ui-screen")
+        at.text_input(key="mon_pressure_3").input("12")
+        click(at, "mon_send_3")
+        click(at, "mon_confirm_3")
+        at.session_state["mon_audit_3"] = True
+        run(at)
     assert {m for m, _, _ in sent} >= {"GET", "PUT"}
     assert any("/audit" in u for _, u, _ in sent)
     assert {h for _, _, h in sent} == {f"Bearer {TOKENS['ui-screen'][1]}"}

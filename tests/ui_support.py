@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from unittest import mock
 
+import requests
+import streamlit as st
 from werkzeug.serving import make_server
 
 from local_mongo import free_port
@@ -45,3 +48,16 @@ def pressure_field(at):
     (patient_streamlit.pressure_key), so its key changes with each command."""
     gen = at.session_state["ps_pressure_gen"] if "ps_pressure_gen" in at.session_state else 0
     return at.text_input(key="ps_pressure" if gen == 0 else f"ps_pressure_{gen}")
+
+
+@contextmanager
+def ui_sessions_from(session_class):
+    """The UI keeps its pooled HTTP sessions for the whole process (st.cache_resource):
+    drop them so the UI's next ones are built from ``session_class`` (a spy); dropped
+    again afterwards so no later test talks through the spy."""
+    st.cache_resource.clear()
+    try:
+        with mock.patch.object(requests, "Session", session_class):
+            yield
+    finally:
+        st.cache_resource.clear()
