@@ -1,6 +1,7 @@
 """Sleep Lab Monitor REST API (Flask).
 
-Run with ``python server.py`` (Flask debug server on API_HOST:API_PORT) or under
+Run with ``python server.py`` (Flask's development server on API_HOST:API_PORT; its
+debugger and reloader only with ``FLASK_DEBUG=1`` or ``API_DEBUG=1``) or under
 gunicorn: ``gunicorn 'server:create_app()'``. All state lives in MongoDB, so any
 number of workers or hosts can serve at once.
 
@@ -47,6 +48,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 #: API_ANALYSIS_WAIT_S, else 503 + Retry-After). Smaller ones (an hour is ~14 MB) do not.
 DEFAULT_HEAVY_UPLOAD_BYTES = 16 * 1024 * 1024
 DEFAULT_ANALYSIS_WAIT_S = 0.2
+#: Environment variables that turn on the debugger of ``python server.py`` (off otherwise).
+DEBUG_ENV = ("FLASK_DEBUG", "API_DEBUG")
 ANALYSIS_RETRY_AFTER_S = 5
 #: Records are immutable, so their images may be cached for a year.
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
@@ -809,6 +812,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
+def debug_requested(environ=os.environ) -> bool:
+    """``python server.py`` runs Flask's debugger (which executes code typed into an
+    error page) only when ``FLASK_DEBUG`` or ``API_DEBUG`` asks for it."""
+    return any((environ.get(name) or "").strip().lower() in auth.TRUE_WORDS
+               for name in DEBUG_ENV)
+
+
 if __name__ == "__main__":
     create_app().run(host=os.environ.get("API_HOST", "127.0.0.1"),
-                     port=int(os.environ.get("API_PORT", "5000")), debug=True)
+                     port=int(os.environ.get("API_PORT", "5000")), debug=debug_requested())

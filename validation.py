@@ -1,8 +1,11 @@
 """Input validation: small functions that return a clean value or raise
 :class:`ValidationError` with a field-specific message.
 
-Nothing from a request reaches a database query without passing through here, so
-an operator object such as ``{"$gt": ""}`` is refused (400) before any query.
+The route handlers pass body, form and query values through here, so an operator
+object such as ``{"$gt": ""}`` is refused (400) before any query. Other request values
+have their own gate: stored ids in paths go through ``storage.parse_object_id``,
+sign-in and account bodies through ``accounts``, and tokens are only ever looked up
+by their SHA-256.
 """
 from __future__ import annotations
 

@@ -23,6 +23,14 @@ AUTH_ENV = ("API_TOKEN", "API_TOKENS_FILE", "API_PROTECT_READS", "API_TRUST_PROX
             "SLEEPLAB_SIGN_IN", "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONITOR_TOKEN")
 
 
+def pytest_collection_modifyitems(items):
+    """A test on the real database server (``local_mongo``, directly or through another
+    fixture) is slow: it starts nx-27017 once and talks to it over TCP."""
+    for item in items:
+        if "local_mongo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _no_auth_from_the_shell(monkeypatch):
     """Tests start from open mode (no tokens) whatever the shell exports."""
@@ -39,15 +47,25 @@ def local_mongo(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def app():
-    """The API on a fresh in-memory mongomock database (same storage module)."""
+@pytest.fixture(scope="session")
+def make_app():
+    """``make_app(**config)``: a new API app on a new in-memory mongomock database (the
+    same storage module), with ``config`` added to (or replacing) the test defaults."""
     import mongomock
 
     from server import create_app
 
-    return create_app({"TESTING": True,
-                       "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+    def make(**config):
+        return create_app({"TESTING": True,
+                           "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True), **config})
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    """The API on a fresh in-memory mongomock database."""
+    return make_app()
 
 
 @pytest.fixture

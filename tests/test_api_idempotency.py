@@ -11,7 +11,6 @@ import io
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import mongomock
 import pymongo
 import pytest
 import requests
@@ -26,11 +25,10 @@ P = "/api/v1/patients"
 WRITTEN = ("patients", "rooms", "records", "images", "audit", "uploads", "commands", "meta")
 
 
-@pytest.fixture(params=["mongomock", "nx-27017"])
-def app(request):
+@pytest.fixture(params=["mongomock", pytest.param("nx-27017", marks=pytest.mark.slow)])
+def app(request, make_app):
     if request.param == "mongomock":
-        return create_app({"TESTING": True,
-                           "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+        return make_app()
     server = request.getfixturevalue("local_mongo")
     return create_app({"TESTING": True,
                        "MONGODB_URI": server.uri(database=f"i{uuid.uuid4().hex[:12]}")})

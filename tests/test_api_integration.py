@@ -13,6 +13,8 @@ import storage
 from api_process import ApiServer
 from api_support import PNG, upload_body
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def db_uri(local_mongo):
@@ -149,8 +151,9 @@ def test_concurrent_uploads_under_gunicorn(db_uri):
         assert db.patients.count_documents({}) == len(set(acknowledged))
 
 
-def test_python_server_py_serves(db_uri):
-    """``python server.py``: the Flask debug server on API_HOST/API_PORT."""
+def test_python_server_py_serves(db_uri, tmp_path):
+    """``python server.py``: Flask's development server on API_HOST/API_PORT, with the
+    debugger off unless asked for (it would run code typed into an error page)."""
     import os
     import signal
     import subprocess
@@ -161,10 +164,15 @@ def test_python_server_py_serves(db_uri):
     from local_mongo import free_port
 
     port = free_port()
-    env = dict(os.environ, MONGODB_URI=db_uri, API_HOST="127.0.0.1", API_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("FLASK_DEBUG", "API_DEBUG")}
+    env.update(MONGODB_URI=db_uri, API_HOST="127.0.0.1", API_PORT=str(port),
+               PYTHONUNBUFFERED="1")
+    output = tmp_path / "server.out"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -177,5 +185,7 @@ def test_python_server_py_serves(db_uri):
         assert resp.json() == {"status": "ok", "database": "ok"}
         assert requests.get(f"http://127.0.0.1:{port}/api/rooms", timeout=5).json()["rooms"] == []
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the debug reloader runs a child process
+        os.killpg(proc.pid, signal.SIGTERM)  # a debug reloader would run a child process
         proc.wait(timeout=10)
+    banner = output.read_text()
+    assert "Debug mode: off" in banner and "Debugger is active" not in banner, banner

@@ -24,6 +24,7 @@ def test_health(client):
     assert client.get("/health").get_json() == {"status": "ok", "database": "ok"}
 
 
+@pytest.mark.slow
 def test_health_and_routes_answer_503_when_database_is_down():
     from local_mongo import free_port
     from server import create_app
@@ -325,3 +326,13 @@ def test_rooms_wall_cache_sees_changes_from_other_workers(monkeypatch):
     worker_b.post(f"/api/v1/rooms/2/pressure/{cmd['id']}/applied")
     assert worker_a.get("/api/rooms").get_json()["rooms"][1]["command"]["applied"] is True
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("environ, debug", [
+    ({}, False), ({"FLASK_DEBUG": "0"}, False), ({"API_DEBUG": ""}, False),
+    ({"FLASK_DEBUG": "1"}, True), ({"API_DEBUG": "true"}, True),
+])
+def test_python_server_py_debugs_only_when_asked(environ, debug):
+    from server import debug_requested
+
+    assert debug_requested(environ) is debug

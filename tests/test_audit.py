@@ -37,9 +37,8 @@ def tokens_file(tmp_path) -> str:
 
 
 @pytest.fixture
-def secured(tmp_path):
-    return create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                       "API_TOKENS_FILE": tokens_file(tmp_path)}).test_client()
+def secured(tmp_path, make_app):
+    return make_app(API_TOKENS_FILE=tokens_file(tmp_path)).test_client()
 
 
 def trail(client, room, **params):
@@ -181,10 +180,8 @@ def test_open_mode_records_anonymous(client):
 
 
 @pytest.mark.parametrize("trust,expected", [(None, "127.0.0.1"), ("1", "203.0.113.9")])
-def test_forwarded_address_only_behind_a_trusted_proxy(tmp_path, trust, expected):
-    c = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                    "API_TOKENS_FILE": tokens_file(tmp_path),
-                    "API_TRUST_PROXY": trust}).test_client()
+def test_forwarded_address_only_behind_a_trusted_proxy(tmp_path, trust, expected, make_app):
+    c = make_app(API_TOKENS_FILE=tokens_file(tmp_path), API_TRUST_PROXY=trust).test_client()
     c.post("/api/v1/patients", json=upload_body(mrn=12, room=3), headers={
         **AS["ops"], "X-Forwarded-For": "203.0.113.9, 10.0.0.1"})
     assert {e["address"] for e in trail(c, 3)} == {expected}

@@ -9,13 +9,11 @@ import logging
 import re
 from unittest import mock
 
-import mongomock
 import pytest
 
 import auth
 import openapi
 from api_support import upload_body
-from server import create_app
 
 TOKENS = {  # name -> (role, room, token)
     "admin-1": ("admin", None, "adm-0123456789abcdefghij"),
@@ -75,11 +73,6 @@ def token_file_json(tmp_path, entries=None) -> str:
     return str(path)
 
 
-def make_app(tmp_path, **config):
-    return create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                       "API_TOKENS_FILE": token_file_json(tmp_path), **config})
-
-
 def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {TOKENS[name][2]}"}
 
@@ -94,8 +87,8 @@ def seed(client) -> dict:
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["reads-open", "reads-protected"])
-def served(request, tmp_path_factory):
-    app = make_app(tmp_path_factory.mktemp("tokens"),
+def served(request, tmp_path_factory, make_app):
+    app = make_app(API_TOKENS_FILE=token_file_json(tmp_path_factory.mktemp("tokens")),
                    API_PROTECT_READS="1" if request.param else "0")
     client = app.test_client()
     return client, seed(client), request.param
@@ -183,8 +176,8 @@ def test_documented_roles_match_the_table(client):
 
 # -- room-scoped stations -----------------------------------------------------------------
 @pytest.fixture
-def secured(tmp_path):
-    client = make_app(tmp_path).test_client()
+def secured(tmp_path, make_app):
+    client = make_app(API_TOKENS_FILE=token_file_json(tmp_path)).test_client()
     return client, seed(client)
 
 
@@ -254,10 +247,9 @@ def test_scheme_is_case_insensitive(secured):
     assert response.status_code == 201
 
 
-def test_single_api_token_is_an_admin(tmp_path):
+def test_single_api_token_is_an_admin(make_app):
     token = "single-admin-token-0123456789"
-    client = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                         "API_TOKEN": token}).test_client()
+    client = make_app(API_TOKEN=token).test_client()
     assert client.post("/api/v1/patients", json=upload_body()).status_code == 401
     ok = client.post("/api/v1/patients", json=upload_body(),
                      headers={"Authorization": f"Bearer {token}"})
@@ -266,21 +258,19 @@ def test_single_api_token_is_an_admin(tmp_path):
     assert trail.get_json()["entries"][0]["who"] == {"name": "admin", "role": "admin"}
 
 
-def test_open_mode_warns_and_lets_everyone_in(caplog):
+def test_open_mode_warns_and_lets_everyone_in(caplog, make_app):
     with caplog.at_level(logging.WARNING, logger="auth"):
-        client = create_app({"TESTING": True,
-                             "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)}).test_client()
+        client = make_app().test_client()
     assert "authentication is OFF" in caplog.text
     assert client.post("/api/v1/patients", json=upload_body()).status_code == 201
     assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}).status_code == 201
     assert client.get("/api/v1/rooms/3/audit").status_code == 200
 
 
-def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+def test_settings_come_from_the_environment(monkeypatch, tmp_path, make_app):
     monkeypatch.setenv("API_TOKENS_FILE", token_file_json(tmp_path))
     monkeypatch.setenv("API_PROTECT_READS", "yes")
-    client = create_app({"TESTING": True,
-                         "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)}).test_client()
+    client = make_app().test_client()
     assert client.get("/api/v1/rooms").status_code == 401
     assert client.get("/api/v1/rooms", headers=bearer("monitor-1")).status_code == 200
     assert client.get("/health").status_code == 200
@@ -299,8 +289,8 @@ def test_every_known_token_is_compared_with_compare_digest(secured, name):
         assert all(isinstance(a, bytes) and len(a) == 32 for a in args)  # digests only
 
 
-def test_only_digests_are_kept_in_memory(tmp_path):
-    app = make_app(tmp_path)
+def test_only_digests_are_kept_in_memory(tmp_path, make_app):
+    app = make_app(API_TOKENS_FILE=token_file_json(tmp_path))
     settings = app.extensions["auth"]
     held = repr(settings) + repr(app.config.get("API_TOKEN"))
     for secret in SECRETS:
@@ -309,9 +299,10 @@ def test_only_digests_are_kept_in_memory(tmp_path):
 
 
 # -- tokens never logged -----------------------------------------------------------------------
-def test_tokens_never_appear_in_logs(tmp_path, caplog):
+def test_tokens_never_appear_in_logs(tmp_path, caplog, make_app):
     caplog.set_level(logging.DEBUG)
-    client = make_app(tmp_path, API_PROTECT_READS="1").test_client()
+    client = make_app(API_TOKENS_FILE=token_file_json(tmp_path),
+                      API_PROTECT_READS="1").test_client()
     seed(client)
     for name in TOKENS:
         client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}, headers=bearer(name))
@@ -327,26 +318,24 @@ def test_tokens_never_appear_in_logs(tmp_path, caplog):
 
 
 # -- token files ---------------------------------------------------------------------------------
-def test_text_token_file(tmp_path):
+def test_text_token_file(tmp_path, make_app):
     path = tmp_path / "tokens.txt"
     path.write_text("# name role token [room]\n\nward-a monitor mon-0123456789abcdefghij\n"
                     "bed-3   station st3-0123456789abcdefghij 3\n")
     entries = auth.parse_tokens(path.read_text())
     assert [(e.name, e.role, e.room) for e in entries] == [("ward-a", "monitor", None),
                                                           ("bed-3", "station", 3)]
-    client = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                         "API_TOKENS_FILE": str(path)}).test_client()
+    client = make_app(API_TOKENS_FILE=str(path)).test_client()
     assert client.post("/api/v1/patients", json=upload_body(room=3), headers={
         "Authorization": "Bearer st3-0123456789abcdefghij"}).status_code == 201
 
 
-def test_token_file_may_hold_only_sha256_digests(tmp_path):
+def test_token_file_may_hold_only_sha256_digests(tmp_path, make_app):
     import hashlib
     token = "hashed-token-0123456789abcdef"
     path = token_file_json(tmp_path, [{"name": "ops", "role": "admin",
                                        "token_sha256": hashlib.sha256(token.encode()).hexdigest()}])
-    client = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                         "API_TOKENS_FILE": path}).test_client()
+    client = make_app(API_TOKENS_FILE=path).test_client()
     assert client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12},
                       headers={"Authorization": f"Bearer {token}"}).status_code == 404  # no patient
 
@@ -373,19 +362,18 @@ SECRET = "secret-token-0123456789abcdef"
     (f"a admin {SECRET} 3", "only a station"),
     ('[{"name": "a", "role": "admin", "token_sha256": "abc"}]', "64 hex digits"),
 ])
-def test_bad_token_files_are_refused_without_echoing_the_token(tmp_path, text, message):
+def test_bad_token_files_are_refused_without_echoing_the_token(tmp_path, text, message,
+                                                              make_app):
     path = tmp_path / "tokens"
     path.write_text(text)
     with pytest.raises(auth.TokenConfigError, match=message) as info:
-        create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                    "API_TOKENS_FILE": str(path)})
+        make_app(API_TOKENS_FILE=str(path))
     assert SECRET not in str(info.value)
 
 
-def test_missing_token_file_refuses_to_start(tmp_path):
+def test_missing_token_file_refuses_to_start(tmp_path, make_app):
     with pytest.raises(auth.TokenConfigError, match="cannot read"):
-        create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                    "API_TOKENS_FILE": str(tmp_path / "nope.json")})
+        make_app(API_TOKENS_FILE=str(tmp_path / "nope.json"))
 
 
 def test_cli_makes_entries_the_api_accepts(capsys, monkeypatch):

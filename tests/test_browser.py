@@ -43,7 +43,7 @@ POLL_S = 2          # the station's pressure poll in this test (production defau
 MONITOR_REFRESH_S = 5   # the wall's auto-refresh, also live in every bedside session
 COMMANDS = 50       # commands in a row at one bedside page (issue: at least 50)
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 sys.path.insert(0, str(ROOT))
 import processes  # noqa: E402

@@ -12,6 +12,8 @@ import pytest
 import cpap_measurements as cm
 from cpap_synth import HARD_KINDS, generate, hard_config, plain_config
 
+pytestmark = pytest.mark.slow
+
 N_PLAIN = 32
 N_HARD = 45  # five of each of the nine hard kinds
 

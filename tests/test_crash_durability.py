@@ -33,6 +33,8 @@ from api_process import ApiServer
 from api_support import b64, image_bytes
 from local_mongo import LocalMongo, free_port
 
+pytestmark = pytest.mark.slow
+
 STATIONS = 8
 UPLOADS_PER_STATION = 15
 TOTAL = STATIONS * UPLOADS_PER_STATION

@@ -46,11 +46,6 @@ def tokens_file(tmp_path) -> str:
     return str(path)
 
 
-def mock_app(**config):
-    return create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                       **config})
-
-
 def db_of(app):
     return app.extensions["storage_db"]
 
@@ -85,9 +80,9 @@ WARD_READS = ["/api/v1/rooms", "/api/v1/patients", "/api/v1/patients/12",
 
 
 @pytest.fixture
-def protected(tmp_path):
+def protected(tmp_path, make_app):
     """Tokens configured, API_PROTECT_READS not set (what the quick start does)."""
-    app = mock_app(API_TOKENS_FILE=tokens_file(tmp_path))
+    app = make_app(API_TOKENS_FILE=tokens_file(tmp_path))
     client = app.test_client()
     client.post("/api/v1/patients", json=upload_body(mrn=12, room=3), headers=AS_STATION)
     client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}, headers=AS_MONITOR)
@@ -110,18 +105,17 @@ def test_the_image_needs_a_token_by_default(protected):
     assert image.status_code == 200 and image.data == PNG
 
 
-def test_protection_by_default_also_from_the_environment(monkeypatch, tmp_path):
+def test_protection_by_default_also_from_the_environment(monkeypatch, tmp_path, make_app):
     monkeypatch.setenv("API_TOKENS_FILE", tokens_file(tmp_path))
-    client = create_app({"TESTING": True,
-                         "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)}).test_client()
+    client = make_app().test_client()
     assert client.get("/get_all_patients").status_code == 401
     assert client.get("/get_all_patients", headers=AS_MONITOR).status_code == 200
 
 
 @pytest.mark.parametrize("word", ["0", "false", "off", "No"])
-def test_open_reads_only_when_asked_for_and_then_warned(tmp_path, caplog, word):
+def test_open_reads_only_when_asked_for_and_then_warned(tmp_path, caplog, word, make_app):
     with caplog.at_level(logging.WARNING, logger="auth"):
-        client = mock_app(API_TOKENS_FILE=tokens_file(tmp_path),
+        client = make_app(API_TOKENS_FILE=tokens_file(tmp_path),
                           API_PROTECT_READS=word).test_client()
     assert "anyone who can reach the API can read patient" in caplog.text
     assert client.get("/api/v1/rooms").status_code == 200
@@ -129,10 +123,10 @@ def test_open_reads_only_when_asked_for_and_then_warned(tmp_path, caplog, word):
                       ).status_code == 401  # changes still need a token
 
 
-def test_an_unknown_protect_reads_value_stops_the_start(tmp_path):
+def test_an_unknown_protect_reads_value_stops_the_start(tmp_path, make_app):
     import auth
     with pytest.raises(auth.TokenConfigError, match="API_PROTECT_READS must be 1 or 0"):
-        mock_app(API_TOKENS_FILE=tokens_file(tmp_path), API_PROTECT_READS="sometimes")
+        make_app(API_TOKENS_FILE=tokens_file(tmp_path), API_PROTECT_READS="sometimes")
 
 
 # -- item 5: Host header checked -----------------------------------------------------------
@@ -143,8 +137,8 @@ def test_an_unknown_protect_reads_value_stops_the_start(tmp_path):
                                           ("get", "/get_all_patients"),
                                           ("get", "/api/v1/rooms/3"), ("get", "/health"),
                                           ("post", "/api/v1/patients")])
-def test_a_foreign_host_is_refused_before_anything_else(host, method, path):
-    app = mock_app()  # open mode: the data would be readable by anyone otherwise
+def test_a_foreign_host_is_refused_before_anything_else(host, method, path, make_app):
+    app = make_app()  # open mode: the data would be readable by anyone otherwise
     client = app.test_client()
     client.post("/api/v1/patients", json=upload_body(mrn=12, room=3))
     before = snapshot(app)
@@ -170,14 +164,14 @@ def test_the_local_names_are_trusted_by_default(client, host):
     ("ward-api.example.org, 10.1.2.3", "10.1.2.3", 200),
     ("ward-api.example.org, 10.1.2.3", "localhost", 400),  # the list replaces the default
     ("*", FOREIGN_HOST, 200)])
-def test_trusted_hosts_are_configurable(setting, host, status):
-    client = mock_app(API_TRUSTED_HOSTS=setting).test_client()
+def test_trusted_hosts_are_configurable(setting, host, status, make_app):
+    client = make_app(API_TRUSTED_HOSTS=setting).test_client()
     assert client.get("/api/v1/rooms", headers={"Host": host}).status_code == status
 
 
-def test_the_bind_host_is_trusted_too(monkeypatch):
+def test_the_bind_host_is_trusted_too(monkeypatch, make_app):
     monkeypatch.setenv("API_HOST", "10.20.30.40")
-    client = mock_app().test_client()
+    client = make_app().test_client()
     assert client.get("/api/v1/rooms", headers={"Host": "10.20.30.40:5000"}).status_code == 200
     assert client.get("/api/v1/rooms", headers={"Host": "10.20.30.41"}).status_code == 400
 
@@ -224,6 +218,7 @@ def websocket_status(port: int, host: str, origin: str) -> int:
         return exc.response.status_code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host, origin, status", [
     (FOREIGN_HOST, FOREIGN_HOST, 403),      # DNS rebinding: same origin, foreign name
     ("127.0.0.1", "evil.example", 403),     # a cross-origin page
@@ -234,12 +229,12 @@ def test_the_ui_websocket_refuses_foreign_hosts_and_origins(streamlit_ui, host, 
 
 
 # -- item 3: bounded reads ---------------------------------------------------------------------
-@pytest.fixture(params=["mongomock", "nx-27017"])
-def any_db_app(request):
+@pytest.fixture(params=["mongomock", pytest.param("nx-27017", marks=pytest.mark.slow)])
+def any_db_app(request, make_app):
     """The app on mongomock, and on the real nx-27017 server over TCP (query shapes that
     nx-27017 serves natively must still give MongoDB's answers)."""
     if request.param == "mongomock":
-        return mock_app()
+        return make_app()
     server = request.getfixturevalue("local_mongo")
     return create_app({"TESTING": True,
                        "MONGODB_URI": server.uri(f"reads_{uuid.uuid4().hex[:8]}")})
@@ -413,6 +408,7 @@ def noise_png() -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_on_nx27017(tiny_disk):
     """nx-27017 on a 4 MB tmpfs: uploads of ~270 KB images until the disk is full."""
     server = LocalMongo(data_dir=tiny_disk / "db", port=free_port()).start()

@@ -54,6 +54,7 @@ def stop_launcher(proc):
     return out
 
 
+@pytest.mark.slow
 def test_closed_output_does_not_orphan_children(tmp_path):
     """Whoever read the launcher's output has gone (closed terminal): SIGTERM still
     stops every process it started."""
@@ -109,6 +110,7 @@ def assert_default_install_is_protected(api, tokens):
     assert trail["entries"][0]["who"] == {"name": "monitor", "role": "monitor"}
 
 
+@pytest.mark.slow
 def test_run_stop_run_keeps_data_and_leaves_no_processes(tmp_path):
     ports = {name: str(free_port()) for name in ("LOCAL_DB_PORT", "API_PORT", "UI_PORT")}
     env = dict(os.environ, DATA_DIR=str(tmp_path), **ports)
@@ -149,6 +151,7 @@ def test_run_stop_run_keeps_data_and_leaves_no_processes(tmp_path):
     assert processes_using(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_occupied_port_gives_a_clear_error_and_cleans_up(tmp_path):
     import socket
     with socket.socket() as busy:
@@ -357,6 +360,7 @@ def pid_in(path):
     return int(Path(path).read_text().strip())
 
 
+@pytest.mark.slow
 def test_private_data_folder_and_a_stale_pid_file_of_another_process(tmp_path):
     """``sleep 3600 & echo $! > data/run/gunicorn.pid; ./run.sh`` starts; modes are made
     private; the unrelated process is left alone."""
@@ -393,6 +397,7 @@ def test_private_data_folder_and_a_stale_pid_file_of_another_process(tmp_path):
         other.wait()
 
 
+@pytest.mark.slow
 def test_a_crashed_database_is_restarted_and_reaped(tmp_path):
     env = launcher_env(tmp_path)
     api = f"http://127.0.0.1:{env['API_PORT']}"
@@ -420,6 +425,7 @@ def test_a_crashed_database_is_restarted_and_reaped(tmp_path):
     assert_nothing_left(launcher)
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_worker_stuck_in_a_request(tmp_path):
     env = launcher_env(tmp_path)
     launcher = Followed(*start_launcher(env))
@@ -438,6 +444,7 @@ def test_ctrl_c_leaves_no_worker_stuck_in_a_request(tmp_path):
     assert_nothing_left(launcher)
 
 
+@pytest.mark.slow
 def test_a_dead_api_stops_everything_loudly(tmp_path):
     launcher = Followed(*start_launcher(launcher_env(tmp_path)))
     try:

@@ -8,6 +8,7 @@ import pytest
 from local_mongo import LocalMongo, LocalMongoError, free_port, make_private, ping
 
 
+@pytest.mark.slow
 def test_data_survives_restart(tmp_path):
     server = LocalMongo(data_dir=tmp_path, port=free_port())
     with server:
@@ -24,6 +25,7 @@ def test_data_survives_restart(tmp_path):
     assert doc == {"mrn": 7, "name": "Ada"}
 
 
+@pytest.mark.slow
 def test_stale_pid_file_does_not_block_start(tmp_path):
     server = LocalMongo(data_dir=tmp_path, port=free_port())
     server.start()
@@ -33,6 +35,7 @@ def test_stale_pid_file_does_not_block_start(tmp_path):
         assert ping(server.uri())
 
 
+@pytest.mark.slow
 def test_pid_file_naming_another_live_process_does_not_block_start(tmp_path):
     """After a crash the recorded pid may belong to an unrelated process by now."""
     other = subprocess.Popen(["sleep", "3600"])
@@ -48,6 +51,7 @@ def test_pid_file_naming_another_live_process_does_not_block_start(tmp_path):
         other.wait()
 
 
+@pytest.mark.slow
 def test_running_instance_refuses_a_second_one_on_its_data(tmp_path):
     with LocalMongo(data_dir=tmp_path, port=free_port()) as first:
         second = LocalMongo(data_dir=tmp_path, port=free_port())
@@ -63,6 +67,7 @@ def modes(folder):
             for p in [folder, *folder.rglob("*")]}
 
 
+@pytest.mark.slow
 def test_database_files_are_private_to_the_service_user(tmp_path):
     data = tmp_path / "mongo"
     with LocalMongo(data_dir=data, port=free_port()) as server:

@@ -163,6 +163,7 @@ def slow_head(port: int) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_health_answers_while_slow_clients_hold_connections(api):
     slow = [slow_head(api.port) for _ in range(8)]
     body = [socket.create_connection(("127.0.0.1", api.port), timeout=30) for _ in range(4)]
@@ -181,6 +182,7 @@ def test_health_answers_while_slow_clients_hold_connections(api):
             sock.close()
 
 
+@pytest.mark.slow
 def test_a_request_head_that_takes_too_long_is_cut(api):
     sock = slow_head(api.port)
     started = time.monotonic()
@@ -205,6 +207,7 @@ def test_a_request_head_that_takes_too_long_is_cut(api):
         sock.close()
 
 
+@pytest.mark.slow
 def test_a_raw_recording_upload_goes_through_the_buffer(api):
     truth = json.loads((ROOT / "sample_data" / "apnea_1.truth.json").read_text())
     with open(ROOT / "sample_data" / "apnea_1.txt", "rb") as recording:
@@ -217,6 +220,7 @@ def test_a_raw_recording_upload_goes_through_the_buffer(api):
     assert metrics["apnea_count"] == len(truth["apnea_events"])
 
 
+@pytest.mark.slow
 def test_an_upload_over_the_limit_gets_the_apis_413(api):
     big = b"0" * (2 * 2**20 + 1)
     answer = requests.post(f"{api.url}/api/v1/rooms/31/recordings",
@@ -231,6 +235,7 @@ def chunked(body: bytes, piece_bytes: int = 65536):
     return (body[i:i + piece_bytes] for i in range(0, len(body), piece_bytes))
 
 
+@pytest.mark.slow
 def test_chunked_bodies_reach_the_app_whole(api):
     """Without Content-Length the app gets the buffered body and its length (a2wsgi
     alone hands Werkzeug no length, and Werkzeug then reads nothing)."""
@@ -252,6 +257,7 @@ def test_chunked_bodies_reach_the_app_whole(api):
     assert answer.json()["metrics"]["apnea_count"] == 1
 
 
+@pytest.mark.slow
 def test_a_chunked_body_over_the_limit_gets_413(api):
     """No Content-Length: the buffer stops at the largest body the API takes (JSON 4 MB)."""
     answer = requests.post(f"{api.url}/api/v1/rooms/31/recordings",

@@ -355,6 +355,7 @@ def test_passwd_and_role_end_existing_sessions(secured):
     assert sign_in(client, "cy").get_json()["role"] == "station"
 
 
+@pytest.mark.slow
 def test_command_says_when_the_database_is_down(capsys, monkeypatch):
     monkeypatch.setenv("MONGODB_URI", "mongodb://127.0.0.1:9/sleeplab"
                        "?serverSelectionTimeoutMS=200")

@@ -51,9 +51,9 @@ def recordings():
 
 
 @pytest.fixture
-def api(monkeypatch):
+def api(monkeypatch, make_app):
     """Base URL of the real API on a fresh database; API_URL points at it."""
-    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+    app = make_app()
     with serve_api(app) as url:
         monkeypatch.setenv("API_URL", url)
         st.cache_data.clear()
@@ -132,6 +132,7 @@ def api_command(url, room: int, pressure: int, mrn: int) -> dict:
 
 # --- Patient Station ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pressure_outside_4_to_25_is_refused_not_clamped(at):
     enter_patient(at)
     for value in ["3", "26", "12.5", "ten", "-5", "1e1"]:
@@ -142,6 +143,7 @@ def test_pressure_outside_4_to_25_is_refused_not_clamped(at):
         assert at.button(key="ps_upload").disabled, value
 
 
+@pytest.mark.slow
 def test_pressure_within_range_is_accepted(at):
     enter_patient(at)
     for value in ["4", "25", " 12 "]:
@@ -151,6 +153,7 @@ def test_pressure_within_range_is_accepted(at):
         assert not at.button(key="ps_upload").disabled, value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,label", [("ps_mrn", "MRN"), ("ps_room", "Room number")])
 def test_mrn_and_room_must_be_positive_integers(at, field, label):
     enter_patient(at)
@@ -161,6 +164,7 @@ def test_mrn_and_room_must_be_positive_integers(at, field, label):
         assert at.button(key="ps_upload").disabled, value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,label", [("ps_mrn", "MRN"), ("ps_room", "Room number")])
 def test_too_large_mrn_or_room_message_states_the_limit(at, field, label):
     enter_patient(at)
@@ -186,6 +190,7 @@ def test_chart_frame_keeps_each_buckets_extremes():
     assert len(small) == 500
 
 
+@pytest.mark.slow
 def test_upload_enabled_only_with_mrn_and_room(at):
     assert at.button(key="ps_upload").disabled
     at.text_input(key="ps_mrn").input("12")
@@ -196,6 +201,7 @@ def test_upload_enabled_only_with_mrn_and_room(at):
     assert not at.button(key="ps_upload").disabled
 
 
+@pytest.mark.slow
 def test_apnea_count_red_from_two_normal_below(at, recordings):
     load_file(at, recordings["apneic"])
     run(at)
@@ -206,6 +212,7 @@ def test_apnea_count_red_from_two_normal_below(at, recordings):
     assert ui.apnea_markdown(1) == "1" and ui.apnea_markdown(2) == ":red[2]"
 
 
+@pytest.mark.slow
 def test_analysis_shows_metrics_plot_and_zoomable_chart(at, recordings):
     load_file(at, recordings["apneic"])
     run(at)
@@ -218,6 +225,7 @@ def test_analysis_shows_metrics_plot_and_zoomable_chart(at, recordings):
     assert charts, "the zoomable flow chart is missing"
 
 
+@pytest.mark.slow
 def test_sample_picker_analyses_a_sample(at, recordings):
     at.radio(key="ps_source").set_value(ui.SAMPLE_SOURCE)
     run(at)
@@ -229,6 +237,7 @@ def test_sample_picker_analyses_a_sample(at, recordings):
     assert metrics["Breath rate"] == f"{recordings['one_truth']['breath_rate_bpm']:.1f} bpm"
 
 
+@pytest.mark.slow
 def test_text_file_that_is_not_a_recording_is_told_so(at):
     enter_patient(at)
     load_file(at, b"hello", name="notes.txt")
@@ -239,6 +248,7 @@ def test_text_file_that_is_not_a_recording_is_told_so(at):
     assert not metric_values(station(at), "Apnea count")
 
 
+@pytest.mark.slow
 def test_unusable_file_blocks_sending_and_stores_nothing(at, api, recordings):
     """After a failed analysis the station neither offers Send nor claims "Load a
     recording": it says the chosen file cannot be used; nothing reaches the server."""
@@ -256,6 +266,7 @@ def test_unusable_file_blocks_sending_and_stores_nothing(at, api, recordings):
     assert len(patient(api, 12)["records"]) == 1
 
 
+@pytest.mark.slow
 def test_only_one_button_is_labelled_upload(at):
     """The file picker has its own "Upload" button; sending to the server is another."""
     assert at.button(key="ps_upload").label == "Send to server"
@@ -263,6 +274,7 @@ def test_only_one_button_is_labelled_upload(at):
     assert at.file_uploader[0].label.startswith("Choose recording file")
 
 
+@pytest.mark.slow
 def test_upload_locks_mrn_and_room_and_keeps_entries(at, api, recordings):
     enter_patient(at, name="Ada", mrn="12", room="3", pressure="10")
     load_file(at, recordings["apneic"])
@@ -292,6 +304,7 @@ def apply_commanded_pressure(at, api, room: int, pressure: int, mrn: int) -> Non
     assert requests.get(f"{api}/api/v1/rooms/{room}/pressure", timeout=5).json()["applied"]
 
 
+@pytest.mark.slow
 def test_old_recording_is_not_stored_under_a_new_pressure(at, api, recordings):
     """After a commanded change, Send without a new recording must not store the previous
     recording's breath rate and apneas at the new pressure."""
@@ -318,6 +331,7 @@ def test_old_recording_is_not_stored_under_a_new_pressure(at, api, recordings):
         (10, recordings["apneic_truth"]["apnea_count"])]
 
 
+@pytest.mark.slow
 def test_send_during_an_interrupted_analysis_still_sends_the_results(at, api, recordings):
     """Pressing Send while the page still analyses a newly chosen file interrupts that run,
     leaving no analysis in the session: Send must analyse the chosen file itself (cached)
@@ -331,6 +345,7 @@ def test_send_during_an_interrupted_analysis_still_sends_the_results(at, api, re
     assert record["apnea_count"] == recordings["apneic_truth"]["apnea_count"]
 
 
+@pytest.mark.slow
 def test_success_message_goes_when_the_entries_change(at, api, recordings):
     enter_patient(at, pressure="10")
     load_file(at, recordings["calm"])
@@ -344,6 +359,7 @@ def test_success_message_goes_when_the_entries_change(at, api, recordings):
     assert any("Patient details saved" in m for m in texts(at.success))
 
 
+@pytest.mark.slow
 def test_reupload_replaces_name_and_appends_history(at, api, recordings):
     enter_patient(at, name="Ada", pressure="10")
     load_file(at, recordings["apneic"])
@@ -362,6 +378,7 @@ def test_reupload_replaces_name_and_appends_history(at, api, recordings):
     assert [r["apnea_count"] for r in stored["records"]] == [0, 4]
 
 
+@pytest.mark.slow
 def test_upload_without_pressure_sends_patient_only(at, api, recordings):
     enter_patient(at, pressure="")
     load_file(at, recordings["calm"])
@@ -372,6 +389,7 @@ def test_upload_without_pressure_sends_patient_only(at, api, recordings):
     assert any("Enter a CPAP pressure" in s for s in texts(at.success))
 
 
+@pytest.mark.slow
 def test_reset_clears_everything_unlocks_and_sends_nothing_old(at, api, recordings):
     enter_patient(at, name="Ada", pressure="10")
     load_file(at, recordings["apneic"])
@@ -392,6 +410,7 @@ def test_reset_clears_everything_unlocks_and_sends_nothing_old(at, api, recordin
     assert len(patient(api, 12)["records"]) == 1
 
 
+@pytest.mark.slow
 def test_pressure_command_reaches_patient_station_on_next_poll(at, api, recordings):
     enter_patient(at, pressure="10")
     load_file(at, recordings["calm"])
@@ -421,6 +440,7 @@ def test_pressure_command_reaches_patient_station_on_next_poll(at, api, recordin
     assert patient(api, 12)["records"][0]["cpap_pressure_cmh2o"] == 14
 
 
+@pytest.mark.slow
 def test_command_from_before_this_patient_is_ignored(at, api):
     api_upload(api, mrn=5, room=3, name="Previous patient")
     requests.put(f"{api}/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 20, "mrn": 5}, timeout=5)
@@ -434,6 +454,7 @@ def test_command_from_before_this_patient_is_ignored(at, api):
 
 # --- Monitoring Station ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_monitor_command_validates_and_needs_confirmation(at, api):
     api_upload(api, mrn=12, room=3, name="Ada")
     click(at, "mon_refresh")
@@ -454,6 +475,7 @@ def test_monitor_command_validates_and_needs_confirmation(at, api):
     assert any("waiting for the bedside station" in m for m in texts(at.markdown))
 
 
+@pytest.mark.slow
 def test_room_list_refreshes_from_server(at, api):
     assert any("No rooms yet" in i for i in texts(at.info))
     api_upload(api, mrn=12, room=3, name="Ada", apneas=2)
@@ -467,6 +489,7 @@ def test_room_list_refreshes_from_server(at, api):
     assert wall == [":red[2]", "0"]
 
 
+@pytest.mark.slow
 def test_stale_marker_follows_setting(at, api, monkeypatch):
     api_upload(api, mrn=12, room=3)
     click(at, "mon_refresh")
@@ -476,6 +499,7 @@ def test_stale_marker_follows_setting(at, api, monkeypatch):
     assert any("stale" in m for m in texts(at.markdown) if m.startswith("**Room 3**"))
 
 
+@pytest.mark.slow
 def test_history_selection_shows_earlier_image_beside_latest(at, api):
     first = api_upload(api, mrn=12, room=3, name="Ada", pressure=8, apneas=1)["record"]
     api_upload(api, mrn=12, room=3, pressure=9, apneas=2)
@@ -512,6 +536,7 @@ def wall_order(at) -> list[int]:
             if m.startswith("**Room ")]
 
 
+@pytest.mark.slow
 def test_wall_shows_the_pressure_in_force_and_the_records_pressure(at, api):
     api_upload(api, mrn=12, room=3, name="Ada", pressure=10)
     command = api_command(api, 3, 14, mrn=12)
@@ -534,6 +559,7 @@ def test_wall_shows_the_pressure_in_force_and_the_records_pressure(at, api):
     assert metric_values(monitor(at), "Pressure in force") == ["15 cmH2O", "15 cmH2O"]
 
 
+@pytest.mark.slow
 def test_rooms_needing_attention_stand_out_and_can_come_first(at, api, monkeypatch):
     monkeypatch.setenv("PRESSURE_POLL_S", "1")          # a command is overdue after 2 s
     api_upload(api, mrn=11, room=2, name="Calm", apneas=0)
@@ -560,6 +586,7 @@ def test_rooms_needing_attention_stand_out_and_can_come_first(at, api, monkeypat
     assert any("needs attention" in c for c in texts(monitor(at).caption))   # the legend
 
 
+@pytest.mark.slow
 def test_compare_list_and_latest_agree_when_the_room_list_is_older(at, api):
     """The room list and the history are cached apart: a new record seen in the history
     but not yet in the room list must not be offered as an "earlier" record (the choice
@@ -581,6 +608,7 @@ def test_compare_list_and_latest_agree_when_the_room_list_is_older(at, api):
     assert any(m.startswith("**Earlier**") for m in texts(at.markdown))
 
 
+@pytest.mark.slow
 def test_one_date_format_and_whole_number_apnea_axis(at, api):
     record = api_upload(api, mrn=12, room=3, name="Ada", apneas=1)["record"]
     api_upload(api, mrn=12, room=3, apneas=3)
@@ -603,6 +631,7 @@ def test_one_date_format_and_whole_number_apnea_axis(at, api):
                for layer in (bars, line) for t in layer["encoding"]["tooltip"])
 
 
+@pytest.mark.slow
 def test_switching_rooms_replaces_the_detail(at, api):
     api_upload(api, mrn=12, room=3, name="Ada", apneas=3)
     api_upload(api, mrn=40, room=7, name="Grace", apneas=0)
@@ -619,6 +648,7 @@ def test_switching_rooms_replaces_the_detail(at, api):
     assert not any(w.key == "mon_pressure_3" for w in at.text_input)
 
 
+@pytest.mark.slow
 def test_refresh_interval_selectable_and_pausable(at):
     assert at.selectbox(key="mon_interval").options == list(ui.REFRESH_CHOICES_S)
     at.selectbox(key="mon_interval").set_value("Paused")
@@ -631,6 +661,7 @@ def test_refresh_interval_selectable_and_pausable(at):
 
 # --- Patients -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_patients_table_history_and_highlight(at, api):
     api_upload(api, mrn=12, room=3, name="Ada", apneas=2)
     api_upload(api, mrn=12, room=3, apneas=0)
@@ -652,6 +683,7 @@ def test_patients_table_history_and_highlight(at, api):
     (csv_button,) = [b for b in at.get("download_button") if b.key == "pt_csv_12"]
 
 
+@pytest.mark.slow
 def test_patients_csv_matches_table(api):
     api_upload(api, mrn=12, room=3, name="Ada, \"Jr\"", apneas=2)
     patients = requests.get(f"{api}/api/v1/patients", timeout=5).json()["patients"]
@@ -660,6 +692,7 @@ def test_patients_csv_matches_table(api):
     assert back.loc[0, "Name"] == "Ada, \"Jr\"" and back.loc[0, "Apnea count"] == 2
 
 
+@pytest.mark.slow
 def test_patients_csv_has_no_formula_cells_and_screen_precision(at, api):
     """A name starting with = + - @ is saved so a spreadsheet shows text, not a formula;
     numbers as on screen (8.5, not 8.468595624558928)."""
@@ -677,6 +710,7 @@ def test_patients_csv_has_no_formula_cells_and_screen_precision(at, api):
 
 # --- Safety and failures --------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["<script>alert(1)</script>",
                                   "Ada see https://evil.example/x www.evil.com bob@evil.com",
                                   "**x** $y$ :red[z] `q`"], ids=["html", "links", "markdown"])
@@ -703,6 +737,7 @@ def test_md_code_fences_any_backticks(text, span):
     assert ui.md_code(text) == span
 
 
+@pytest.mark.slow
 def test_station_refuses_bidi_and_invisible_characters_in_the_name(at, api):
     """ "\u202eevil Bob" would display reversed; the station refuses it with the server's
     rule before anything is sent."""
@@ -720,6 +755,7 @@ def test_station_refuses_bidi_and_invisible_characters_in_the_name(at, api):
     assert not at.error and not at.button(key="ps_upload").disabled
 
 
+@pytest.mark.slow
 def test_record_counts_are_singular_and_plural(at, api):
     api_upload(api, mrn=12, room=3, name="Ada")
     api_upload(api, mrn=40, room=7, name="Grace")
@@ -729,6 +765,7 @@ def test_record_counts_are_singular_and_plural(at, api):
     assert labels == ["Room 3 · MRN 12 · `Ada` (1 record)", "Room 7 · MRN 40 · `Grace` (2 records)"]
 
 
+@pytest.mark.slow
 def test_server_down_message_keeps_entries(monkeypatch, recordings):
     monkeypatch.setenv("API_URL", closed_port_url())
     st.cache_data.clear()
@@ -747,6 +784,7 @@ def test_server_down_message_keeps_entries(monkeypatch, recordings):
     assert sum("Cannot reach the server" in e for e in texts(at.error)) >= 3   # every tab
 
 
+@pytest.mark.slow
 def test_server_error_message_is_shown(api):
     with pytest.raises(ui.ApiError) as caught:
         ui.api_json("GET", "/api/v1/patients/999", base=api)
@@ -755,8 +793,9 @@ def test_server_error_message_is_shown(api):
     assert caught.value.message.endswith(ui.md_escape(server_message))
 
 
-def test_server_lost_after_upload_keeps_the_patient(monkeypatch, recordings):
-    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+@pytest.mark.slow
+def test_server_lost_after_upload_keeps_the_patient(monkeypatch, recordings, make_app):
+    app = make_app()
     with serve_api(app) as url:
         monkeypatch.setenv("API_URL", url)
         st.cache_data.clear()
@@ -776,6 +815,7 @@ def test_server_lost_after_upload_keeps_the_patient(monkeypatch, recordings):
     assert any(e.startswith("Not uploaded. Cannot reach the server") for e in texts(at.error))
 
 
+@pytest.mark.slow
 def test_malformed_server_answers_become_messages(monkeypatch):
     from flask import Flask, jsonify
 
@@ -852,6 +892,7 @@ def station_with_recording(recordings, pressure="10"):
     return run(at)
 
 
+@pytest.mark.slow
 def test_upload_retried_after_a_lost_answer_is_stored_once(monkeypatch, recordings):
     with api_dropping(monkeypatch, "POST", "/api/v1/patients") as (url, dropping):
         at = station_with_recording(recordings)
@@ -866,6 +907,7 @@ def test_upload_retried_after_a_lost_answer_is_stored_once(monkeypatch, recordin
     assert record["apnea_count"] == recordings["apneic_truth"]["apnea_count"]
 
 
+@pytest.mark.slow
 def test_pressing_upload_again_after_no_answer_reuses_the_key(monkeypatch, recordings):
     """All automatic attempts lose their answer (each was stored): the station shows
     the failure; pressing Upload again re-sends the same key and gets the one record."""
@@ -892,6 +934,7 @@ def test_pressing_upload_again_after_no_answer_reuses_the_key(monkeypatch, recor
     assert at.session_state["ps_pending"] is None              # answered: nothing pending
 
 
+@pytest.mark.slow
 def test_pressure_command_is_not_retried_blindly(monkeypatch):
     with api_dropping(monkeypatch, "PUT", "/api/v1/rooms/3/pressure") as (url, dropping):
         api_upload(url, mrn=12, room=3, name="Ada")

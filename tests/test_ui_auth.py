@@ -34,13 +34,12 @@ def bearer(name):
 
 
 @pytest.fixture
-def api(tmp_path, monkeypatch):
+def api(tmp_path, monkeypatch, make_app):
     path = tmp_path / "tokens.json"
     path.write_text(json.dumps({"tokens": [
         {"name": name, "role": role, "token": token, **({"room": 3} if role == "station" else {})}
         for name, (role, token) in TOKENS.items()]}))
-    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True),
-                      "API_TOKENS_FILE": str(path), "API_PROTECT_READS": "1"})
+    app = make_app(API_TOKENS_FILE=str(path), API_PROTECT_READS="1")
     with serve_api(app) as url:
         monkeypatch.setenv("API_URL", url)
         st.cache_data.clear()
@@ -69,6 +68,7 @@ def texts(elements):
     return [e.value for e in elements]
 
 
+@pytest.mark.slow
 def test_every_request_carries_the_token(api, monkeypatch):
     sent = []
 
@@ -106,6 +106,7 @@ def test_no_header_without_a_token(monkeypatch):
     assert ui.auth_headers() == {"Authorization": "Bearer abc-token-0123456789"}
 
 
+@pytest.mark.slow
 def test_missing_token_gives_a_clinician_message_on_every_tab(api, monkeypatch):
     upload(api)
     at = start(monkeypatch, None)
@@ -115,6 +116,7 @@ def test_missing_token_gives_a_clinician_message_on_every_tab(api, monkeypatch):
     assert not any("Traceback" in m or "401" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_wrong_token_says_it_is_not_valid(api, monkeypatch):
     monkeypatch.setenv(ui.TOKEN_ENV, "revoked-token-0123456789")
     with pytest.raises(ui.ApiError, match="access token is not valid") as caught:
@@ -122,6 +124,7 @@ def test_wrong_token_says_it_is_not_valid(api, monkeypatch):
     assert caught.value.status == 401
 
 
+@pytest.mark.slow
 def test_station_token_cannot_command_and_is_told_why(api, monkeypatch):
     upload(api)
     monkeypatch.setenv(ui.TOKEN_ENV, TOKENS["bed-3"][1])
@@ -134,6 +137,7 @@ def test_station_token_cannot_command_and_is_told_why(api, monkeypatch):
                         timeout=5).status_code == 404      # nothing was commanded
 
 
+@pytest.mark.slow
 def test_monitor_shows_the_rooms_audit_trail(api, monkeypatch):
     name = "<b>Ada</b> <script>alert(1)</script>"
     upload(api, name="Ada", pressure=9)
@@ -165,6 +169,7 @@ def test_monitor_shows_the_rooms_audit_trail(api, monkeypatch):
     assert not any("<script>" in m for m in texts(at.markdown))
 
 
+@pytest.mark.slow
 def test_audit_trail_refused_for_a_station_screen(api, monkeypatch):
     upload(api)
     at = start(monkeypatch, "bed-3")
@@ -174,8 +179,9 @@ def test_audit_trail_refused_for_a_station_screen(api, monkeypatch):
         ui.fetch_audit(api, 3)
 
 
-def test_open_api_shows_anonymous_in_the_trail(monkeypatch):
-    app = create_app({"TESTING": True, "MONGO_CLIENT": mongomock.MongoClient(tz_aware=True)})
+@pytest.mark.slow
+def test_open_api_shows_anonymous_in_the_trail(monkeypatch, make_app):
+    app = make_app()
     with serve_api(app) as url:
         monkeypatch.setenv("API_URL", url)
         st.cache_data.clear()
@@ -202,6 +208,7 @@ def upload_recording_at(at) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
     """A hospital's bedside: station token for room 3, reads protected. The Patient
     Station uploads, receives the monitor's command and confirms it; all audited."""
@@ -283,6 +290,7 @@ def who_did(store, action: str) -> dict:
     return entry["who"]
 
 
+@pytest.mark.slow
 def test_sign_in_comes_before_the_tabs(people_api, monkeypatch):
     url, store = people_api
     monkeypatch.setenv(ui.SIGN_IN_ENV, "1")
@@ -297,6 +305,7 @@ def test_sign_in_comes_before_the_tabs(people_api, monkeypatch):
     assert store.sessions.count_documents({}) == 0
 
 
+@pytest.mark.slow
 def test_signed_in_command_is_audited_under_the_person(people_api, monkeypatch):
     url, store = people_api
     requests.post(f"{url}/api/v1/patients", json={"mrn": 12, "room": 3, "name": "Ada"},
@@ -323,6 +332,7 @@ def test_signed_in_command_is_audited_under_the_person(people_api, monkeypatch):
         "Authorization": f"Bearer {token}"}).status_code == 401
 
 
+@pytest.mark.slow
 def test_a_station_person_sees_the_bedside_only_and_an_ended_session_asks_again(
         people_api, monkeypatch):
     url, store = people_api
@@ -353,6 +363,7 @@ def storage_now():
     return storage.utc_now()
 
 
+@pytest.mark.slow
 def test_single_user_mode_tells_bedside_and_monitor_apart(people_api, monkeypatch,
                                                           loopback):
     """The quick start: no sign-in, the station token for bedside actions and the
@@ -378,6 +389,7 @@ def test_single_user_mode_tells_bedside_and_monitor_apart(people_api, monkeypatc
     assert who_did(store, "pressure_applied") == station
 
 
+@pytest.mark.slow
 def test_single_user_mode_refuses_to_serve_beyond_loopback(people_api, monkeypatch):
     monkeypatch.setenv(ui.STATION_TOKEN_ENV, "quick-station-token-0123456789")
     monkeypatch.setenv(ui.MONITOR_TOKEN_ENV, "quick-monitor-token-0123456789")
