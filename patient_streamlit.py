@@ -564,6 +564,7 @@ PATIENT_DEFAULTS = {
     "ps_pressure_gen": 0,        # the pressure field's generation (see pressure_key)
     "ps_command_id": None,       # id of the last command applied and acknowledged here
     "ps_command_pending": None,  # command put in the field, not yet acknowledged
+    "ps_field_drawn": None,      # key of the pressure field the last full run drew
     "ps_link": None,             # (kind, text) status of the last poll
     "ps_digests": {},            # file token -> sha256, so a file is hashed once
     "ps_pending": None,          # {"digest", "upload_id"} of an upload not yet answered
@@ -844,15 +845,20 @@ def put_command_in_field(command: dict) -> None:
     ss[pressure_key()] = str(int(command["pressure_cmh2o"]))
     ss.ps_command_pending = {"id": command["id"],
                              "pressure_cmh2o": int(command["pressure_cmh2o"]),
-                             "commanded_at": command.get("commanded_at")}
+                             "commanded_at": command.get("commanded_at"),
+                             "field": pressure_key()}
 
 
 def acknowledge_command(room: int) -> None:
     """Tell the server a pending command is applied — only when the pressure field, the
-    value the next upload sends, holds it (a failed call is repeated on the next poll)."""
+    value the next upload sends, holds it, and a completed page run has drawn that field
+    (the poll runs before the field in the page, so the acknowledgement waits for the
+    next poll instead of announcing a field the browser has not received; a failed call
+    is repeated on the next poll)."""
     ss = st.session_state
     pending = ss.ps_command_pending
-    if pending is None or pressure_text().strip() != str(pending["pressure_cmh2o"]):
+    if pending is None or ss.ps_field_drawn != pending.get("field") \
+            or pressure_text().strip() != str(pending["pressure_cmh2o"]):
         return
     post_applied(room, pending["id"])
     ss.ps_command_pending = None
@@ -876,6 +882,9 @@ def render_pressure_link() -> None:
         poll_pressure_command()
         kind, text = st.session_state.ps_link or ("ok", "")
         (st.warning if kind == "warning" else st.caption)(text)
+        # drawn here, not in the page: the poll that acknowledges runs on its own
+        if st.session_state.ps_notice:
+            st.info(st.session_state.ps_notice, icon=":material/notifications_active:")
 
     @st.fragment(run_every=PRESSURE_POLL_S)
     def pressure_link():
@@ -908,8 +917,6 @@ def render_patient_station() -> None:
     ss = st.session_state
     st.subheader("Patient Station")
     render_pressure_link()
-    if ss.ps_notice:
-        st.info(ss.ps_notice, icon=":material/notifications_active:")
 
     left, right = st.columns([2, 3], gap="large")
     with left:
@@ -928,6 +935,7 @@ def render_patient_station() -> None:
             st.error(room_error)
         st.text_input(f"CPAP pressure (cmH2O, {PRESSURE_MIN_CMH2O}–{PRESSURE_MAX_CMH2O})",
                       key=pressure_key())
+        ss.ps_field_drawn = pressure_key()
         _, pressure_error = parse_pressure(pressure_text())
         if pressure_error:
             st.error(pressure_error)

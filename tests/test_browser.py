@@ -99,7 +99,7 @@ def stack(local_mongo, tmp_path):
         procs.append(ui)
         ui_url = f"http://127.0.0.1:{ui_port}"
         wait_http(f"{ui_url}/_stcore/health", ui, "Streamlit", ui_log)
-        yield {"api": api_url, "ui": ui_url}
+        yield {"api": api_url, "ui": ui_url, "ui_log": str(ui_log)}
     finally:
         for proc in reversed(procs):
             processes.stop_process(proc)
@@ -339,6 +339,14 @@ def records_of(api_url: str, mrn: int) -> list[dict]:
     return [] if resp.status_code == 404 else resp.json()["records"]
 
 
+def page_state(page, stack) -> str:
+    """What the page and the UI server showed, for a failure message (CI keeps no files)."""
+    chips = page.get_by_test_id("stFileChip").all_inner_texts()
+    alerts = page.get_by_test_id("stAlert").all_inner_texts()
+    log = Path(stack["ui_log"]).read_text(errors="replace")[-2000:]
+    return f"file chips {chips!r}, alerts {alerts!r}, UI log tail:\n{log}"
+
+
 def wait_until(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -349,6 +357,7 @@ def wait_until(predicate, timeout_s: float, what: str):
         time.sleep(0.2)
 
 
+@pytest.mark.timeout(900)   # 51 uploads and 50 commands, each acknowledged a poll later
 def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
     """A bedside page (its pressure poll and its Monitoring tab's wall both live on
     their own clocks) and a monitor page open at once; a script commands 50 pressures
@@ -386,10 +395,11 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
                     idle(bedside)
                     station.locator('input[type="file"]').set_input_files(str(recordings[i]))
                     try:
-                        analysed.wait_for(timeout=15_000)
+                        analysed.wait_for(timeout=30_000)
                         break
                     except PlaywrightTimeout:
-                        assert attempt < 2, f"recording {i} was never analysed"
+                        assert attempt < 2, (f"recording {i} was never analysed; "
+                                             + page_state(bedside, stack))
                 idle(bedside)
                 station.locator(".st-key-ps_upload button").click()
                 return wait_until(lambda: (lambda r: r[0] if len(r) > count else None)(
@@ -410,6 +420,10 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
                 # "applied" was said: the field must already hold it, and so the upload.
                 idle(bedside)
                 expect(field).to_have_count(1)     # the old field is gone after the rerun
+                try:    # drawn before "applied" was said; a moment's grace for a busy browser
+                    expect(field).to_have_value(str(pressure), timeout=3_000)
+                except AssertionError:
+                    pass                           # recorded below with what it shows
                 shown = field.input_value()
                 stored = upload(i)["cpap_pressure_cmh2o"]
                 if shown != str(pressure) or stored != pressure:

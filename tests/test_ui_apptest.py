@@ -297,10 +297,12 @@ def test_upload_locks_mrn_and_room_and_keeps_entries(at, api, recordings):
 
 def apply_commanded_pressure(at, api, room: int, pressure: int, mrn: int) -> None:
     """The monitoring station commands ``pressure`` through the API; the station's poll
-    applies it (the pressure field follows) and marks it applied."""
+    puts it in the pressure field; the next poll, after a page run drew that field, marks
+    it applied."""
     api_command(api, room, pressure, mrn)
     run(at)
     assert pressure_field(at).value == str(pressure)
+    run(at)
     assert requests.get(f"{api}/api/v1/rooms/{room}/pressure", timeout=5).json()["applied"]
 
 

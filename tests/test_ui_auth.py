@@ -217,6 +217,7 @@ def test_bedside_screen_works_with_only_its_station_token(api, monkeypatch):
                  headers=bearer("ward-monitor"), timeout=5)
     run(at)
     assert pressure_field(at).value == "14"
+    run(at)                      # the next poll acknowledges the field the page drew
     trail = requests.get(f"{api}/api/v1/rooms/3/audit", headers=bearer("ward-monitor"),
                          timeout=5).json()["entries"]
     assert [(e["action"], e["who"]["name"]) for e in trail] == [
