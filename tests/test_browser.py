@@ -400,6 +400,8 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
                     except PlaywrightTimeout:
                         assert attempt < 2, (f"recording {i} was never analysed; "
                                              + page_state(bedside, stack))
+                        for delete in station.get_by_test_id("stFileChipDeleteBtn").all():
+                            delete.click()         # start the next try from an empty picker
                 idle(bedside)
                 station.locator(".st-key-ps_upload button").click()
                 return wait_until(lambda: (lambda r: r[0] if len(r) > count else None)(
