@@ -97,6 +97,44 @@ CARD_STYLES = {
 }
 CARD_CSS = "<style>" + "".join(f'div[class*="st-key-mon_card_{state}_"] {{{css}}}'
                                for state, css in CARD_STYLES.items()) + "</style>"
+WALL_MODES = ("Auto", "Compact tiles", "Detailed cards")
+COMPACT_FROM_ROOMS = 13          # more rooms than three rows of cards: tiles in Auto mode
+SMALL_TILES_FROM_ROOMS = 101     # from here a smaller tile, so 200 rooms fit one screen
+FILTER_CHOICES = ("All rooms", "Needs attention", "Pending command", "No recent data")
+#: Compact tile states: (label in the legend, CSS of the tile's button). A tile is a
+#: button keyed ``mon_tile_<state>_<room>`` (the key's class carries the state).
+TILE_STYLES = {
+    "attention": ("needs attention: apneas or a command not applied in time",
+                  "border: 3px solid #d62728; background: rgba(214, 39, 40, 0.22);"),
+    "stale": ("no data for a while", "border: 3px dashed #6d6d6d; "
+                                     "background: rgba(128, 128, 128, 0.25);"),
+    "pending": ("pressure command waiting for the bedside",
+                "border: 3px solid #ef6c00; background: rgba(239, 108, 0, 0.18);"),
+    "nodata": ("patient, no CPAP data yet", "border: 2px dashed #9e9e9e;"),
+    "free": ("free room", "border: 1px dotted #9e9e9e; opacity: 0.6;"),
+    "ok": ("data, no alarm", "border: 2px solid #2e7d32; background: rgba(46, 125, 50, 0.12);"),
+}
+TILE_SIZES = {  # (tile width in px, room-number font px, text font px)
+    "normal": (166, 22, 15),
+    "small": (112, 15, 11),
+}
+
+
+def tile_css(size: str) -> str:
+    """The wall's tile CSS (fixed text only: no user data in HTML)."""
+    width_px, number_px, text_px = TILE_SIZES[size]
+    tiles = 'div[class*="st-key-mon_tile_"]'
+    css = [f'{tiles} button {{min-height: 0; width: {width_px}px; padding: 0 5px; '
+           f'line-height: 1.15; justify-content: flex-start;}}',
+           f'{tiles} button p {{font-size: {text_px}px; margin: 0; text-align: left;}}',
+           f'{tiles} button strong {{font-size: {number_px}px;}}',
+           # the wall is the screen: less empty space above the page's title
+           '[data-testid="stMainBlockContainer"] {padding-top: 2rem;}']
+    css += [f'div[class*="st-key-mon_tile_{state}_"] button {{{style}}}'
+            for state, (_, style) in TILE_STYLES.items()]
+    css += [f'span.mon-legend-{state} {{display: inline-block; padding: 0 6px; margin-right: '
+            f'8px; border-radius: 4px; {style}}}' for state, (_, style) in TILE_STYLES.items()]
+    return "<style>" + "".join(css) + "</style>"
 
 
 def _env_number(name: str, default: float, low: float, high: float) -> float:
@@ -573,6 +611,8 @@ MONITOR_DEFAULTS = {
     "mon_interval": (f"{MONITOR_REFRESH_S:g} s" if f"{MONITOR_REFRESH_S:g} s" in REFRESH_CHOICES_S
                      else "10 s"),
     "mon_order": ORDER_CHOICES[0],
+    "mon_wall": WALL_MODES[0],
+    "mon_filter": FILTER_CHOICES[0],
     "mon_confirm": None,         # {"room", "pressure", "mrn", "name"} awaiting confirmation
     "mon_message": None,         # {"room", "kind", "text"} result of the last command
 }
@@ -1050,6 +1090,122 @@ def room_state(entry: dict, server_time: str | None) -> str:
     return "ok" if entry.get("latest") else "nodata"
 
 
+def tile_state(entry: dict, server_time: str | None) -> str:
+    """The compact tile's state, a key of TILE_STYLES (the first that applies):
+    ``free``, ``attention`` (apneas, a command overdue), ``stale``, ``pending`` (a command
+    the bedside has not applied yet), ``nodata`` (a patient, no record yet), ``ok``."""
+    if not entry.get("patient"):
+        return "free"
+    latest = entry.get("latest") or {}
+    apneas = latest.get("apnea_count")
+    command = entry.get("command")
+    if (apneas is not None and int(apneas) >= APNEA_ALERT_COUNT) \
+            or command_overdue(command, server_time):
+        return "attention"
+    if is_stale(entry, server_time):
+        return "stale"
+    if command and not command.get("applied"):
+        return "pending"
+    return "ok" if latest else "nodata"
+
+
+def initials(name: str | None) -> str:
+    """Up to three capital initials of the letters-only words of a name (``Ada Lovelace``
+    → ``AL``): short enough for a tile, and never markup whatever the name holds."""
+    words = re.findall(r"[^\W\d_]+", name or "")
+    return "".join(word[0].upper() for word in words[:3])
+
+
+def age_text(moment: str | None, server_time: str | None) -> str:
+    """How long ago, on the server's clock: ``45 s``, ``12 min``, ``3 h``, ``2 d``."""
+    then, now = parse_time(moment), parse_time(server_time) or datetime.now(timezone.utc)
+    if then is None:
+        return "—"
+    age_s = max((now - then).total_seconds(), 0)
+    for unit_s, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if age_s >= unit_s:
+            return f"{age_s // unit_s:.0f} {unit}"
+    return f"{age_s:.0f} s"
+
+
+def tile_label(base: str, entry: dict, server_time: str | None, size: str) -> str:
+    """A tile's Markdown: the room number large, then who, pressure in force, breath rate,
+    apneas and the age of the latest data (user text only as letters-only initials)."""
+    patient = entry.get("patient")
+    if not patient:
+        return f"**{entry['room']}**  \nfree"
+    who = initials(patient.get("name")) or f"MRN {patient.get('mrn', '—')}"
+    pressure, _ = pressure_in_force(base, entry)
+    latest = entry.get("latest") or {}
+    command = entry.get("command")
+    pending = (f"→{command['pressure_cmh2o']}"
+               if command and not command.get("applied") else "")
+    unit = "" if size == "small" else " cmH2O"
+    cm = f"{pressure if pressure is not None else '—'}{pending}{unit}"
+    if not latest:
+        return f"**{entry['room']}** {who} · {cm}  \nno data yet"
+    rate = fmt_number(latest.get("breath_rate_bpm"))
+    apneas = latest.get("apnea_count")
+    events = f"{apneas if apneas is not None else '—'} apn"
+    age = age_text(latest.get("received_at"), server_time)
+    per_min = "/min" if size == "small" else " bpm"
+    return f"**{entry['room']}** {who} · {cm}  \n{rate}{per_min} · {events} · {age}"
+
+
+def wall_mode(room_count: int) -> str:
+    """``Compact tiles`` or ``Detailed cards`` for the mode chosen (Auto: by room count)."""
+    chosen = st.session_state.get("mon_wall", WALL_MODES[0])
+    if chosen != WALL_MODES[0]:
+        return chosen
+    return WALL_MODES[1] if room_count >= COMPACT_FROM_ROOMS else WALL_MODES[2]
+
+
+def filter_rooms(rooms: list[dict], server_time: str | None, shown: str) -> list[dict]:
+    """The rooms the filter (one of FILTER_CHOICES) lets through."""
+    if shown == FILTER_CHOICES[1]:
+        return [e for e in rooms if room_state(e, server_time) == "attention"]
+    if shown == FILTER_CHOICES[2]:
+        return [e for e in rooms if (e.get("command") or {}).get("applied") is False]
+    if shown == FILTER_CHOICES[3]:
+        return [e for e in rooms if e.get("patient") and is_stale(e, server_time)]
+    return rooms
+
+
+@safe_callback
+def open_room(room: int) -> None:
+    """A tile clicked: that room's detail below the wall."""
+    st.session_state.mon_room = room
+
+
+def render_tile_wall(base: str, rooms: list[dict], server_time: str | None, legend) -> None:
+    """Every room a small button-tile in one wrapping row, coloured by state; the legend
+    goes into ``legend`` (the header's column: the rows of rooms need the height)."""
+    size = "small" if len(rooms) >= SMALL_TILES_FROM_ROOMS else "normal"
+    st.html(tile_css(size))
+    legend.html("<div>" + "".join(f'<span class="mon-legend-{state}">{label}</span>'
+                              for state, (label, _) in TILE_STYLES.items()) + "</div>")
+    with st.container(horizontal=True, gap="xsmall", key="mon_wall_tiles"):
+        for entry in rooms:
+            state = tile_state(entry, server_time)
+            st.button(tile_label(base, entry, server_time, size),
+                      key=f"mon_tile_{state}_{entry['room']}", on_click=open_room,
+                      args=(entry["room"],), help=f"Room {entry['room']}: open its detail")
+
+
+def render_card_wall(base: str, rooms: list[dict], server_time: str | None) -> None:
+    """Every room a detailed card, WALL_COLUMNS a row."""
+    st.html(CARD_CSS)                # fixed text only: no user data in HTML
+    st.caption(f":red-badge[:material/warning: needs attention] {APNEA_ALERT_COUNT} or more "
+               f"apneas, no data for {STALE_AFTER_MIN:g} min, or a pressure command not "
+               f"applied within {COMMAND_OVERDUE_S:g} s · :green-badge[green border] "
+               "data, no alarm · :gray-badge[dashed border] no data yet")
+    for start in range(0, len(rooms), WALL_COLUMNS):
+        cols = st.columns(WALL_COLUMNS)
+        for col, entry in zip(cols, rooms[start:start + WALL_COLUMNS]):
+            with col:
+                render_room_card(base, entry, server_time)
+
+
 def order_rooms(rooms: list[dict], server_time: str | None, attention_first: bool) -> list[dict]:
     """Rooms by number; with ``attention_first`` the rooms needing attention lead."""
     def key(entry):
@@ -1408,20 +1564,22 @@ def render_monitor_live() -> None:
     server_time = body.get("server_time")
     rooms = order_rooms(body.get("rooms") or [], server_time,
                         st.session_state.get("mon_order") == ORDER_CHOICES[1])
-    title.caption(f"{plural(len(rooms), 'room')} · updated {fmt_time(server_time)}")
+    shown = filter_rooms(rooms, server_time, st.session_state.get("mon_filter",
+                                                                  FILTER_CHOICES[0]))
+    title.caption(f"{plural(len(rooms), 'room')}"
+                  + (f" · {len(shown)} shown" if len(shown) != len(rooms) else "")
+                  + f" · updated {fmt_time(server_time)} · "
+                  + (f"auto-refresh every {interval_s:g} s" if (interval_s := REFRESH_CHOICES_S
+                     .get(st.session_state.get("mon_interval"))) else "auto-refresh paused"))
     if not rooms:
         st.info("No rooms yet: a patient station appears here after its first upload.")
         return
-    st.html(CARD_CSS)                # fixed text only: no user data in HTML
-    st.caption(f":red-badge[:material/warning: needs attention] {APNEA_ALERT_COUNT} or more "
-               f"apneas, no data for {STALE_AFTER_MIN:g} min, or a pressure command not "
-               f"applied within {COMMAND_OVERDUE_S:g} s · :green-badge[green border] "
-               "data, no alarm · :gray-badge[dashed border] no data yet")
-    for start in range(0, len(rooms), WALL_COLUMNS):
-        cols = st.columns(WALL_COLUMNS)
-        for col, entry in zip(cols, rooms[start:start + WALL_COLUMNS]):
-            with col:
-                render_room_card(base, entry, server_time)
+    if not shown:
+        st.info(f"No room matches “{st.session_state.mon_filter}”.")
+    elif wall_mode(len(rooms)) == WALL_MODES[1]:
+        render_tile_wall(base, shown, server_time, legend=title)
+    else:
+        render_card_wall(base, shown, server_time)
 
     by_room = {entry["room"]: entry for entry in rooms}
     if st.session_state.get("mon_room") not in by_room:
@@ -1440,12 +1598,17 @@ def render_monitor_live() -> None:
 
 
 def render_monitoring_station() -> None:
-    st.subheader("Monitoring Station")
-    cols = st.columns([1, 1.4, 2])
-    cols[0].selectbox("Auto-refresh", list(REFRESH_CHOICES_S), key="mon_interval")
-    cols[1].radio("Order", ORDER_CHOICES, key="mon_order", horizontal=True)
+    head = st.columns([4, 1], vertical_alignment="bottom")
+    head[0].subheader("Monitoring Station")
+    # the settings fold away: on the lab's big screen the rows of rooms need the height
+    settings = head[1].popover("Wall settings", icon=":material/tune:", width="stretch")
+    settings.selectbox("Auto-refresh", list(REFRESH_CHOICES_S), key="mon_interval")
+    settings.radio("Order", ORDER_CHOICES, key="mon_order", horizontal=True)
+    settings.radio("Wall", WALL_MODES, key="mon_wall", horizontal=True,
+                   help=f"Auto: compact tiles from {COMPACT_FROM_ROOMS} rooms on.")
+    settings.selectbox("Show", FILTER_CHOICES, key="mon_filter")
     interval_s = REFRESH_CHOICES_S[st.session_state.mon_interval]
-    cols[2].caption(
+    settings.caption(
         (f"Refreshes every {interval_s} s" if interval_s else "Auto-refresh paused")
         + f". Rooms without data for {STALE_AFTER_MIN:g} min are marked stale.")
     @st.fragment(run_every=interval_s)

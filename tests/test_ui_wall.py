@@ -1,0 +1,146 @@
+"""The monitoring wall at lab scale (AppTest against the real API over HTTP): compact
+tiles from COMPACT_FROM_ROOMS rooms on, numeric order, a colour per state, a filter, and
+a click on a tile opens that room's detail. The pure helpers are tested on their own.
+
+How many tiles a 1920×1080 screen shows is a browser question: tests/test_browser.py
+and benchmarks/bench_wall.py.
+"""
+from __future__ import annotations
+
+import pytest
+import requests
+
+import patient_streamlit as ui
+from test_ui_apptest import api, api_upload, at, texts  # noqa: F401  (fixtures)
+from ui_support import click, run
+
+NOW = "2026-11-28T03:00:00+00:00"
+
+
+def entry(room=1, mrn=40, name="Ada Lovelace", latest=True, apneas=0, command=None,
+          received_at="2026-11-28T02:59:00+00:00"):
+    """A room as GET /rooms describes it."""
+    return {"room": room,
+            "patient": {"mrn": mrn, "name": name, "since": received_at} if mrn else None,
+            "latest": ({"apnea_count": apneas, "breath_rate_bpm": 14.2,
+                        "cpap_pressure_cmh2o": 10, "received_at": received_at}
+                       if latest else None),
+            "command": command}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("Ada Lovelace", "AL"), ("ada", "A"), ("Émile Zola", "ÉZ"),
+    ("<script>alert(1)</script>", "SAS"), ("**bold** [x](y)", "BXY"), ("", ""), (None, ""),
+    ("Jean Paul Marie Sartre", "JPM"), ("12 34", "")])
+def test_initials_are_letters_only(name, expected):
+    assert ui.initials(name) == expected
+
+
+@pytest.mark.parametrize("moment, expected", [
+    ("2026-11-28T02:59:15+00:00", "45 s"), ("2026-11-28T02:48:00+00:00", "12 min"),
+    ("2026-11-28T00:00:00+00:00", "3 h"), ("2026-11-26T03:00:00+00:00", "2 d"),
+    ("2026-11-28T03:00:05+00:00", "0 s"), (None, "—")])
+def test_age_is_measured_on_the_server_clock(moment, expected):
+    assert ui.age_text(moment, NOW) == expected
+
+
+@pytest.mark.parametrize("room, expected", [
+    (entry(mrn=None, latest=False), "free"),
+    (entry(apneas=ui.APNEA_ALERT_COUNT), "attention"),
+    (entry(command={"pressure_cmh2o": 12, "applied": False,
+                    "commanded_at": "2026-11-28T02:00:00+00:00"}), "attention"),   # overdue
+    (entry(received_at="2026-11-28T01:00:00+00:00"), "stale"),
+    (entry(command={"pressure_cmh2o": 12, "applied": False, "commanded_at": NOW}), "pending"),
+    (entry(latest=False), "nodata"),
+    (entry(), "ok"),
+])
+def test_tile_state(room, expected):
+    assert ui.tile_state(room, NOW) == expected
+
+
+def test_tile_label_shows_room_who_pressure_rate_apneas_and_age(monkeypatch):
+    label = ui.tile_label("http://unused", entry(room=12, apneas=3), NOW, "normal")
+    assert label == "**12** AL · 10 cmH2O  \n14.2 bpm · 3 apn · 1 min"
+    nameless = ui.tile_label("http://unused", entry(room=5, name=None, latest=False), NOW,
+                             "small")
+    assert nameless == "**5** MRN 40 · —  \nno data yet"
+    # pending: in force is what was applied before (here nothing: the record's 10)
+    monkeypatch.setattr(ui, "fetch_applied_command", lambda base, room, mrn: None)
+    pending = ui.tile_label("http://unused", entry(room=7, command={
+        "pressure_cmh2o": 12, "applied": False, "commanded_at": NOW}), NOW, "small")
+    assert pending.startswith("**7** AL · 10→12  \n")
+
+
+def tiles(at) -> list[tuple[str, int]]:
+    """(state, room) of every tile on the wall, in screen order."""
+    found = []
+    for button in at.button:
+        if button.key and button.key.startswith("mon_tile_"):
+            state, room = button.key.removeprefix("mon_tile_").rsplit("_", 1)
+            found.append((state, int(room)))
+    return found
+
+
+def command(api_url, room, mrn, pressure=12):
+    requests.put(f"{api_url}/api/v1/rooms/{room}/pressure", timeout=5,
+                 json={"pressure_cmh2o": pressure, "mrn": mrn}).raise_for_status()
+
+
+@pytest.fixture
+def ward(api):
+    """14 rooms (numbers whose text order differs from their numeric order), one with
+    apneas, one with a pending command, one with patient details only."""
+    rooms = [1, 2, 3, 9, 10, 11, 12, 19, 20, 100, 101, 110, 200, 1000]
+    for room in rooms:
+        if room == 20:
+            requests.post(f"{api}/api/v1/patients", timeout=5,
+                          json={"mrn": 9020, "room": 20, "name": "Details Only"}
+                          ).raise_for_status()
+        else:
+            api_upload(api, mrn=9000 + room, room=room, name=f"Pat {room}",
+                       apneas=4 if room == 11 else 0, image=False)
+    command(api, 100, 9100)
+    return rooms
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_many_rooms_are_compact_tiles_in_numeric_order_coloured_by_state(at, ward):
+    click(at, "mon_refresh")
+    shown = tiles(at)
+    assert [room for _, room in shown] == ward                 # 1, 2, 3, 9, 10, 11, …
+    states = dict((room, state) for state, room in shown)
+    assert states[11] == "attention" and states[100] == "pending"
+    assert states[20] == "nodata" and states[1] == "ok"
+
+
+def test_attention_first_and_the_filter(at, ward):
+    click(at, "mon_refresh")
+    at.radio(key="mon_order").set_value(ui.ORDER_CHOICES[1])
+    run(at)
+    assert [room for _, room in tiles(at)][0] == 11
+    at.selectbox(key="mon_filter").set_value(ui.FILTER_CHOICES[1])
+    run(at)
+    assert tiles(at) == [("attention", 11)]
+    at.selectbox(key="mon_filter").set_value(ui.FILTER_CHOICES[2])
+    run(at)
+    assert tiles(at) == [("pending", 100)]
+
+
+def test_a_click_on_a_tile_opens_that_rooms_detail(at, ward):
+    click(at, "mon_refresh")
+    click(at, "mon_tile_ok_110")
+    assert at.session_state.mon_room == 110
+    assert any("Room 110 — MRN 9110" in m for m in texts(at.markdown))
+    assert at.text_input(key="mon_pressure_110") is not None     # the command form is there
+
+
+def test_few_rooms_or_the_switch_give_detailed_cards(at, api):
+    for room in (1, 2):
+        api_upload(api, mrn=800 + room, room=room, name="Few", image=False)
+    click(at, "mon_refresh")
+    assert tiles(at) == []                                     # Auto: cards for 2 rooms
+    at.radio(key="mon_wall").set_value(ui.WALL_MODES[1])
+    run(at)
+    assert [room for _, room in tiles(at)] == [1, 2]
