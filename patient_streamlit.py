@@ -114,27 +114,66 @@ TILE_STYLES = {
     "free": ("free room", "border: 1px dotted #9e9e9e; opacity: 0.6;"),
     "ok": ("data, no alarm", "border: 2px solid #2e7d32; background: rgba(46, 125, 50, 0.12);"),
 }
-TILE_SIZES = {  # (tile width in px, room-number font px, text font px)
-    "normal": (166, 22, 15),
-    "small": (112, 15, 11),
+TILE_SIZES = {  # (tile width and height in px, room-number font px, text font px)
+    "normal": (166, 54, 22, 15),
+    "small": (118, 38, 15, 11),
 }
 
 
-def tile_css(size: str) -> str:
-    """The wall's tile CSS (fixed text only: no user data in HTML)."""
-    width_px, number_px, text_px = TILE_SIZES[size]
-    tiles = 'div[class*="st-key-mon_tile_"]'
-    css = [f'{tiles} button {{min-height: 0; width: {width_px}px; padding: 0 5px; '
-           f'line-height: 1.15; justify-content: flex-start;}}',
-           f'{tiles} button p {{font-size: {text_px}px; margin: 0; text-align: left;}}',
-           f'{tiles} button strong {{font-size: {number_px}px;}}',
+def wall_css() -> str:
+    """CSS of the tile wall and its legend (fixed text only: no user data in CSS/HTML)."""
+    css = ['.slw-wall {display: flex; flex-wrap: wrap; gap: 4px; font-family: var(--st-font);}',
+           '.slw-tile {box-sizing: border-box; margin: 0; padding: 1px 6px; cursor: pointer; '
+           'text-align: left; line-height: 1.2; border-radius: 6px; color: inherit; '
+           'background: transparent; font: inherit;}',
+           '.slw-tile:hover {filter: brightness(0.93);} '
+           '.slw-tile:focus-visible {outline: 3px solid #1f77b4;}',
+           '.slw-tile strong {margin-right: 4px;}',
+           '.slw-tile div {white-space: nowrap; overflow: hidden; text-overflow: ellipsis; '
+           'line-height: 1.2;}',
+           '.slw-tile {overflow: hidden; display: flex; flex-direction: column; '
+           'justify-content: center;}',
            # the wall is the screen: less empty space above the page's title
            '[data-testid="stMainBlockContainer"] {padding-top: 2rem;}']
-    css += [f'div[class*="st-key-mon_tile_{state}_"] button {{{style}}}'
-            for state, (_, style) in TILE_STYLES.items()]
-    css += [f'span.mon-legend-{state} {{display: inline-block; padding: 0 6px; margin-right: '
-            f'8px; border-radius: 4px; {style}}}' for state, (_, style) in TILE_STYLES.items()]
-    return "<style>" + "".join(css) + "</style>"
+    for size, (width_px, height_px, number_px, text_px) in TILE_SIZES.items():
+        css.append(f'.slw-{size} .slw-tile {{width: {width_px}px; height: {height_px}px; '
+                   f'font-size: {text_px}px;}} '
+                   f'.slw-{size} .slw-tile strong {{font-size: {number_px}px;}}')
+    for state, (_, style) in TILE_STYLES.items():
+        css.append(f'.slw-tile.slw-{state}, span.slw-legend-{state} {{{style}}}')
+    css.append('span[class^="slw-legend-"] {display: inline-block; padding: 0 6px; '
+               'margin-right: 8px; border-radius: 4px; font-size: 14px;}')
+    return "\n".join(css)
+
+
+#: The JavaScript of the wall: tiles are built with textContent (never HTML from data),
+#: a click sends the room number back once (a trigger value).
+WALL_JS = """
+export default function (component) {
+  const { data, parentElement, setTriggerValue } = component;
+  let wall = parentElement.querySelector(".slw-wall");
+  if (!wall) {
+    wall = document.createElement("div");
+    parentElement.appendChild(wall);
+  }
+  wall.className = "slw-wall slw-" + data.size;
+  wall.replaceChildren(...data.tiles.map((tile) => {
+    const button = document.createElement("button");
+    button.className = "slw-tile slw-" + tile.state;
+    button.dataset.room = String(tile.room);
+    button.title = "Room " + tile.room + ": open its detail";
+    const head = document.createElement("div");
+    const number = document.createElement("strong");
+    number.textContent = String(tile.room);
+    head.append(number, tile.head);
+    const tail = document.createElement("div");
+    tail.textContent = tile.tail;
+    button.append(head, tail);
+    button.onclick = () => setTriggerValue("open", tile.room);
+    return button;
+  }));
+}
+"""
 
 
 def _env_number(name: str, default: float, low: float, high: float) -> float:
@@ -1128,12 +1167,13 @@ def age_text(moment: str | None, server_time: str | None) -> str:
     return f"{age_s:.0f} s"
 
 
-def tile_label(base: str, entry: dict, server_time: str | None, size: str) -> str:
-    """A tile's Markdown: the room number large, then who, pressure in force, breath rate,
-    apneas and the age of the latest data (user text only as letters-only initials)."""
+def tile_lines(base: str, entry: dict, server_time: str | None, size: str) -> tuple[str, str]:
+    """A tile's two lines of plain text after the room number: who and the pressure in
+    force, then breath rate, apneas and the age of the latest data (the patient as
+    letters-only initials, or the MRN)."""
     patient = entry.get("patient")
     if not patient:
-        return f"**{entry['room']}**  \nfree"
+        return "free", ""
     who = initials(patient.get("name")) or f"MRN {patient.get('mrn', '—')}"
     pressure, _ = pressure_in_force(base, entry)
     latest = entry.get("latest") or {}
@@ -1141,15 +1181,14 @@ def tile_label(base: str, entry: dict, server_time: str | None, size: str) -> st
     pending = (f"→{command['pressure_cmh2o']}"
                if command and not command.get("applied") else "")
     unit = "" if size == "small" else " cmH2O"
-    cm = f"{pressure if pressure is not None else '—'}{pending}{unit}"
+    head = f"{who} · {pressure if pressure is not None else '—'}{pending}{unit}"
     if not latest:
-        return f"**{entry['room']}** {who} · {cm}  \nno data yet"
-    rate = fmt_number(latest.get("breath_rate_bpm"))
+        return head, "no data yet"
     apneas = latest.get("apnea_count")
-    events = f"{apneas if apneas is not None else '—'} apn"
-    age = age_text(latest.get("received_at"), server_time)
     per_min = "/min" if size == "small" else " bpm"
-    return f"**{entry['room']}** {who} · {cm}  \n{rate}{per_min} · {events} · {age}"
+    return head, (f"{fmt_number(latest.get('breath_rate_bpm'))}{per_min} · "
+                  f"{apneas if apneas is not None else '—'} apn · "
+                  f"{age_text(latest.get('received_at'), server_time)}")
 
 
 def wall_mode(room_count: int) -> str:
@@ -1171,25 +1210,37 @@ def filter_rooms(rooms: list[dict], server_time: str | None, shown: str) -> list
     return rooms
 
 
-@safe_callback
-def open_room(room: int) -> None:
-    """A tile clicked: that room's detail below the wall."""
-    st.session_state.mon_room = room
+def open_tile() -> None:
+    """A tile clicked (the wall's trigger value): that room's detail below the wall."""
+    room = (st.session_state.get("mon_wall_tiles") or {}).get("open")
+    if room is not None:
+        st.session_state.mon_room = int(room)
 
 
 def render_tile_wall(base: str, rooms: list[dict], server_time: str | None, legend) -> None:
-    """Every room a small button-tile in one wrapping row, coloured by state; the legend
-    goes into ``legend`` (the header's column: the rows of rooms need the height)."""
+    """Every room a small tile in one wrapping element, coloured by state; the legend goes
+    into ``legend`` (the header's column: the rows of rooms need the height).
+
+    One element for the whole wall (a custom component): a button per room made the
+    browser redraw a hundred widgets on every refresh, twice as slow.
+    """
     size = "small" if len(rooms) >= SMALL_TILES_FROM_ROOMS else "normal"
-    st.html(tile_css(size))
-    legend.html("<div>" + "".join(f'<span class="mon-legend-{state}">{label}</span>'
-                              for state, (label, _) in TILE_STYLES.items()) + "</div>")
-    with st.container(horizontal=True, gap="xsmall", key="mon_wall_tiles"):
-        for entry in rooms:
-            state = tile_state(entry, server_time)
-            st.button(tile_label(base, entry, server_time, size),
-                      key=f"mon_tile_{state}_{entry['room']}", on_click=open_room,
-                      args=(entry["room"],), help=f"Room {entry['room']}: open its detail")
+    legend.html("<div>" + "".join(f'<span class="slw-legend-{state}">{label}</span>'
+                                  for state, (label, _) in TILE_STYLES.items()) + "</div>")
+    tiles = []
+    for entry in rooms:
+        head, tail = tile_lines(base, entry, server_time, size)
+        tiles.append({"room": entry["room"], "state": tile_state(entry, server_time),
+                      "head": head, "tail": tail})
+    wall_component()(data={"size": size, "tiles": tiles}, key="mon_wall_tiles",
+                     on_open_change=open_tile)
+
+
+@functools.cache
+def wall_component():
+    """The tile wall's component, registered once per process."""
+    return st.components.v2.component("sleeplab_wall", html='<div class="slw-wall"></div>',
+                                      css=wall_css(), js=WALL_JS, isolate_styles=False)
 
 
 def render_card_wall(base: str, rooms: list[dict], server_time: str | None) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1920, "height": 1080}
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-TILE = '[class*="st-key-mon_tile_"] button'
+TILE = ".slw-tile"
 VISIBLE_TILES_JS = """() => [...document.querySelectorAll('%s')].filter(e => {
     const r = e.getBoundingClientRect();
     return r.width > 0 && r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight
@@ -76,8 +77,7 @@ def measure(page, api: str, ui: str, rooms: int, refreshes: int, shots: Path | N
     first_load_s = time.perf_counter() - start
     start = time.perf_counter()
     page.get_by_role("tab", name="Monitoring Station").click()
-    page.locator(f'[class*="st-key-mon_tile_"][class*="_{rooms}"] button').first.wait_for(
-        timeout=120_000)
+    page.locator(f'{TILE}[data-room="{rooms}"]').wait_for(timeout=120_000)
     wall_s = time.perf_counter() - start
     page.wait_for_selector(IDLE, timeout=120_000)
     visible = page.evaluate(VISIBLE_TILES_JS)
@@ -93,7 +93,8 @@ def measure(page, api: str, ui: str, rooms: int, refreshes: int, shots: Path | N
         page.wait_for_selector(IDLE, timeout=120_000)
         start = time.perf_counter()
         page.get_by_role("button", name="Refresh now").click()
-        page.get_by_text(f"{rate:g} bpm").first.wait_for(timeout=120_000)
+        page.locator(f'{TILE}[data-room="1"]').get_by_text(re.compile(
+            rf"^{rate:g}(/min| bpm)")).wait_for(timeout=120_000)
         refresh_s.append(time.perf_counter() - start)
     return {"rooms": rooms, "first_load_s": first_load_s, "wall_s": wall_s,
             "visible": visible, "refresh_p50_s": statistics.median(refresh_s),

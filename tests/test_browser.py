@@ -478,3 +478,49 @@ def test_command_to_a_room_whose_patient_changed_is_refused_on_screen(stack):
     history = requests.get(f"{stack['api']}/api/v1/rooms/9/pressure/history", timeout=10,
                            headers=as_(MONITOR_TOKEN)).json()["commands"]
     assert history == [], "a refused command must not be stored"
+
+
+WALL_ROOMS = 100
+VISIBLE_TILES_JS = """() => [...document.querySelectorAll('.slw-tile')].filter(e => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight
+        && r.right <= innerWidth; }).map(e => Number(e.dataset.room))"""
+
+
+def test_the_wall_shows_a_hundred_rooms_on_one_screen_and_a_tile_opens_its_room(stack):
+    """The lab's big screen (1920×1080): 100 occupied rooms all visible without scrolling,
+    in numeric order, coloured by state; a click on a tile opens that room's detail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from playwright.sync_api import expect, sync_playwright
+
+    def admit(room: int) -> None:
+        requests.post(f"{stack['api']}/api/v1/patients", timeout=30, headers=as_(SEED_TOKEN),
+                      json={"mrn": 60_000 + room, "room": room, "name": f"Bed {room}",
+                            "cpap_pressure_cmh2o": 10, "breath_rate_bpm": 14.0,
+                            "apnea_count": 3 if room == 7 else 0}).raise_for_status()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(admit, range(1, WALL_ROOMS + 1)))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page.goto(stack["ui"])
+            idle(page)
+            page.get_by_role("tab", name="Monitoring Station").click()
+            page.locator(f'.slw-tile[data-room="{WALL_ROOMS}"]').wait_for(timeout=30_000)
+            idle(page)
+            assert page.evaluate(VISIBLE_TILES_JS) == list(range(1, WALL_ROOMS + 1))
+            assert "slw-attention" in page.locator('.slw-tile[data-room="7"]').get_attribute(
+                "class")
+            assert "slw-ok" in page.locator('.slw-tile[data-room="8"]').get_attribute("class")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "wall-100.png"))
+            page.locator('.slw-tile[data-room="42"]').click()
+            monitor = page.get_by_role("tabpanel", name="Monitoring Station")
+            expect(monitor.get_by_text("Room 42 — MRN 60042")).to_be_visible(timeout=20_000)
+            expect(monitor.get_by_label("New pressure for room 42 (cmH2O, 4–25)")
+                   ).to_be_visible()
+        finally:
+            browser.close()
