@@ -19,14 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import storage  # noqa: E402
-from api_support import upload_body  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from server import create_app  # noqa: E402
+from server import create_app
+from sleeplab import storage
+from tests.api_support import upload_body
+from tools.local_mongo import LocalMongo, free_port
 
 PATIENTS, RECORDS = 100, 20
 

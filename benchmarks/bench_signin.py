@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import accounts  # noqa: E402
-from api_support import upload_body  # noqa: E402
-from bench_record_count import median_ms  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from server import create_app  # noqa: E402
+from benchmarks.bench_record_count import median_ms
+from server import create_app
+from sleeplab.api import accounts
+from tests.api_support import upload_body
+from tools.local_mongo import LocalMongo, free_port
 
 STATIC_TOKEN = "bench-monitor-token-0123456789"
 PASSWORD = "correct horse battery staple"

@@ -12,7 +12,7 @@ just over 10 s, fast breathing, bad lines and CRLF line endings.
 
 Command line::
 
-    python cpap_synth.py OUT.txt [--seed N] [--duration 120] [--rate 15] [--apneas 2] ...
+    python -m tools.cpap_synth OUT.txt [--seed N] [--duration 120] [--rate 15] [--apneas 2] ...
 
 writes ``OUT.txt`` and ``OUT.truth.json``.
 """
@@ -355,7 +355,7 @@ skipped line numbers). The table below is written from that truth, not from the 
 Regenerate (deterministic) with:
 
 ```bash
-python cpap_synth.py --sample-data sample_data
+python -m tools.cpap_synth --sample-data sample_data
 ```
 
 | file | what | duration (s) | breaths | breath rate (/min) | apneas | apnea times (s) | skipped lines |

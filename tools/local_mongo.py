@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pymongo
 
-from processes import describe_exit, pid_file_owner, stop_process
+from tools.processes import describe_exit, pid_file_owner, stop_process
 
 #: How long to wait for the server to answer ``ping`` after start-up.
 START_TIMEOUT_S = 30.0
