@@ -1,6 +1,6 @@
 """Cost of counting ``record_count`` from the records on read (vs a stored counter).
 
-    python benchmarks/bench_record_count.py [--repeats 3] [--requests 50]
+    python -m benchmarks.bench_record_count [--repeats 3] [--requests 50]
 
 Starts its own nx-27017 on a free loopback port (temporary data dir), seeds 100
 patients x 20 records through the storage module, and times in-process (Flask test

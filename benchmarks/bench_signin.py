@@ -1,7 +1,7 @@
 """Cost of people's sign-in: one password hash, one sign-in, and a request made with a
 session token (one database lookup) compared with a static token.
 
-    python benchmarks/bench_signin.py [--repeats 3] [--requests 200]
+    python -m benchmarks.bench_signin [--repeats 3] [--requests 200]
 
 Starts its own nx-27017 on a free loopback port (temporary data dir), adds one person
 and one patient, and times in-process (Flask test client over TCP to the database, no
