@@ -2,11 +2,12 @@
 
     gunicorn -c gunicorn.conf.py        # serves server:create_app() on API_HOST:API_PORT
 
-``./run.sh`` (launcher.py), the tests and benchmarks (api_process.ApiServer) and the
-container (Dockerfile) all start gunicorn with this file and nothing else but a pid file.
-Each worker reads every request completely on an event loop before a thread runs the
-Flask app, so slow clients cannot hold the threads (serving.py says how and why;
-docs/README-hardening.md has the measurements).
+``./run.sh`` (tools/launcher.py), the tests and benchmarks (tools/api_process.py) and the
+container (Dockerfile) all start gunicorn with this file (``gunicorn_command``); the
+launcher adds a pid file, two tests a log option. Each worker reads every request
+completely on an event loop before a thread runs the Flask app, so slow clients cannot
+hold the threads (sleeplab/api/serving.py says how and why; docs/README-hardening.md has
+the measurements).
 """
 import os
 
