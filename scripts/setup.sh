@@ -37,8 +37,13 @@ ensure_project() {
 sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (sleeplab, tools)))" "$PWD/" \
             >/dev/null 2>&1; then
         echo "==> installing the project into .venv (editable)"
-        .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1 \
-            | grep -v "is ignored" || true
+        # Its output (setuptools' notes on editable installs) only matters when it fails.
+        local log
+        if ! log=$(.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+                       --no-deps -e . 2>&1); then
+            echo "$log" | grep -v "is ignored" >&2
+            exit 1
+        fi
         .venv/bin/python -I -c "import sleeplab, tools" || exit 1
         rm -f .venv/.project-*
         touch "$stamp"

@@ -128,7 +128,8 @@ def ships(sources: list[str], path: str) -> bool:
 
 #: Imports what production runs, as the container does (its working folder is the
 #: project): the entry points, every module of the sleeplab package and the gunicorn
-#: configuration; prints the project files loaded.
+#: configuration; prints the project files loaded (not the libraries: ./test.sh's .venv
+#: lies inside the project folder).
 PRODUCTION_IMPORTS = """
 import importlib, json, pkgutil, runpy, sys
 from pathlib import Path
@@ -137,11 +138,11 @@ for info in pkgutil.walk_packages(sleeplab.__path__, "sleeplab."):
     importlib.import_module(info.name)
 runpy.run_path("gunicorn.conf.py")
 server.create_app()
-root = Path.cwd().resolve()
-print(json.dumps(sorted({name: str(Path(m.__file__).resolve().relative_to(root))
-                         for name, m in sys.modules.items()
-                         if getattr(m, "__file__", None)
-                         and Path(m.__file__).resolve().is_relative_to(root)}.items())))
+root, env = Path.cwd().resolve(), Path(sys.prefix).resolve()
+files = {name: Path(m.__file__).resolve() for name, m in sys.modules.items()
+         if getattr(m, "__file__", None)}
+print(json.dumps(sorted((name, str(path.relative_to(root))) for name, path in files.items()
+                        if path.is_relative_to(root) and not path.is_relative_to(env))))
 """
 
 
