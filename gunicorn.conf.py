@@ -2,19 +2,20 @@
 
     gunicorn -c gunicorn.conf.py        # serves server:create_app() on API_HOST:API_PORT
 
-``./run.sh`` (launcher.py), the tests and benchmarks (api_process.ApiServer) and the
-container (Dockerfile) all start gunicorn with this file and nothing else but a pid file.
-Each worker reads every request completely on an event loop before a thread runs the
-Flask app, so slow clients cannot hold the threads (serving.py says how and why;
-docs/README-hardening.md has the measurements).
+``./run.sh`` (tools/launcher.py), the tests and benchmarks (tools/api_process.py) and the
+container (Dockerfile) all start gunicorn with this file (``gunicorn_command``); the
+launcher adds a pid file, two tests a log option. Each worker reads every request
+completely on an event loop before a thread runs the Flask app, so slow clients cannot
+hold the threads (sleeplab/api/serving.py says how and why; docs/README-hardening.md has
+the measurements).
 """
 import os
 
-import serving
+from sleeplab.api import serving
 
 wsgi_app = "server:create_app()"
 bind = [f"{os.environ.get('API_HOST') or '127.0.0.1'}:{os.environ.get('API_PORT') or '5000'}"]
-worker_class = "serving.Worker"
+worker_class = "sleeplab.api.serving.Worker"
 #: Worker processes; each runs the app in API_THREADS threads (serving.create_asgi_app).
 workers = int(os.environ.get("API_WORKERS") or 2)
 #: Open connections per worker, slow ones included; more wait in the listen backlog.
@@ -34,4 +35,4 @@ control_socket_disable = True
 accesslog = os.environ.get("API_ACCESS_LOG", "-") or None
 loglevel = os.environ.get("API_LOG_LEVEL") or "info"
 # Tokens sent in a URL (refused by the API) must not reach the access log either.
-logger_class = "logconfig.RedactingLogger"
+logger_class = "sleeplab.api.logconfig.RedactingLogger"

@@ -9,9 +9,9 @@ import copy
 import re
 from functools import lru_cache
 
-import accounts
+from sleeplab.api import accounts
 import validation as v
-from auth import ADMIN, ANYONE, VIA_HEADER, VIA_SCREENS
+from sleeplab.api.auth import ADMIN, ANYONE, VIA_HEADER, VIA_SCREENS
 
 VERSION = "1.0.0"
 

@@ -50,10 +50,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 import cpap_measurements
-from launcher import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, is_loopback,
-                      sign_in_wanted)
+from sleeplab.ui_settings import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, is_loopback,
+                                  sign_in_wanted)
 import validation
-from csv_export import csv_text
+from sleeplab.api.csv_export import csv_text
 
 log = logging.getLogger("sleeplab.ui")
 
@@ -1802,7 +1802,7 @@ SINGLE_USER_BANNER = (
     "**Single-user mode (loopback only): no sign-in.** Bedside actions are recorded as "
     "the station, monitor actions as the monitor. For several people, or to open the UI "
     f"to the network, start it with {md_escape(SIGN_IN_ENV)}=1 and add people "
-    "(python accounts.py add).")
+    "(python -m sleeplab.api.accounts add).")
 
 
 @safe_callback

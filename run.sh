@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/setup.sh
 ensure_venv requirements.txt
-exec .venv/bin/python launcher.py "$@"
+exec .venv/bin/python -m tools.launcher "$@"

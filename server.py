@@ -26,15 +26,15 @@ from flask import Blueprint, Flask, Request, Response, abort, current_app, g, js
 from werkzeug.exceptions import (HTTPException, RequestEntityTooLarge, ServiceUnavailable,
                                  UnsupportedMediaType)
 
-import accounts
-import analysis_slots
-import auth
+from sleeplab.api import accounts
+from sleeplab.analysis import slots as analysis_slots
+from sleeplab.api import auth
 import openapi
-import storage
+from sleeplab import storage
 import validation
-from auth import ANYONE, MONITOR, STATION, ADMIN, public, reads, writes
-from csv_export import csv_text
-from storage import get_storage
+from sleeplab.api.auth import ANYONE, MONITOR, STATION, ADMIN, public, reads, writes
+from sleeplab.api.csv_export import csv_text
+from sleeplab.storage import get_storage
 from validation import ValidationError
 
 log = logging.getLogger(__name__)

@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cpap_measurements as cm  # noqa: E402
-from cpap_synth import HARD_KINDS, generate, hard_config, plain_config  # noqa: E402
+import cpap_measurements as cm
+from tools.cpap_synth import HARD_KINDS, generate, hard_config, plain_config
 
 
 def score(make_config, n):

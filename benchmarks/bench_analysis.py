@@ -28,15 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from tools.cpap_synth import SynthConfig, write
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from cpap_synth import SynthConfig, write  # noqa: E402
-
+# Run with the measured checkout as the working folder: ``python -c`` imports from there first.
 RSS_CHILD = """
-import sys
-sys.path.insert(0, {root!r})
-sys.path.insert(0, {code!r})
 from cpap_measurements import analyze, flow_plot_png
 flow_plot_png(analyze({path!r}))
 # VmHWM is this process image's own peak; ru_maxrss would include the forking parent's
@@ -83,7 +80,7 @@ def interleaved(fns: dict, repeat: int) -> Timings:
 
 def peak_rss_mb(path: Path, code: Path) -> float:
     """Peak resident memory of one analyze + plot in a fresh interpreter, MB."""
-    out = subprocess.run([sys.executable, "-c", RSS_CHILD.format(root=str(ROOT), code=str(code), path=str(path))],
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD.format(path=str(path))], cwd=code,
                          check=True, capture_output=True, text=True).stdout
     return int(out.split()[-1]) / 1024  # kB -> MB
 

@@ -34,12 +34,9 @@ import numpy as np
 import requests
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from api_process import ApiServer  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from storage import Storage  # noqa: E402
+from sleeplab.storage import Storage
+from tools.api_process import ApiServer
+from tools.local_mongo import LocalMongo, free_port
 
 ROOMS, RECORDS_PER_ROOM = 100, 20
 IMAGE_BYTES = 50 * 1024

@@ -6,8 +6,8 @@ items 1 and 4), for one or more checkouts in the same run (before / after).
 
 ``--code``: the checkouts whose API (``server.py``, ``cpap_measurements.py``) is measured,
 e.g. ``--code /work/main .`` for before and after; default: this one. Every server is
-``gunicorn 'server:create_app()'`` started by that checkout's ``api_process.ApiServer`` on a
-free 127.0.0.1 port, with this checkout's nx-27017 (``local_mongo.LocalMongo``) in a
+gunicorn with that checkout's ``gunicorn.conf.py`` in that checkout's folder (this checkout's
+``tools.api_process.ApiServer``) on a free 127.0.0.1 port, with nx-27017 (``LocalMongo``) in a
 temporary directory; nothing leaves the machine, and every process started is stopped.
 
 ``hostile``: each hostile shape (one huge line, millions of fields, no line ends, huge
@@ -29,7 +29,6 @@ the host must have), and each worker's resident memory 3 s after the last upload
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import signal
@@ -45,11 +44,11 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tools.api_process import ApiServer
+from tools.cpap_synth import HEADER, SynthConfig, write
+from tools.local_mongo import LocalMongo, free_port
 
-from cpap_synth import HEADER, SynthConfig, write  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HEALTH_PERIOD_S = 0.5
 RSS_PERIOD_S = 0.1
@@ -84,16 +83,6 @@ def hostile_shapes() -> dict:
 
 
 # --- processes -------------------------------------------------------------------------------
-def load_api_process(code: Path):
-    """``api_process`` of checkout ``code``: its ApiServer runs gunicorn in that directory."""
-    name = f"api_process_{abs(hash(str(code)))}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, code / "api_process.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
 def proc_status_mb(pid: int, key: str) -> float:
     """``VmRSS`` or ``VmHWM`` of a process, MB (nan when it is gone)."""
     try:
@@ -115,9 +104,8 @@ def start_api(code: Path, mongo: LocalMongo, workers: int, lock_dir: str, thread
     env = {"API_ANALYSIS_LOCK_DIR": lock_dir}
     if threads > 1:  # gunicorn reads extra options from the environment
         env["GUNICORN_CMD_ARGS"] = f"--threads {threads}"
-    api = load_api_process(code).ApiServer(
-        mongodb_uri=mongo.uri(database=f"b{uuid.uuid4().hex[:10]}"), workers=workers,
-        extra_env=env)
+    api = ApiServer(mongodb_uri=mongo.uri(database=f"b{uuid.uuid4().hex[:10]}"), workers=workers,
+                    extra_env=env, root=code)
     return api.start(timeout_s=60)
 
 
@@ -184,9 +172,9 @@ def post_recording(url: str, room: int, content, timeout_s: float):
 
 
 # --- hostile shapes -------------------------------------------------------------------------
+# Run with the measured checkout as the working folder: ``python -c`` imports from there first.
 ANALYZE_CHILD = """
-import sys, time
-sys.path.insert(0, {code!r})
+import time
 import cpap_measurements as cm
 source = {path!r}
 if {from_memory!r}:
@@ -206,7 +194,7 @@ print(f"{{wall:.3f}}\\t{{hwm / 1024:.0f}}\\t{{outcome}}")
 def analyze_in_child(code: Path, path: Path, from_memory: bool, timeout_s: float) -> str:
     """'wall s / peak MB: outcome' of analyze() in a fresh interpreter, bounded in time."""
     child = subprocess.Popen([sys.executable, "-c", ANALYZE_CHILD.format(
-        code=str(code), path=str(path), from_memory=from_memory)],
+        path=str(path), from_memory=from_memory)], cwd=code,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     peak = 0.0
     deadline = time.monotonic() + timeout_s

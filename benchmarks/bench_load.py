@@ -36,11 +36,8 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from api_process import ApiServer  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
+from tools.api_process import ApiServer
+from tools.local_mongo import LocalMongo, free_port
 
 MONITOR_PERIOD_S = 1.0
 
@@ -116,7 +113,7 @@ def verify(uri: str, stations: int, uploads: int) -> dict:
         records = db.records.count_documents({})
         images = db.images.count_documents({})
         # record_count as the API reports it (counted from the records by storage)
-        from storage import Storage
+        from sleeplab.storage import Storage
         listed, _ = Storage(db).list_patients(1, 10**6)
         per_patient = {p["mrn"]: p["record_count"] for p in listed}
         apneas: dict[int, list[int]] = {}

@@ -28,13 +28,13 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import requests
 
-import cpap_synth  # noqa: E402
-import requests  # noqa: E402
-from api_process import ApiServer  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
+from tools import cpap_synth
+from tools.api_process import ApiServer
+from tools.local_mongo import LocalMongo, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RSS_SAMPLE_INTERVAL_S = 0.05
 UPLOAD_TIMEOUT_S = 300
@@ -47,8 +47,7 @@ WARMUP_REQUESTS = 4  # at least one per worker, so no round pays the analysis-st
 
 # Timed after the imports: the server's workers have the stack loaded after the warm-up.
 ANALYZE_CHILD = """
-import sys, time
-sys.path.insert(0, {root!r})
+import time
 from cpap_measurements import analyze, flow_plot_png
 started = time.perf_counter()
 flow_plot_png(analyze({path!r}))
@@ -58,8 +57,7 @@ print(time.perf_counter() - started)
 
 def analyze_alone_s(path: Path) -> float:
     """Wall time (s) of analyze(path) + flow_plot_png in a fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", ANALYZE_CHILD.format(root=str(ROOT),
-                                                                     path=str(path))],
+    out = subprocess.run([sys.executable, "-c", ANALYZE_CHILD.format(path=str(path))], cwd=ROOT,
                          check=True, capture_output=True, text=True, timeout=UPLOAD_TIMEOUT_S)
     return float(out.stdout.split()[-1])
 

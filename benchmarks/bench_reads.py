@@ -42,11 +42,10 @@ import pymongo
 import requests
 from bson import ObjectId
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tools.local_mongo import LocalMongo, free_port
+from tools.processes import stop_process, wait_http
 
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from processes import stop_process, wait_http  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HEAVY_CLIENTS = 4
 BEDSIDE_PERIOD_S = 0.5
@@ -60,7 +59,7 @@ def seed(uri: str, patients: int, records: int) -> float:
     base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     with pymongo.MongoClient(uri, tz_aware=True) as client:
         db = client.get_default_database()
-        import storage
+        from sleeplab import storage
         storage.Storage(db).ensure_indexes()
         for number in range(patients):
             mrn, room = FIRST_MRN + number, number + 1

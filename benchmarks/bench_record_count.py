@@ -1,6 +1,6 @@
 """Cost of counting ``record_count`` from the records on read (vs a stored counter).
 
-    python benchmarks/bench_record_count.py [--repeats 3] [--requests 50]
+    python -m benchmarks.bench_record_count [--repeats 3] [--requests 50]
 
 Starts its own nx-27017 on a free loopback port (temporary data dir), seeds 100
 patients x 20 records through the storage module, and times in-process (Flask test
@@ -19,14 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import storage  # noqa: E402
-from api_support import upload_body  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from server import create_app  # noqa: E402
+from server import create_app
+from sleeplab import storage
+from tests.api_support import upload_body
+from tools.local_mongo import LocalMongo, free_port
 
 PATIENTS, RECORDS = 100, 20
 

@@ -1,7 +1,7 @@
 """Cost of people's sign-in: one password hash, one sign-in, and a request made with a
 session token (one database lookup) compared with a static token.
 
-    python benchmarks/bench_signin.py [--repeats 3] [--requests 200]
+    python -m benchmarks.bench_signin [--repeats 3] [--requests 200]
 
 Starts its own nx-27017 on a free loopback port (temporary data dir), adds one person
 and one patient, and times in-process (Flask test client over TCP to the database, no
@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import accounts  # noqa: E402
-from api_support import upload_body  # noqa: E402
-from bench_record_count import median_ms  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from server import create_app  # noqa: E402
+from benchmarks.bench_record_count import median_ms
+from server import create_app
+from sleeplab.api import accounts
+from tests.api_support import upload_body
+from tools.local_mongo import LocalMongo, free_port
 
 STATIC_TOKEN = "bench-monitor-token-0123456789"
 PASSWORD = "correct horse battery staple"

@@ -47,14 +47,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import requests
 
-import cpap_synth  # noqa: E402
-import requests  # noqa: E402
-from api_process import ApiServer  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from processes import stop_process, wait_http  # noqa: E402
+from tools import cpap_synth
+from tools.api_process import ApiServer
+from tools.local_mongo import LocalMongo, free_port
+from tools.processes import stop_process, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Seconds between two header lines of a slow client (uniform in this range).
 SLOW_LINE_GAP_S = (2.0, 3.0)

@@ -1,6 +1,7 @@
 # Shared setup for ./run.sh and ./test.sh (sourced, not executed).
-# Creates .venv with the project's pinned requirements; re-installs only when a
-# requirements file changed, so the second start is fast.
+# Creates .venv with the project's pinned requirements and installs the project itself
+# into it (editable: imports of sleeplab/ and tools/ work from anywhere); re-installs
+# only when a requirements file or pyproject.toml changed, so the second start is fast.
 
 ensure_venv() {
     local py="${PYTHON:-python3}"
@@ -22,6 +23,29 @@ ensure_venv() {
             | grep -v "is ignored" || true
         # pip's exit status is hidden by the filter above: check the result instead.
         .venv/bin/python -m pip check >/dev/null 2>&1 || { .venv/bin/python -m pip check; exit 1; }
+        touch "$stamp"
+    fi
+    ensure_project
+}
+
+ensure_project() {
+    # Editable install (no copy): the venv imports this folder's code. Done again when
+    # pyproject.toml changed or the venv's install points at another folder.
+    local stamp=".venv/.project-$(sha256sum < pyproject.toml | cut -c1-16)"
+    # -I: the check must not import from the current folder, only through the install.
+    if [ ! -f "$stamp" ] || ! .venv/bin/python -I -c "import sys, sleeplab, tools
+sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (sleeplab, tools)))" "$PWD/" \
+            >/dev/null 2>&1; then
+        echo "==> installing the project into .venv (editable)"
+        # Its output (setuptools' notes on editable installs) only matters when it fails.
+        local log
+        if ! log=$(.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+                       --no-deps -e . 2>&1); then
+            echo "$log" | grep -v "is ignored" >&2
+            exit 1
+        fi
+        .venv/bin/python -I -c "import sleeplab, tools" || exit 1
+        rm -f .venv/.project-*
         touch "$stamp"
     fi
 }

@@ -5,16 +5,9 @@ for the whole test session, on a free port with its own data dir and pid file.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from local_mongo import LocalMongo, free_port  # noqa: E402
+from tools.local_mongo import LocalMongo, free_port
 
 
 #: Access-control settings a developer may have exported; tests set their own.

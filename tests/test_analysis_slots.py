@@ -10,14 +10,13 @@ import time
 
 import pytest
 
-import analysis_slots
-from analysis_slots import AnalysisSlots, SlotsBusy
+from sleeplab.analysis import slots as analysis_slots
+from sleeplab.analysis.slots import AnalysisSlots, SlotsBusy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLDER = """
-import sys, time
-sys.path.insert(0, {root!r})
-from analysis_slots import AnalysisSlots
+import time
+from sleeplab.analysis.slots import AnalysisSlots
 with AnalysisSlots({folder!r}, {count}, 0.0).hold():
     print("held", flush=True)
     time.sleep(60)
@@ -30,9 +29,8 @@ def holder(tmp_path):
     procs = []
 
     def start(count: int) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=ROOT, folder=str(tmp_path),
-                                                                     count=count)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(folder=str(tmp_path), count=count)],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
         procs.append(proc)
         assert proc.stdout.readline().strip() == "held"
         return proc

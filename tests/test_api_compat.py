@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_support import PNG, b64
+from tests.api_support import PNG, b64
 
 
 def legacy_body(**overrides) -> dict:

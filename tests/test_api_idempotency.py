@@ -15,10 +15,10 @@ import pymongo
 import pytest
 import requests
 
-import cpap_synth
-import storage
-from api_process import ApiServer
-from api_support import PNG, image_bytes, upload_body
+from tools import cpap_synth
+from sleeplab import storage
+from tools.api_process import ApiServer
+from tests.api_support import PNG, image_bytes, upload_body
 from server import REPLAY_HEADER, create_app
 
 P = "/api/v1/patients"

@@ -9,9 +9,9 @@ import pymongo
 import pytest
 import requests
 
-import storage
-from api_process import ApiServer
-from api_support import PNG, upload_body
+from sleeplab import storage
+from tools.api_process import ApiServer
+from tests.api_support import PNG, upload_body
 
 pytestmark = pytest.mark.slow
 
@@ -160,8 +160,8 @@ def test_python_server_py_serves(db_uri, tmp_path):
     import sys
     import time
 
-    from api_process import ROOT
-    from local_mongo import free_port
+    from tools.api_process import ROOT
+    from tools.local_mongo import free_port
 
     port = free_port()
     env = {name: value for name, value in os.environ.items()

@@ -8,7 +8,7 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from api_support import upload_body
+from tests.api_support import upload_body
 
 
 @pytest.fixture

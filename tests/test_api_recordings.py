@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-import cpap_synth
+from tools import cpap_synth
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_busy_server_answers_503_with_retry_after(slot_app, recording, length_kn
 @pytest.mark.parametrize("content, status", [(None, 201), (b"1," * 5_000_000, 422)],
                          ids=["analysed", "refused"])
 def test_heavy_analysis_frees_its_slot_and_memory(slot_app, recording, monkeypatch, content, status):
-    import analysis_slots
+    from sleeplab.analysis import slots as analysis_slots
 
     released = []
     monkeypatch.setattr(analysis_slots, "release_memory", lambda: released.append(1))
@@ -216,7 +216,7 @@ def test_heavy_analysis_frees_its_slot_and_memory(slot_app, recording, monkeypat
 
 def test_small_recording_needs_no_slot(app, recording, tmp_path, monkeypatch):
     """Below HEAVY_UPLOAD_BYTES an upload is analysed even when every slot is taken."""
-    import analysis_slots
+    from sleeplab.analysis import slots as analysis_slots
 
     app.config["HEAVY_UPLOAD_BYTES"] = 2 * len(recording[0])  # the body: file and form
     slots = analysis_slots.AnalysisSlots(str(tmp_path), 1, 0.0)
@@ -244,7 +244,7 @@ def test_analysis_limits_come_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_heavy_upload_holds_its_slot_while_analysed(slot_app, recording, monkeypatch):
-    import analysis_slots
+    from sleeplab.analysis import slots as analysis_slots
     import cpap_measurements
 
     other_worker = analysis_slots.AnalysisSlots(slot_app.config["ANALYSIS_LOCK_DIR"], 1, 0.0)

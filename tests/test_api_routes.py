@@ -5,8 +5,8 @@ import datetime as dt
 
 import pytest
 
-import storage
-from api_support import JPEG, PNG, upload_body
+from sleeplab import storage
+from tests.api_support import JPEG, PNG, upload_body
 
 PREFIXES = ["/api/v1", "/api"]
 
@@ -26,7 +26,7 @@ def test_health(client):
 
 @pytest.mark.slow
 def test_health_and_routes_answer_503_when_database_is_down():
-    from local_mongo import free_port
+    from tools.local_mongo import free_port
     from server import create_app
 
     app = create_app({"TESTING": True, "MONGO_TIMEOUT_MS": 200,

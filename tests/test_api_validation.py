@@ -6,7 +6,7 @@ import json
 import pytest
 
 import validation
-from api_support import JPEG, PNG, b64, image_bytes, upload_body
+from tests.api_support import JPEG, PNG, b64, image_bytes, upload_body
 
 HOSTILE = [{"$gt": ""}, {"$where": "sleep(1000)"}, ["1"], True, False, 1.5, -1, 0, "abc",
            "1e3", "12.5", " ", "0x10", 2**64, "9" * 40, float("inf"), float("nan"), "１２"]

@@ -8,7 +8,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,9 +16,10 @@ import mongomock
 import pytest
 import requests
 
-import storage
-from api_support import upload_body
-from local_mongo import free_port
+from sleeplab import storage
+from tests.api_support import upload_body
+from tools.api_process import gunicorn_command
+from tools.local_mongo import free_port
 from server import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,14 +240,12 @@ def test_gunicorn_access_log_never_holds_a_token_and_hup_rotates(tmp_path, db_ur
     a changed tokens file takes effect on SIGHUP."""
     port = free_port()
     access, errors = tmp_path / "access.log", tmp_path / "error.log"
+    # The production configuration (gunicorn.conf.py) with the access log in a file.
     env = {"MONGODB_URI": db_uri, "API_TOKENS_FILE": tokens_file(tmp_path),
-           "PATH": "/usr/bin:/bin"}
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    proc = subprocess.Popen(
-        [str(gunicorn), "--workers", "1", "--bind", f"127.0.0.1:{port}",
-         "--access-logfile", str(access), "--error-logfile", str(errors),
-         "--log-level", "debug", "server:create_app()"], cwd=ROOT, env=env,
-        start_new_session=True)
+           "PATH": "/usr/bin:/bin", "API_HOST": "127.0.0.1", "API_PORT": str(port),
+           "API_WORKERS": "1", "API_ACCESS_LOG": str(access), "API_LOG_LEVEL": "debug"}
+    proc = subprocess.Popen(gunicorn_command("--error-logfile", str(errors)), cwd=ROOT, env=env,
+                            start_new_session=True)
     api = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -11,9 +11,9 @@ from unittest import mock
 
 import pytest
 
-import auth
+from sleeplab.api import auth
 import openapi
-from api_support import upload_body
+from tests.api_support import upload_body
 
 TOKENS = {  # name -> (role, room, token)
     "admin-1": ("admin", None, "adm-0123456789abcdefghij"),
@@ -259,7 +259,7 @@ def test_single_api_token_is_an_admin(make_app):
 
 
 def test_open_mode_warns_and_lets_everyone_in(caplog, make_app):
-    with caplog.at_level(logging.WARNING, logger="auth"):
+    with caplog.at_level(logging.WARNING, logger="sleeplab.api.auth"):
         client = make_app().test_client()
     assert "authentication is OFF" in caplog.text
     assert client.post("/api/v1/patients", json=upload_body()).status_code == 201
@@ -281,7 +281,7 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path, make_app):
 def test_every_known_token_is_compared_with_compare_digest(secured, name):
     client, _ = secured
     headers = bearer(name) if name else {"Authorization": f"Bearer {BAD_TOKEN}"}
-    with mock.patch("auth.hmac.compare_digest", wraps=hmac.compare_digest) as spy:
+    with mock.patch("sleeplab.api.auth.hmac.compare_digest", wraps=hmac.compare_digest) as spy:
         client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 9, "mrn": 12}, headers=headers)
     # No early exit: the first entry matching does not stop the comparisons.
     assert spy.call_count == len(TOKENS)

@@ -25,6 +25,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tools import processes
+from tools.api_process import gunicorn_command
+from tools.local_mongo import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
@@ -44,10 +48,6 @@ MONITOR_REFRESH_S = 5   # the wall's auto-refresh, also live in every bedside se
 COMMANDS = 50       # commands in a row at one bedside page (issue: at least 50)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-sys.path.insert(0, str(ROOT))
-import processes  # noqa: E402
-from local_mongo import free_port  # noqa: E402
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -77,12 +77,13 @@ def stack(local_mongo, tmp_path):
         {"name": "monitor", "role": "monitor", "token": MONITOR_TOKEN},
         {"name": "seed-script", "role": "station", "token": SEED_TOKEN},
         {"name": "monitor-script", "role": "monitor", "token": SCRIPT_MONITOR_TOKEN}]}))
-    env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"),
-               API_TOKENS_FILE=str(tokens_file))
     api_port, ui_port = free_port(), free_port()
+    # The production gunicorn configuration (gunicorn.conf.py) on a loopback port.
+    env = dict(os.environ, MONGODB_URI=local_mongo.uri(f"browser_{uuid.uuid4().hex[:8]}"),
+               API_TOKENS_FILE=str(tokens_file), API_HOST="127.0.0.1", API_PORT=str(api_port),
+               API_WORKERS="2")
     api_log, ui_log = tmp_path / "api.log", tmp_path / "ui.log"
-    api = start([str(BIN / "gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{api_port}",
-                 "server:create_app()"], env, api_log)
+    api = start(gunicorn_command(), env, api_log)
     procs = [api]
     try:
         api_url = f"http://127.0.0.1:{api_port}"
@@ -365,7 +366,7 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
     "applied", and in the record of the next upload."""
     from playwright.sync_api import expect, sync_playwright
 
-    import cpap_synth
+    from tools import cpap_synth
 
     mrn, room = 7001, 7
     recordings = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import cpap_measurements as cm
-from cpap_synth import HARD_KINDS, generate, hard_config, plain_config
+from tools.cpap_synth import HARD_KINDS, generate, hard_config, plain_config
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import cpap_measurements as cm
-from cpap_synth import HEADER, generate
+from tools.cpap_synth import HEADER, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

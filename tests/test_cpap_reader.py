@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cpap_measurements as cm
-from cpap_synth import HEADER
+from tools.cpap_synth import HEADER
 
 ADC = st.integers(min_value=0, max_value=16383)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cpap_measurements as cm
-from cpap_synth import HEADER, SynthConfig, flow_to_adc, generate, synth_flow
+from tools.cpap_synth import HEADER, SynthConfig, flow_to_adc, generate, synth_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,9 +68,9 @@ def test_seed_makes_it_deterministic():
 
 def test_cli_writes_recording_and_truth(tmp_path):
     out = tmp_path / "r.txt"
-    proc = subprocess.run([sys.executable, str(ROOT / "cpap_synth.py"), str(out), "--duration-s", "30",
+    proc = subprocess.run([sys.executable, "-m", "tools.cpap_synth", str(out), "--duration-s", "30",
                            "--rate-bpm", "20", "--apnea-gaps", "15", "--seed", "3"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     truth = json.loads(out.with_suffix(".truth.json").read_text())
     assert truth["apnea_count"] == 1 and truth["config"]["rate_bpm"] == 20

@@ -29,9 +29,9 @@ import pymongo
 import pytest
 import requests
 
-from api_process import ApiServer
-from api_support import b64, image_bytes
-from local_mongo import LocalMongo, free_port
+from tools.api_process import ApiServer
+from tests.api_support import b64, image_bytes
+from tools.local_mongo import LocalMongo, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from csv_export import csv_text, safe_cell
+from sleeplab.api.csv_export import csv_text, safe_cell
 
 
 @pytest.mark.parametrize("value, cell", [

@@ -8,6 +8,8 @@ import json
 import re
 import runpy
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -87,18 +89,18 @@ def gunicorn_settings(monkeypatch):
 
 def test_one_gunicorn_configuration_for_container_launcher_and_tests(dockerfile,
                                                                      gunicorn_settings):
-    import api_process
-    import serving
+    from tools import api_process
+    from sleeplab.api import serving
     cmd = json.loads(instructions(dockerfile, "CMD")[0])
     assert cmd == ["gunicorn", "--config", "gunicorn.conf.py"]  # nothing else overrides it
     assert api_process.gunicorn_command()[1:] == ["--config", str(ROOT / "gunicorn.conf.py")]
-    assert "gunicorn_command(" in (ROOT / "launcher.py").read_text()
+    assert "gunicorn_command(" in (ROOT / "tools" / "launcher.py").read_text()
     settings = gunicorn_settings
     assert settings["wsgi_app"] == "server:create_app()"
-    assert settings["worker_class"] == "serving.Worker"
+    assert settings["worker_class"] == "sleeplab.api.serving.Worker"
     assert (settings["bind"], settings["workers"]) == (["0.0.0.0:5000"], 3)
     assert settings["keepalive"] == serving.HEAD_TIMEOUT_S  # the request-head time limit
-    assert settings["graceful_timeout"] < __import__("launcher").STOP_TIMEOUT_S
+    assert settings["graceful_timeout"] < __import__("tools.launcher").launcher.STOP_TIMEOUT_S
     # Instances must not share (and delete) one control socket.
     assert settings["control_socket_disable"] is True
     import server
@@ -112,11 +114,61 @@ def test_container_env_sets_what_the_configuration_reads(dockerfile, compose):
     assert compose["services"]["api"]["environment"]["HEALTHCHECK_URL"].endswith(":5000/health")
 
 
-def test_dockerfile_copies_every_module_the_server_needs(dockerfile):
-    copied = [source for args in instructions(dockerfile, "COPY")
-              for source in shlex.split(args)[:-1]]
-    for needed in ("gunicorn.conf.py", "serving.py", "server.py", "storage.py", "auth.py"):
-        assert any(Path(needed).match(pattern) for pattern in copied), needed
+def copied(dockerfile) -> list[str]:
+    """The sources of the Dockerfile's COPY instructions (files, folders or patterns)."""
+    return [source for args in instructions(dockerfile, "COPY")
+            for source in shlex.split(args)[:-1]]
+
+
+def ships(sources: list[str], path: str) -> bool:
+    """Whether a COPY source covers ``path`` (relative to the project folder)."""
+    return any(Path(path).match(source) or Path(path).is_relative_to(source.rstrip("/"))
+               for source in sources)
+
+
+#: Imports what production runs, as the container does (its working folder is the
+#: project): the entry points, every module of the sleeplab package and the gunicorn
+#: configuration; prints the project files loaded (not the libraries: ./test.sh's .venv
+#: lies inside the project folder).
+PRODUCTION_IMPORTS = """
+import importlib, json, pkgutil, runpy, sys
+from pathlib import Path
+import server, patient_streamlit, cpap_measurements, validation, openapi, sleeplab
+for info in pkgutil.walk_packages(sleeplab.__path__, "sleeplab."):
+    importlib.import_module(info.name)
+runpy.run_path("gunicorn.conf.py")
+server.create_app()
+root, env = Path.cwd().resolve(), Path(sys.prefix).resolve()
+files = {name: Path(m.__file__).resolve() for name, m in sys.modules.items()
+         if getattr(m, "__file__", None)}
+print(json.dumps(sorted((name, str(path.relative_to(root))) for name, path in files.items()
+                        if path.is_relative_to(root) and not path.is_relative_to(env))))
+"""
+
+
+@pytest.fixture(scope="module")
+def production_modules() -> dict[str, str]:
+    """Module name -> project file of everything production imports (fresh interpreter)."""
+    out = subprocess.run([sys.executable, "-c", PRODUCTION_IMPORTS], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=120)
+    return dict(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_production_code_never_imports_the_tools(production_modules):
+    """tools/ (launcher, local database, synthetic data, test servers) is not in the
+    image: an entry point or library module that imported it would fail there."""
+    assert {"server", "patient_streamlit", "sleeplab.storage"} <= set(production_modules)
+    assert [name for name in production_modules
+            if name == "tools" or name.startswith("tools.")] == []
+
+
+def test_dockerfile_ships_what_production_imports_and_no_tools(dockerfile, production_modules):
+    sources = copied(dockerfile)
+    for name, path in production_modules.items():
+        assert ships(sources, path), f"the image lacks {path} ({name})"
+    assert ships(sources, "gunicorn.conf.py") and ships(sources, "sample_data/apnea_1.txt")
+    for folder in ("tools", "tests", "benchmarks"):  # development only
+        assert not ships(sources, f"{folder}/__init__.py"), folder
 
 
 def test_compose_requires_a_token_for_the_api_and_sign_in_for_the_ui(compose):
@@ -141,7 +193,7 @@ def js_list(name: str) -> list[str]:
 
 def storage_collections() -> set[str]:
     """The collections storage.Storage uses (read from its constructor)."""
-    import storage
+    from sleeplab import storage
     used = set()
 
     class Recorder(dict):
@@ -193,4 +245,4 @@ def test_the_apis_role_appends_to_the_audit_trail_only():
 def test_every_gunicorn_instance_redacts_tokens_in_its_access_log():
     """The one gunicorn configuration names the redacting logger (tokens in URLs)."""
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert settings["logger_class"] == "logconfig.RedactingLogger"
+    assert settings["logger_class"] == "sleeplab.api.logconfig.RedactingLogger"

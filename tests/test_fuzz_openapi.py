@@ -31,9 +31,9 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-import cpap_synth
+from tools import cpap_synth
 import openapi
-from api_support import upload_body
+from tests.api_support import upload_body
 from server import create_app
 
 pytestmark = pytest.mark.slow
@@ -169,7 +169,7 @@ def _raise_bug(self, room):
 
 
 @pytest.mark.parametrize("target, replacement, status, message", [
-    ("storage.Storage.get_room", _raise_bug, 500, "Server error"),
+    ("sleeplab.storage.Storage.get_room", _raise_bug, 500, "Server error"),
     ("server.room_out", lambda doc: {"room": doc["_id"]}, 200, "required property"),
 ], ids=["storage-bug-500", "room-without-its-keys"])
 def test_the_checks_can_fail(monkeypatch, target, replacement, status, message):

@@ -4,26 +4,21 @@ Every case asserts the status, the one JSON error shape (``status``, ``error`` =
 HTTP reason phrase, ``message``, and ``field`` when one field is at fault), a phrase
 of the message, and that the database is exactly as it was before the request.
 
-``python tests/test_hostile_catalogue.py`` runs the catalogue and prints it as the
+``python -m tests.test_hostile_catalogue`` runs the catalogue and prints it as the
 markdown table of docs/README-hardening.md (the "got" column is the live answer).
 """
 from __future__ import annotations
 
 import io
 import json
-import sys
 from dataclasses import dataclass, field as dc_field
 from http import HTTPStatus
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-if __name__ == "__main__":  # run as a script: make the project and tests importable
-    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
-
-import cpap_synth
-from api_support import JPEG, PNG, b64, image_bytes, upload_body
+from tools import cpap_synth
+from tests.api_support import JPEG, PNG, b64, image_bytes, upload_body
 
 #: The recording upload limit for this catalogue (configured small on purpose).
 UPLOAD_LIMIT_BYTES = 200 * 1024

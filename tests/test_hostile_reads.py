@@ -22,11 +22,12 @@ import requests
 import yaml
 from bson import ObjectId
 
-import logconfig
-import storage
-from api_support import PNG, upload_body
-from local_mongo import LocalMongo, free_port
-from processes import stop_process, wait_http
+from sleeplab.api import logconfig
+from sleeplab import storage
+from tests.api_support import PNG, upload_body
+from tools.api_process import gunicorn_command
+from tools.local_mongo import LocalMongo, free_port
+from tools.processes import stop_process, wait_http
 from server import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_protection_by_default_also_from_the_environment(monkeypatch, tmp_path, 
 
 @pytest.mark.parametrize("word", ["0", "false", "off", "No"])
 def test_open_reads_only_when_asked_for_and_then_warned(tmp_path, caplog, word, make_app):
-    with caplog.at_level(logging.WARNING, logger="auth"):
+    with caplog.at_level(logging.WARNING, logger="sleeplab.api.auth"):
         client = make_app(API_TOKENS_FILE=tokens_file(tmp_path),
                           API_PROTECT_READS=word).test_client()
     assert "anyone who can reach the API can read patient" in caplog.text
@@ -124,7 +125,7 @@ def test_open_reads_only_when_asked_for_and_then_warned(tmp_path, caplog, word, 
 
 
 def test_an_unknown_protect_reads_value_stops_the_start(tmp_path, make_app):
-    import auth
+    from sleeplab.api import auth
     with pytest.raises(auth.TokenConfigError, match="API_PROTECT_READS must be 1 or 0"):
         make_app(API_TOKENS_FILE=tokens_file(tmp_path), API_PROTECT_READS="sometimes")
 
@@ -181,7 +182,7 @@ def test_compose_trusts_the_name_the_ui_uses_for_the_api():
     api_url = compose["services"]["ui"]["environment"]["API_URL"]
     setting = compose["services"]["api"]["environment"]["API_TRUSTED_HOSTS"]
     default = setting.split(":-", 1)[1].rstrip("}")  # ${API_TRUSTED_HOSTS:-...}
-    import auth
+    from sleeplab.api import auth
     assert auth.host_name(api_url.split("//", 1)[1]) in auth.trusted_hosts(default)
 
 
@@ -503,17 +504,14 @@ def test_redaction_leaves_other_parameters_alone(line):
 
 
 def run_gunicorn_with_access_log(mongodb_uri: str, log_path: Path, *extra: str) -> str:
-    """Serve the API under gunicorn with an access log; send requests that carry tokens
-    in their query strings and referer; return the log. An empty configuration file:
-    gunicorn would otherwise load ./gunicorn.conf.py (which names the redacting logger)."""
+    """Serve the API under gunicorn (gunicorn.conf.py, ``extra`` options overriding it)
+    with an access log; send requests that carry tokens in their query strings and
+    referer; return the log."""
     port = free_port()
-    empty_config = log_path.with_suffix(".conf.py")
-    empty_config.write_text("")
     proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "--config", str(empty_config), "--workers", "1",
-         "--bind", f"127.0.0.1:{port}",
-         "--access-logfile", str(log_path), *extra, "server:create_app()"],
-        cwd=ROOT, env=dict(os.environ, MONGODB_URI=mongodb_uri),
+        gunicorn_command(*extra), cwd=ROOT,
+        env=dict(os.environ, MONGODB_URI=mongodb_uri, API_HOST="127.0.0.1", API_PORT=str(port),
+                 API_WORKERS="1", API_ACCESS_LOG=str(log_path)),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -531,10 +529,10 @@ QUERY_SECRETS = ("query-secret-0123456789", "second-secret-0123", "referer-secre
 
 def test_gunicorn_access_log_keeps_query_tokens_out(local_mongo, tmp_path):
     uri = local_mongo.uri(f"reads_{uuid.uuid4().hex[:8]}")
-    plain = run_gunicorn_with_access_log(uri, tmp_path / "plain.log")
-    assert all(secret in plain for secret in QUERY_SECRETS), "the default log has them"
-    redacted = run_gunicorn_with_access_log(uri, tmp_path / "redacted.log",
-                                            "--logger-class", "logconfig.RedactingLogger")
+    plain = run_gunicorn_with_access_log(uri, tmp_path / "plain.log",
+                                         "--logger-class", "gunicorn.glogging.Logger")
+    assert all(secret in plain for secret in QUERY_SECRETS), "gunicorn's own log has them"
+    redacted = run_gunicorn_with_access_log(uri, tmp_path / "redacted.log")  # the configured one
     assert "GET /api/v1/rooms?token=[REDACTED]&limit=2" in redacted
     assert "/get_all_patients?access_token=[REDACTED]" in redacted
     for secret in QUERY_SECRETS:

@@ -14,7 +14,7 @@ import os
 import pytest
 
 import cpap_measurements as cm
-from cpap_synth import HEADER
+from tools.cpap_synth import HEADER
 
 LIMIT = cm.MAX_ANY_LINE_BYTES
 

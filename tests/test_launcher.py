@@ -18,8 +18,8 @@ import pymongo
 import pytest
 import requests
 
-import processes
-from local_mongo import free_port
+from tools import processes
+from tools.local_mongo import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def start_launcher(env, ignore_sigint=False):
     def preexec():
         if ignore_sigint:  # how a shell starts a background job (cmd &)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launcher.py")], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.launcher"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=preexec)
     lines = []
@@ -160,7 +160,7 @@ def test_occupied_port_gives_a_clear_error_and_cleans_up(tmp_path):
         env = dict(os.environ, DATA_DIR=str(tmp_path), LOCAL_DB_PORT=str(free_port()),
                    API_PORT=str(busy.getsockname()[1]), UI_PORT=str(free_port()))
         env.pop("MONGODB_URI", None)
-        result = subprocess.run([sys.executable, str(ROOT / "launcher.py")], cwd=ROOT, env=env,
+        result = subprocess.run([sys.executable, "-m", "tools.launcher"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "error: API" in result.stderr
@@ -168,7 +168,7 @@ def test_occupied_port_gives_a_clear_error_and_cleans_up(tmp_path):
 
 
 def test_configure_auth_respects_the_users_own_settings(tmp_path):
-    import launcher
+    from tools import launcher
     env = {"API_TOKEN": "my-own-admin-token-0123"}
     assert "your own" in launcher.configure_auth(env, tmp_path)
     assert env[launcher.UI_TOKEN_ENV] == "my-own-admin-token-0123"
@@ -180,8 +180,8 @@ def test_configure_auth_respects_the_users_own_settings(tmp_path):
 
 
 def test_generated_tokens_are_private_strong_and_kept(tmp_path):
-    import launcher
-    import auth
+    from tools import launcher
+    from sleeplab.api import auth
     env = {}
     launcher.configure_auth(env, tmp_path)
     path = Path(env["API_TOKENS_FILE"])
@@ -206,7 +206,7 @@ def test_generated_tokens_are_private_strong_and_kept(tmp_path):
 
 def test_tokens_file_of_an_earlier_version_still_works(tmp_path):
     """A file written before single-user mode (with its admin 'ui' token) is reused."""
-    import launcher
+    from tools import launcher
     old = {"tokens": [{"name": name, "role": role, "token": f"{name}-token-0123456789abcdef"}
                       for name, role in (("admin", "admin"), ("monitor", "monitor"),
                                          ("station", "station"), ("ui", "admin"))]}
@@ -220,7 +220,7 @@ def test_tokens_file_of_an_earlier_version_still_works(tmp_path):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "ward-pc.local"])
 def test_ui_beyond_loopback_needs_sign_in(tmp_path, host, capsys):
-    import launcher
+    from tools import launcher
     for auth_setting in ({}, {"SLEEPLAB_AUTH": "off"}, {"API_TOKEN": "my-own-admin-token-0123"}):
         with pytest.raises(RuntimeError, match=f"UI_HOST={host} is not a loopback address.*"
                                                "SLEEPLAB_SIGN_IN=1"):
@@ -239,7 +239,7 @@ def test_ui_beyond_loopback_needs_sign_in(tmp_path, host, capsys):
                                            ("127.0.0.2", True), ("0.0.0.0", False),
                                            ("10.0.0.1", False), ("", False)])
 def test_is_loopback(host, loopback):
-    import launcher
+    from tools import launcher
     assert launcher.is_loopback(host) is loopback
 
 
@@ -249,7 +249,7 @@ def test_launcher_refuses_a_public_ui_without_sign_in(tmp_path):
                UI_PORT=str(free_port()))
     env.pop("MONGODB_URI", None)
     env.pop("SLEEPLAB_SIGN_IN", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launcher.py")], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.launcher"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=60)
@@ -460,7 +460,7 @@ def test_a_dead_api_stops_everything_loudly(tmp_path):
 
 
 def test_database_restarts_are_bounded():
-    import launcher
+    from tools import launcher
     budget = launcher.RestartBudget(limit=3, window_s=600)
     assert [budget.allow(t) for t in (0, 10, 20, 30)] == [True, True, True, False]
     assert budget.allow(605) is True  # the first restart left the window

@@ -5,7 +5,7 @@ import subprocess
 import pymongo
 import pytest
 
-from local_mongo import LocalMongo, LocalMongoError, free_port, make_private, ping
+from tools.local_mongo import LocalMongo, LocalMongoError, free_port, make_private, ping
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from api_process import ApiServer
-from api_support import upload_body
+from tools.api_process import ApiServer
+from tests.api_support import upload_body
 
 PUT = "/api/v1/rooms/{room}/pressure"
 RACES = 20

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-import serving
-from api_process import ApiServer
+from sleeplab.api import serving
+from tools.api_process import ApiServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import uuid
 import mongomock
 import pytest
 
-import accounts
-import storage
-from api_support import upload_body
+from sleeplab.api import accounts
+from sleeplab import storage
+from tests.api_support import upload_body
 from server import create_app
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -122,7 +122,7 @@ def test_wrong_password_and_unknown_user_get_the_same_401(secured, caplog, usern
                                                           password):
     client, store = secured
     before = store.audit.count_documents({})
-    with caplog.at_level(logging.INFO, logger="accounts"):
+    with caplog.at_level(logging.INFO, logger="sleeplab.api.accounts"):
         answer = sign_in(client, username, password)
     assert answer.status_code == 401
     assert answer.get_json() == {"status": 401, "error": "Unauthorized",

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import re
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,13 +23,11 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import patient_streamlit as ui
+from server import create_app
+from tests.ui_support import click, closed_port_url, pressure_field, run, serve_api
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import patient_streamlit as ui  # noqa: E402
-from server import create_app  # noqa: E402
-from ui_support import click, closed_port_url, pressure_field, run, serve_api  # noqa: E402
-
 SCRIPT = str(ROOT / "patient_streamlit.py")
 SAMPLE_DIR = ROOT / "sample_data"
 SAMPLES = sorted(p.name for p in SAMPLE_DIR.glob("*.txt"))

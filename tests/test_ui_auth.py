@@ -7,7 +7,6 @@ tests/test_ui_apptest.py.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import mongomock
@@ -16,13 +15,11 @@ import requests
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+import patient_streamlit as ui
+from server import create_app
+from tests.ui_support import click, pressure_field, run, serve_api, ui_sessions_from
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import patient_streamlit as ui  # noqa: E402
-from server import create_app  # noqa: E402
-from ui_support import click, pressure_field, run, serve_api, ui_sessions_from  # noqa: E402
-
 SCRIPT = str(ROOT / "patient_streamlit.py")
 TOKENS = {"ui-screen": ("admin", "ui-admin-token-0123456789"),
           "ward-monitor": ("monitor", "ui-monitor-token-0123456789"),
@@ -242,8 +239,8 @@ PEOPLE = {"ada": ("Dr Ada", "monitor", "correct horse battery"),
 @pytest.fixture
 def people_api(tmp_path, monkeypatch):
     """The API with tokens (reads protected) and two people; yields (url, storage)."""
-    import accounts
-    import storage
+    from sleeplab.api import accounts
+    from sleeplab import storage
 
     monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)   # fast hashes; the cost is recorded
     path = tmp_path / "tokens.json"
@@ -359,7 +356,7 @@ def test_a_station_person_sees_the_bedside_only_and_an_ended_session_asks_again(
 
 
 def storage_now():
-    import storage
+    from sleeplab import storage
 
     return storage.utc_now()
 

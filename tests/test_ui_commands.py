@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from test_ui_apptest import (  # noqa: F401  (fixtures)
+from tests.test_ui_apptest import (  # noqa: F401  (fixtures)
     api, api_upload, at, enter_patient, load_file, patient, recordings, texts)
-from ui_support import click, pressure_field, run
+from tests.ui_support import click, pressure_field, run
 
 #: Every case runs the whole UI script several times (about a second or two each).
 pytestmark = pytest.mark.slow

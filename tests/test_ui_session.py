@@ -13,9 +13,9 @@ import requests
 from flask import Flask, jsonify, request
 from streamlit.testing.v1 import AppTest
 
-from test_ui_apptest import (  # noqa: F401  (fixtures)
+from tests.test_ui_apptest import (  # noqa: F401  (fixtures)
     SCRIPT, api, api_upload, enter_patient, load_file, recordings, texts, ui)
-from ui_support import click, run, serve_api, ui_sessions_from
+from tests.ui_support import click, run, serve_api, ui_sessions_from
 
 
 def test_many_requests_and_reruns_go_through_one_session_per_kind(api, monkeypatch, recordings):

@@ -9,7 +9,7 @@ import requests
 import streamlit as st
 from werkzeug.serving import make_server
 
-from local_mongo import free_port
+from tools.local_mongo import free_port
 
 
 @contextmanager

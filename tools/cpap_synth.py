@@ -12,7 +12,7 @@ just over 10 s, fast breathing, bad lines and CRLF line endings.
 
 Command line::
 
-    python cpap_synth.py OUT.txt [--seed N] [--duration 120] [--rate 15] [--apneas 2] ...
+    python -m tools.cpap_synth OUT.txt [--seed N] [--duration 120] [--rate 15] [--apneas 2] ...
 
 writes ``OUT.txt`` and ``OUT.truth.json``.
 """
@@ -347,7 +347,7 @@ SAMPLE_README_HEADER = """# Sample CPAP recordings
 
 Synthetic recordings in the exact bedside file format (header line + 7 comma-separated columns:
 time s, V1 p2, V1 p1-ins, V1 p1-exp, V2 p2, V2 p1-ins, V2 p1-exp in ADC units, 100 Hz), made by
-`cpap_synth.py` with known truth. Each `NAME.txt` has its truth in `NAME.truth.json` (breath
+`tools/cpap_synth.py` with known truth. Each `NAME.txt` has its truth in `NAME.truth.json` (breath
 times = inspiratory peaks, apnea events = gaps of more than 10 s between consecutive breaths,
 skipped line numbers). The table below is written from that truth, not from the analysis;
 `tests/test_cpap_sample_data.py` checks the analysis against it.
@@ -355,7 +355,7 @@ skipped line numbers). The table below is written from that truth, not from the 
 Regenerate (deterministic) with:
 
 ```bash
-python cpap_synth.py --sample-data sample_data
+python -m tools.cpap_synth --sample-data sample_data
 ```
 
 | file | what | duration (s) | breaths | breath rate (/min) | apneas | apnea times (s) | skipped lines |

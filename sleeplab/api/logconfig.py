@@ -8,8 +8,8 @@ credential-like query parameters (``token``, ``access_token``, ``api_key``,
 ``password``, ...) keep their name and lose their value, and the ``Authorization`` and
 ``Cookie`` headers are never written even if a custom format asks for them.
 
-Use it with ``logger_class = "logconfig.RedactingLogger"`` in a gunicorn config file
-or ``--logger-class logconfig.RedactingLogger`` on the command line.
+Use it with ``logger_class = "sleeplab.api.logconfig.RedactingLogger"`` in a gunicorn config file
+or ``--logger-class sleeplab.api.logconfig.RedactingLogger`` on the command line.
 """
 from __future__ import annotations
 

@@ -16,12 +16,12 @@ user name and per address (:class:`Throttle`).
 Managing people (the password is read from a prompt, or the first line of stdin when
 that is not a terminal; never from the command line)::
 
-    python accounts.py add ada --role monitor --name "Dr Ada Lovelace"
-    python accounts.py passwd ada
-    python accounts.py role ada admin
-    python accounts.py disable ada        # her sessions end at once
-    python accounts.py enable ada
-    python accounts.py list
+    python -m sleeplab.api.accounts add ada --role monitor --name "Dr Ada Lovelace"
+    python -m sleeplab.api.accounts passwd ada
+    python -m sleeplab.api.accounts role ada admin
+    python -m sleeplab.api.accounts disable ada        # her sessions end at once
+    python -m sleeplab.api.accounts enable ada
+    python -m sleeplab.api.accounts list
 
 The database is ``MONGODB_URI`` (default: the quick start's local database).
 """
@@ -43,8 +43,8 @@ from collections import deque
 
 from werkzeug.exceptions import TooManyRequests
 
-import auth
-import storage
+from sleeplab.api import auth
+from sleeplab import storage
 import validation
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def open_storage(uri: str | None = None) -> storage.Storage:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python accounts.py",
+        prog="python -m sleeplab.api.accounts",
         description="Manage the people who sign in to Sleep Lab Monitor (database: "
                     "MONGODB_URI). Passwords are read from a prompt or stdin, never "
                     "from the command line.")

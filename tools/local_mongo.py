@@ -1,6 +1,6 @@
 """Start and stop a local MongoDB-wire-compatible server (``nx-27017``).
 
-The quick start (``launcher.py``) and the integration-test fixture both use this
+The quick start (``tools/launcher.py``) and the integration-test fixture both use this
 module, so the local database is started the same way everywhere: one port, one
 data directory, one pid file and one log file per instance.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pymongo
 
-from processes import describe_exit, pid_file_owner, stop_process
+from tools.processes import describe_exit, pid_file_owner, stop_process
 
 #: How long to wait for the server to answer ``ping`` after start-up.
 START_TIMEOUT_S = 30.0

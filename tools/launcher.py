@@ -27,7 +27,6 @@ runs are tightened at start.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import secrets
@@ -37,20 +36,18 @@ import sys
 import time
 from pathlib import Path
 
-from api_process import gunicorn_command
-from local_mongo import PRIVATE_UMASK, LocalMongo, LocalMongoError, make_private
-from processes import describe_exit, pid_file_owner, stop_process, wait_http
+from sleeplab.ui_settings import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, UI_TOKEN_ENV,
+                                  UI_TOKEN_ENVS, is_loopback, sign_in_wanted)
+from tools.api_process import gunicorn_command
+from tools.local_mongo import PRIVATE_UMASK, LocalMongo, LocalMongoError, make_private
+from tools.processes import describe_exit, pid_file_owner, stop_process, wait_http
 
-ROOT = Path(__file__).resolve().parent
+#: The project folder: entry points, gunicorn.conf.py, the default data folder.
+ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: The tokens the first run creates: name -> role. In single-user mode the UI acts
 #: with ``station`` at the bedside and ``monitor`` at the monitoring station.
 LOCAL_TOKENS = {"admin": "admin", "monitor": "monitor", "station": "station"}
-UI_TOKEN_ENV = "SLEEPLAB_API_TOKEN"
-STATION_TOKEN_ENV, MONITOR_TOKEN_ENV = "SLEEPLAB_STATION_TOKEN", "SLEEPLAB_MONITOR_TOKEN"
-#: Tokens only the UI gets (never the API's environment).
-UI_TOKEN_ENVS = (UI_TOKEN_ENV, STATION_TOKEN_ENV, MONITOR_TOKEN_ENV)
-SIGN_IN_ENV = "SLEEPLAB_SIGN_IN"
 #: A local database that stops is restarted at most this often within the window.
 DB_RESTARTS = 3
 DB_RESTART_WINDOW_S = 600.0
@@ -63,17 +60,6 @@ STOP_TIMEOUT_S = 15.0
 
 def setting(name: str, default: str) -> str:
     return os.environ.get(name) or default
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a listening address) is reachable from this computer only."""
-    host = host.strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:           # a host name, or empty (= every interface)
-        return False
 
 
 def ensure_tokens(path: Path) -> tuple[Path, dict[str, str]]:
@@ -104,11 +90,6 @@ def ensure_tokens(path: Path) -> tuple[Path, dict[str, str]]:
     return path, ui
 
 
-def sign_in_wanted(env) -> bool:
-    """``SLEEPLAB_SIGN_IN`` is on: people sign in to the UI (launcher and UI)."""
-    return (env.get(SIGN_IN_ENV) or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def check_ui_exposure(env: dict) -> bool:
     """Whether people sign in; refuses a UI beyond loopback without sign-in."""
     sign_in = sign_in_wanted(env)
@@ -117,7 +98,7 @@ def check_ui_exposure(env: dict) -> bool:
         raise RuntimeError(
             f"UI_HOST={host} is not a loopback address, and without sign-in anyone who "
             f"reaches the UI would act as the bedside station and the monitor. Set "
-            f"{SIGN_IN_ENV}=1 (people sign in; add them with 'python accounts.py add'), "
+            f"{SIGN_IN_ENV}=1 (people sign in; add them with 'python -m sleeplab.api.accounts add'), "
             f"or keep UI_HOST=127.0.0.1 (single-user mode).")
     return sign_in
 
@@ -129,7 +110,7 @@ def configure_auth(env: dict, data_dir: Path) -> str:
         for key in UI_TOKEN_ENVS:        # the UI acts with each person's own session
             env.pop(key, None)
         print("==> UI: people sign in (SLEEPLAB_SIGN_IN=1); manage them with "
-              "'python accounts.py add|passwd|disable|list'")
+              "'python -m sleeplab.api.accounts add|passwd|disable|list'")
     if env.get("SLEEPLAB_AUTH", "").lower() == "off":
         for key in ("API_TOKEN", "API_TOKENS_FILE", *UI_TOKEN_ENVS):
             env.pop(key, None)

@@ -19,7 +19,7 @@ Collections (see docs/README-api.md):
   before, who), so a retry with the same key answers the same record or completes
   an interrupted upload instead of storing it twice.
 - ``users``     people who sign in (``_id`` = user name): display name, role, scrypt
-  password hash, disabled state (managed with ``python accounts.py``).
+  password hash, disabled state (managed with ``python -m sleeplab.api.accounts``).
 - ``sessions``  sign-in sessions (``_id`` = SHA-256 of the session token, never the
   token): the person, role, expiry and, once signed out, when.
 

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from flask import current_app, g, request
 from werkzeug.exceptions import BadRequest, Forbidden, Unauthorized
 
-import storage
+from sleeplab import storage
 import validation
 
 STATION, MONITOR, ADMIN = "station", "monitor", "admin"
@@ -464,14 +464,14 @@ def current_caller() -> Caller:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python auth.py new NAME ROLE [ROOM]``: print a new tokens-file entry (JSON) with a
-    fresh token; ``python auth.py sha256`` reads a token on stdin and prints its digest
+    """``python -m sleeplab.api.auth new NAME ROLE [ROOM]``: print a new tokens-file entry (JSON) with a
+    fresh token; ``python -m sleeplab.api.auth sha256`` reads a token on stdin and prints its digest
     (for ``token_sha256``)."""
     import argparse
     import secrets
     import sys
 
-    parser = argparse.ArgumentParser(prog="python auth.py", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sleeplab.api.auth", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser("new", help="a new tokens-file entry with a fresh token")
     new.add_argument("name")

@@ -1,0 +1,1 @@
+"""Development and operations tools: launcher, local database, synthetic data, test servers."""
