@@ -35,12 +35,11 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tools.api_process import ApiServer
+from tools.local_mongo import LocalMongo, free_port
+from tools.processes import stop_process, wait_http
 
-from api_process import ApiServer  # noqa: E402
-from local_mongo import LocalMongo, free_port  # noqa: E402
-from processes import stop_process, wait_http  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -340,6 +340,11 @@ def records_of(api_url: str, mrn: int) -> list[dict]:
     return [] if resp.status_code == 404 else resp.json()["records"]
 
 
+def occupant(api_url: str, room: int) -> int | None:
+    resp = requests.get(f"{api_url}/api/v1/rooms/{room}", timeout=10, headers=as_(MONITOR_TOKEN))
+    return ((resp.json().get("patient") or {}).get("mrn")) if resp.ok else None
+
+
 def page_state(page, stack) -> str:
     """What the page and the UI server showed, for a failure message (CI keeps no files)."""
     chips = page.get_by_test_id("stFileChip").all_inner_texts()
@@ -405,8 +410,13 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
                             delete.click()         # start the next try from an empty picker
                 idle(bedside)
                 station.locator(".st-key-ps_upload button").click()
-                return wait_until(lambda: (lambda r: r[0] if len(r) > count else None)(
+                stored = wait_until(lambda: (lambda r: r[0] if len(r) > count else None)(
                     records_of(stack["api"], mrn)), 30, f"upload {i} never stored")
+                # the record is written before the room's occupant: the upload is done
+                # (and the next command can name the patient) once both are
+                wait_until(lambda: occupant(stack["api"], room) == mrn, 30,
+                           f"upload {i}: room {room} never showed MRN {mrn}")
+                return stored
 
             assert upload(0)["cpap_pressure_cmh2o"] == 10
             pressure = 10

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 import patient_streamlit as ui
-from test_ui_apptest import api, api_upload, at, texts  # noqa: F401  (fixtures)
-from ui_support import click, run
+from tests.test_ui_apptest import api, api_upload, at, texts  # noqa: F401  (fixtures)
+from tests.ui_support import click, run
 
 NOW = "2026-11-28T03:00:00+00:00"
 
