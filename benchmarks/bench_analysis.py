@@ -89,7 +89,9 @@ def peak_rss_mb(path: Path, code: Path) -> float:
 
 
 def load_analysis(code: Path):
-    """``cpap_measurements`` from the checkout ``code``."""
+    """``cpap_measurements`` from the checkout ``code``, with the reader package it imports
+    (``sleeplab``) from there too, not from this checkout."""
+    sys.path.insert(0, str(code))
     spec = importlib.util.spec_from_file_location("cpap_measurements", code / "cpap_measurements.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["cpap_measurements"] = module
