@@ -60,12 +60,15 @@ MIN_DURATION_S = 5.0            # less than this cannot show even one slow breat
 # --- Breath detection (reasons in docs/README-analysis.md) ------------------------------
 DETECT_BLOCK = 5                # 100 Hz -> 20 Hz by block median: kills 1-2 sample ADC spikes
                                 # (fixed: _median_of_5 is a network for exactly 5)
+SAMPLE_RATE_HZ = 100.0          # the recorders' rate; the time column rules where it can
+BLOCK_INTERVAL_S = DETECT_BLOCK / SAMPLE_RATE_HZ  # a block's step when the times do not give one
 SMOOTH_S = 0.25                 # centred moving average after the block median
 BASELINE_WINDOW_S = 30.0        # block length of the no-flow baseline (median) estimate
 AMPLITUDE_PERCENTILE = 98.0     # typical inspiratory peak above baseline ...
 AMPLITUDE_WINDOW_S = 120.0      # ... over windows of this length
 HIGH_FRACTION = 0.25            # hysteresis: enter inspiration above baseline + 25 % of peak
 LOW_FRACTION = 0.10             # ... leave it below baseline + 10 % of peak
+LOW_MAX_OF_HIGH = 0.5           # ... and below half the entry threshold at most: the band stays open
 MIN_HIGH_LPM = 6.0              # above one ADC step (~5 L/min): a one-step level or ripple is no breath
 MIN_LOW_LPM = 1.5
 MIN_INSPIRATION_S = 0.12        # an inspiration shorter than this is a glitch
@@ -229,7 +232,7 @@ def _block_mean(blocks: np.ndarray) -> np.ndarray:
 
 
 def _block_reduce(x: np.ndarray, how) -> np.ndarray:
-    """Reduce consecutive blocks of DETECT_BLOCK samples (a shorter last block included)."""
+    """Reduce consecutive blocks of DETECT_BLOCK samples (a shorter last block by its median)."""
     n = len(x) // DETECT_BLOCK * DETECT_BLOCK
     out = how(x[:n].reshape(-1, DETECT_BLOCK))
     if n < len(x):
@@ -241,6 +244,8 @@ def _windowed(x: np.ndarray, samples_per_window: int, statistic) -> np.ndarray:
     """A slowly varying level: ``statistic(windows, axis=1)`` of consecutive equal windows,
     interpolated between window centres (one vectorised call; cheap at 8 hours, unlike a
     sliding-window median). The last partial window joins the previous one."""
+    if len(x) == 0:
+        return np.zeros(0)
     n_win = len(x) // samples_per_window
     if n_win <= 1:
         return np.full(len(x), statistic(x[np.newaxis, :], axis=1)[0])
@@ -251,21 +256,368 @@ def _windowed(x: np.ndarray, samples_per_window: int, statistic) -> np.ndarray:
 
 
 def _peak_level(x: np.ndarray, axis: int) -> np.ndarray:
+    """The typical inspiratory peak of each window: the AMPLITUDE_PERCENTILE of ``x``."""
     return np.percentile(x, AMPLITUDE_PERCENTILE, axis=axis)
+
+
+def _window_samples(window_s: float, interval_s: float) -> int:
+    """Samples in a window of ``window_s`` seconds at one sample per ``interval_s`` (>= 1).
+
+    Raises
+    ------
+    ValueError
+        If ``interval_s`` is not positive.
+    """
+    if not interval_s > 0:
+        raise ValueError(f"interval_s must be a positive time step in s, not {interval_s!r}")
+    return max(1, round(window_s / interval_s))
+
+
+def _same_length(time, flow_lpm) -> tuple[np.ndarray, np.ndarray]:
+    """``time`` and ``flow_lpm`` as float64 arrays; ValueError if their lengths differ."""
+    time = np.asarray(time, dtype=np.float64)
+    flow_lpm = np.asarray(flow_lpm, dtype=np.float64)
+    if time.shape != flow_lpm.shape:
+        raise ValueError("time and flow_lpm must have the same length")
+    return time, flow_lpm
+
+
+def downsample(time_s, flow_lpm) -> tuple[np.ndarray, np.ndarray]:
+    """One value per block of DETECT_BLOCK samples: the mean time and the median flow.
+
+    The median of 5 removes spikes of one or two samples (one ADC step is ~5 L/min near
+    zero flow), and 20 Hz is plenty for breaths while every later step is 5x cheaper.
+
+    Parameters
+    ----------
+    time_s : array_like
+        Sample times, s.
+    flow_lpm : array_like
+        Flow, L/min.
+
+    Returns
+    -------
+    block_time_s : numpy.ndarray
+        Mean time of each block, s.
+    block_flow_lpm : numpy.ndarray
+        Median flow of each block, L/min. A shorter last block gives the median of its
+        times and flows.
+
+    Raises
+    ------
+    ValueError
+        If ``time_s`` and ``flow_lpm`` differ in length.
+    """
+    time_s, flow_lpm = _same_length(time_s, flow_lpm)
+    return _block_reduce(time_s, _block_mean), _block_reduce(flow_lpm, _median_of_5)
+
+
+def sample_interval_s(time_s) -> float:
+    """The typical time step of a signal, s: the median step between samples.
+
+    Parameters
+    ----------
+    time_s : array_like
+        Sample times, s, ascending (gaps allowed: the median ignores them).
+
+    Returns
+    -------
+    float
+        The median step, s; BLOCK_INTERVAL_S (a block at the recorders' rate) when there
+        is no positive one (fewer than two samples, or times not increasing).
+    """
+    time_s = np.asarray(time_s, dtype=np.float64)
+    step_s = float(np.median(np.diff(time_s))) if len(time_s) > 1 else BLOCK_INTERVAL_S
+    return step_s if step_s > 0 else BLOCK_INTERVAL_S
+
+
+def smooth(flow_lpm, interval_s: float, window_s: float = SMOOTH_S) -> np.ndarray:
+    """Centred moving average over ``window_s`` (the edge values repeat beyond the ends).
+
+    Parameters
+    ----------
+    flow_lpm : array_like
+        Flow, L/min, one value per ``interval_s``.
+    interval_s : float
+        Time step of ``flow_lpm``, s.
+    window_s : float
+        Averaging window, s (at least one sample).
+
+    Returns
+    -------
+    numpy.ndarray
+        Smoothed flow, L/min, same length.
+
+    Raises
+    ------
+    ValueError
+        If ``interval_s`` is not positive.
+    """
+    return ndimage.uniform_filter1d(np.asarray(flow_lpm, dtype=np.float64),
+                                    _window_samples(window_s, interval_s), mode="nearest")
+
+
+def above_baseline(flow_lpm, interval_s: float, window_s: float = BASELINE_WINDOW_S) -> np.ndarray:
+    """Flow above the slowly varying no-flow baseline, L/min.
+
+    The baseline is the median of consecutive windows of ``window_s``, interpolated
+    between their centres: a leak offset that drifts over minutes is followed, and the
+    median, unlike a mean, stays at the level where the flow spends most time.
+
+    Parameters
+    ----------
+    flow_lpm : array_like
+        Flow, L/min, one value per ``interval_s``.
+    interval_s : float
+        Time step of ``flow_lpm``, s.
+    window_s : float
+        Baseline window, s.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``flow_lpm`` minus the baseline, L/min.
+
+    Raises
+    ------
+    ValueError
+        If ``interval_s`` is not positive.
+    """
+    flow_lpm = np.asarray(flow_lpm, dtype=np.float64)
+    return flow_lpm - _windowed(flow_lpm, _window_samples(window_s, interval_s), np.median)
+
+
+def hysteresis_thresholds(above_lpm, interval_s: float,
+                          window_s: float = AMPLITUDE_WINDOW_S) -> tuple[np.ndarray, np.ndarray]:
+    """Entry and exit thresholds of an inspiration, following the local breath size.
+
+    The typical inspiratory peak is the AMPLITUDE_PERCENTILE of ``above_lpm`` in windows
+    of ``window_s`` (interpolated between them), so a night's drift in tidal volume is
+    fine. An inspiration starts above HIGH_FRACTION of it, at least MIN_HIGH_LPM (more than
+    one ADC step, so quantization and cardiogenic ripple stay out), and ends below
+    LOW_FRACTION of it, at least MIN_LOW_LPM and at most LOW_MAX_OF_HIGH of the entry.
+
+    Parameters
+    ----------
+    above_lpm : array_like
+        Flow above baseline, L/min, one value per ``interval_s``.
+    interval_s : float
+        Time step of ``above_lpm``, s.
+    window_s : float
+        Window of the typical peak, s.
+
+    Returns
+    -------
+    high_lpm, low_lpm : numpy.ndarray
+        Entry and exit threshold at each sample, L/min above baseline; ``low <= high``.
+
+    Raises
+    ------
+    ValueError
+        If ``interval_s`` is not positive.
+    """
+    above_lpm = np.asarray(above_lpm, dtype=np.float64)
+    peak_lpm = _windowed(above_lpm, _window_samples(window_s, interval_s), _peak_level)
+    high_lpm = np.maximum(HIGH_FRACTION * peak_lpm, MIN_HIGH_LPM)
+    low_lpm = np.minimum(np.maximum(LOW_FRACTION * peak_lpm, MIN_LOW_LPM), LOW_MAX_OF_HIGH * high_lpm)
+    return high_lpm, low_lpm
+
+
+def in_inspiration(above_lpm, high_lpm, low_lpm) -> np.ndarray:
+    """Hysteresis: inspiration from a rise above ``high_lpm`` until a fall below ``low_lpm``.
+
+    A dip between the two thresholds (inside a double-humped inspiration) does not end
+    an inspiration, and a rise between them does not start one. Vectorised: the state at
+    each sample is the last threshold crossed up to it.
+
+    Parameters
+    ----------
+    above_lpm : array_like
+        Flow above baseline, L/min.
+    high_lpm, low_lpm : float or array_like
+        Entry and exit thresholds, L/min (per sample or one for all).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True while in inspiration; False before the first crossing of either threshold.
+
+    Raises
+    ------
+    ValueError
+        If ``low_lpm`` is above ``high_lpm`` anywhere.
+    """
+    above_lpm = np.asarray(above_lpm, dtype=np.float64)
+    if np.any(np.greater(low_lpm, high_lpm)):
+        raise ValueError("the exit threshold low_lpm must not be above the entry threshold high_lpm")
+    crossed = np.full(len(above_lpm), -1, dtype=np.int8)  # -1 none, 0 below low, 1 above high
+    crossed[above_lpm < low_lpm] = 0
+    crossed[above_lpm > high_lpm] = 1
+    last = np.where(crossed >= 0, np.arange(len(crossed)), 0)
+    np.maximum.accumulate(last, out=last)
+    return crossed[last] == 1
+
+
+def inspiration_runs(inspiring) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end index of each inspiration that has ended within the signal.
+
+    An inspiration still open at the end is left out: its fall to baseline, which would
+    make it a breath, is not in the recording.
+
+    Parameters
+    ----------
+    inspiring : array_like of bool
+        True while in inspiration (:func:`in_inspiration`).
+
+    Returns
+    -------
+    starts, ends : numpy.ndarray of int
+        First index of each run of True and the index just after it (``ends < len``).
+
+    Raises
+    ------
+    ValueError
+        If ``inspiring`` is not one-dimensional.
+    """
+    inspiring = np.asarray(inspiring, dtype=bool)
+    if inspiring.ndim != 1:
+        raise ValueError(f"inspiring must be one-dimensional, not of shape {inspiring.shape}")
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], inspiring, [False])).view(np.int8)))
+    starts, ends = edges[::2], edges[1::2]
+    closed = ends < len(inspiring)
+    return starts[closed], ends[closed]
+
+
+def drop_short_runs(time_s, starts, ends,
+                    min_duration_s: float = MIN_INSPIRATION_S) -> tuple[np.ndarray, np.ndarray]:
+    """The runs lasting at least ``min_duration_s`` from their first to their last sample.
+
+    Parameters
+    ----------
+    time_s : array_like
+        Sample times, s.
+    starts, ends : array_like of int
+        First index of each run and the index just after it.
+    min_duration_s : float
+        Shortest inspiration, s; a shorter one is a glitch.
+
+    Returns
+    -------
+    starts, ends : numpy.ndarray of int
+        The runs kept.
+
+    Raises
+    ------
+    ValueError
+        If ``starts`` and ``ends`` differ in length.
+    """
+    time_s = np.asarray(time_s, dtype=np.float64)
+    starts, ends = np.asarray(starts, dtype=np.intp), np.asarray(ends, dtype=np.intp)
+    if starts.shape != ends.shape:
+        raise ValueError("starts and ends must have the same length")
+    long_enough = (time_s[ends - 1] - time_s[starts]) >= min_duration_s
+    return starts[long_enough], ends[long_enough]
+
+
+def run_peaks(x, starts, ends) -> np.ndarray:
+    """Index of the (first) maximum of ``x`` in each run ``[starts[i], ends[i])``.
+
+    Vectorised: at 8 hours there are thousands of runs, and a Python ``argmax`` per run
+    cost a tenth of the analysis.
+
+    Parameters
+    ----------
+    x : array_like
+        Signal (flow above baseline, L/min).
+    starts, ends : array_like of int
+        Runs: non-empty, ascending, disjoint, ``ends[i] < len(x)``.
+
+    Returns
+    -------
+    numpy.ndarray of int
+        One index per run.
+
+    Raises
+    ------
+    ValueError
+        If a run is empty or reaches the end of ``x``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    starts, ends = np.asarray(starts, dtype=np.intp), np.asarray(ends, dtype=np.intp)
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.intp)
+    if not ((ends > starts).all() and ends[-1] < len(x)):
+        raise ValueError("runs must be non-empty and end before the last sample of x")
+    run_max = np.maximum.reduceat(x, np.column_stack((starts, ends)).ravel())[::2]
+    lengths = ends - starts
+    run_of = np.repeat(np.arange(len(starts)), lengths)
+    index = np.arange(len(run_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + starts[run_of]
+    at_max = np.flatnonzero(x[index] == run_max[run_of])
+    first = at_max[np.unique(run_of[at_max], return_index=True)[1]]
+    return index[first]
+
+
+def merge_close_peaks(peak_times_s, peak_heights_lpm,
+                      min_interval_s: float = MIN_BREATH_INTERVAL_S) -> np.ndarray:
+    """Merge peaks closer than ``min_interval_s`` to the previous kept one, keeping the higher.
+
+    Parameters
+    ----------
+    peak_times_s : array_like
+        Peak times, s, ascending.
+    peak_heights_lpm : array_like
+        Height of each peak, L/min.
+    min_interval_s : float
+        Shortest time between two breaths, s.
+
+    Returns
+    -------
+    numpy.ndarray
+        Times of the peaks kept, s.
+
+    Raises
+    ------
+    ValueError
+        If ``peak_times_s`` and ``peak_heights_lpm`` differ in length.
+    """
+    peak_times_s = np.asarray(peak_times_s, dtype=np.float64)
+    peak_heights_lpm = np.asarray(peak_heights_lpm, dtype=np.float64)
+    if peak_times_s.shape != peak_heights_lpm.shape:
+        raise ValueError("peak_times_s and peak_heights_lpm must have the same length")
+    if (np.diff(peak_times_s) >= min_interval_s).all():  # the usual case: nothing to merge
+        return peak_times_s
+    keep_t, keep_h = [peak_times_s[0]], [peak_heights_lpm[0]]
+    for t, h in zip(peak_times_s[1:], peak_heights_lpm[1:]):
+        if t - keep_t[-1] < min_interval_s:
+            if h > keep_h[-1]:
+                keep_t[-1], keep_h[-1] = t, h
+        else:
+            keep_t.append(t)
+            keep_h.append(h)
+    return np.array(keep_t)
 
 
 def detect_breaths(time, flow_lpm) -> np.ndarray:
     """Find breaths; return the time of each inspiratory peak.
 
-    Method: 5-sample block median (removes single ADC-step spikes, 100 -> 20 Hz), 0.25 s
-    centred moving average, a slowly varying no-flow baseline (30 s window medians, so a
-    leak offset is followed), and hysteresis relative to the local typical inspiratory
-    peak (98th percentile above baseline in 120 s windows): an inspiration starts above
-    baseline + 25 % of it (at least 6 L/min, more than one ADC step, so quantization and
-    cardiogenic ripple stay out) and ends below baseline + 10 % (at least 1.5 L/min), so a
-    dip inside a double-humped inspiration does not split it and a weak expiration that is
-    quantized to zero still ends it. Inspirations shorter than 0.12 s are discarded, peaks
-    closer than 0.4 s are merged, an inspiration still open at the end is not counted.
+    The steps, each a function of its own:
+
+    1. :func:`downsample`: 5-sample blocks, median flow (removes single ADC-step spikes,
+       100 -> 20 Hz);
+    2. :func:`smooth`: 0.25 s centred moving average;
+    3. :func:`above_baseline`: minus a slowly varying no-flow baseline (30 s window
+       medians, so a leak offset is followed);
+    4. :func:`hysteresis_thresholds` relative to the local typical inspiratory peak (98th
+       percentile above baseline in 120 s windows): enter inspiration above 25 % of it (at
+       least 6 L/min, more than one ADC step, so quantization and cardiogenic ripple stay
+       out), leave it below 10 % (at least 1.5 L/min), so a dip inside a double-humped
+       inspiration does not split it and a weak expiration that is quantized to zero
+       still ends it;
+    5. :func:`in_inspiration` and :func:`inspiration_runs`: the inspirations; one still
+       open at the end is not counted;
+    6. :func:`drop_short_runs`: inspirations shorter than 0.12 s are glitches;
+    7. :func:`run_peaks`: the peak of each inspiration;
+    8. :func:`merge_close_peaks`: peaks closer than 0.4 s are one breath (the higher kept).
 
     Parameters
     ----------
@@ -277,76 +629,24 @@ def detect_breaths(time, flow_lpm) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        Inspiratory peak times, s, ascending.
+        Inspiratory peak times, s, ascending; empty for fewer than two blocks of samples.
 
     Raises
     ------
     ValueError
         If ``time`` and ``flow_lpm`` differ in length.
     """
-    time = np.asarray(time, dtype=np.float64)
-    flow_lpm = np.asarray(flow_lpm, dtype=np.float64)
-    if time.shape != flow_lpm.shape:
-        raise ValueError("time and flow_lpm must have the same length")
+    time, flow_lpm = _same_length(time, flow_lpm)
     if len(time) < 2 * DETECT_BLOCK:
         return np.zeros(0)
-    t = _block_reduce(time, _block_mean)
-    x = _block_reduce(flow_lpm, _median_of_5)
-    dt = float(np.median(np.diff(t))) if len(t) > 1 else 0.05
-    dt = dt if dt > 0 else 0.05
-    x = ndimage.uniform_filter1d(x, max(1, round(SMOOTH_S / dt)), mode="nearest")
-    above = x - _windowed(x, max(1, round(BASELINE_WINDOW_S / dt)), np.median)
-    # thresholds follow the local breath size, so a night's drift in tidal volume is fine
-    peak_scale = _windowed(above, max(1, round(AMPLITUDE_WINDOW_S / dt)), _peak_level)
-    high = np.maximum(HIGH_FRACTION * peak_scale, MIN_HIGH_LPM)
-    low = np.minimum(np.maximum(LOW_FRACTION * peak_scale, MIN_LOW_LPM), 0.5 * high)
-
-    # Vectorised hysteresis: the state is the last threshold crossed (1 high, 0 low).
-    event = np.full(len(above), -1, dtype=np.int8)
-    event[above < low] = 0
-    event[above > high] = 1
-    idx = np.where(event >= 0, np.arange(len(event)), 0)
-    np.maximum.accumulate(idx, out=idx)
-    state = event[idx] == 1
-    state[event[idx] < 0] = False
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], state, [False])).view(np.int8)))
-    run_starts, run_ends = edges[::2], edges[1::2]
-    closed = run_ends < len(above)  # an inspiration must be followed by the fall to baseline
-    run_starts, run_ends = run_starts[closed], run_ends[closed]
-    long_enough = (t[run_ends - 1] - t[run_starts]) >= MIN_INSPIRATION_S
-    run_starts, run_ends = run_starts[long_enough], run_ends[long_enough]
-    if len(run_starts) == 0:
-        return np.zeros(0)
-    peaks = _run_argmax(above, run_starts, run_ends)
-    return _merge_close(t[peaks], above[peaks])
-
-
-def _run_argmax(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Index of the (first) maximum of ``x`` in each run ``[starts[i], ends[i])``; runs are
-    non-empty, ascending and disjoint, ``ends[i] < len(x)``. Vectorised: at 8 hours there
-    are thousands of runs and a Python ``argmax`` per run cost a tenth of the analysis."""
-    run_max = np.maximum.reduceat(x, np.column_stack((starts, ends)).ravel())[::2]
-    lengths = ends - starts
-    run_of = np.repeat(np.arange(len(starts)), lengths)
-    index = np.arange(len(run_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + starts[run_of]
-    at_max = np.flatnonzero(x[index] == run_max[run_of])
-    first = at_max[np.unique(run_of[at_max], return_index=True)[1]]
-    return index[first]
-
-
-def _merge_close(peak_times: np.ndarray, peak_heights: np.ndarray) -> np.ndarray:
-    """Merge peaks closer than MIN_BREATH_INTERVAL_S, keeping the higher one."""
-    if (np.diff(peak_times) >= MIN_BREATH_INTERVAL_S).all():  # the usual case: nothing to merge
-        return peak_times
-    keep_t, keep_h = [peak_times[0]], [peak_heights[0]]
-    for t, h in zip(peak_times[1:], peak_heights[1:]):
-        if t - keep_t[-1] < MIN_BREATH_INTERVAL_S:
-            if h > keep_h[-1]:
-                keep_t[-1], keep_h[-1] = t, h
-        else:
-            keep_t.append(t)
-            keep_h.append(h)
-    return np.array(keep_t)
+    block_time_s, block_flow_lpm = downsample(time, flow_lpm)
+    interval_s = sample_interval_s(block_time_s)
+    above_lpm = above_baseline(smooth(block_flow_lpm, interval_s), interval_s)
+    high_lpm, low_lpm = hysteresis_thresholds(above_lpm, interval_s)
+    runs = inspiration_runs(in_inspiration(above_lpm, high_lpm, low_lpm))
+    starts, ends = drop_short_runs(block_time_s, *runs)
+    peaks = run_peaks(above_lpm, starts, ends)
+    return merge_close_peaks(block_time_s[peaks], above_lpm[peaks])
 
 
 def find_apneas(breath_times, gap_s: float = APNEA_GAP_S) -> list:
