@@ -63,7 +63,7 @@ DETECT_BLOCK = 5                # 100 Hz -> 20 Hz by block median: kills 1-2 sam
 SAMPLE_RATE_HZ = 100.0          # the recorders' rate; the time column rules where it can
 BLOCK_INTERVAL_S = DETECT_BLOCK / SAMPLE_RATE_HZ  # a block's step when the times do not give one
 SMOOTH_S = 0.25                 # centred moving average after the block median
-BASELINE_WINDOW_S = 30.0        # block length of the no-flow baseline (median) estimate
+BASELINE_WINDOW_S = 30.0        # window of the no-flow baseline (median) estimate
 AMPLITUDE_PERCENTILE = 98.0     # typical inspiratory peak above baseline ...
 AMPLITUDE_WINDOW_S = 120.0      # ... over windows of this length
 HIGH_FRACTION = 0.25            # hysteresis: enter inspiration above baseline + 25 % of peak
@@ -708,8 +708,9 @@ def analyze(source: Source) -> AnalysisResult:
     Raises
     ------
     CpapFileError
-        The file is empty, binary, has a line longer than ``MAX_ANY_LINE_BYTES``, no
-        valid sample, or less than ``MIN_DURATION_S`` of data.
+        What :func:`~sleeplab.analysis.reader.read_samples` refuses (a file that cannot be
+        read, is empty or binary, has an over-long line, no valid sample, or is mostly out
+        of time order), or less than ``MIN_DURATION_S`` of valid data.
     """
     samples = read_samples(source)
     time = samples.time
@@ -804,9 +805,10 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
         ax.axvspan(event.start, event.end, color="#d62728", alpha=0.18,
                    label="apnea (> 10 s)" if i == 0 else None)
     if len(result.breath_times):
-        # at the sample nearest each peak (np.interp into a night of samples costs ~6 ms)
-        nearest = np.minimum(np.searchsorted(result.time, result.breath_times), len(result.time) - 1)
-        ax.plot(result.breath_times, flow_lpm[nearest], linestyle="none", marker="v", markersize=4,
+        # at the first sample from each peak on: a peak's time is a block's mean time, at
+        # most one sample before it (np.interp into a night of samples costs ~6 ms)
+        at_peak = np.minimum(np.searchsorted(result.time, result.breath_times), len(result.time) - 1)
+        ax.plot(result.breath_times, flow_lpm[at_peak], linestyle="none", marker="v", markersize=4,
                 color="#2ca02c", label="breath")
     ax.axhline(0.0, color="0.6", linewidth=0.5)
     ax.set_xlabel("time (s)", fontsize=PLOT_FONT_PT)
