@@ -55,6 +55,7 @@ FLOW_M3S_PER_SQRT_ADC = VENTURI_A1_M2 * math.sqrt(2 * PA_PER_ADC / (AIR_DENSITY_
 M3S_TO_LPM = 60_000.0           # m^3/s -> L/min
 M3_TO_L = 1_000.0
 
+# --- Recording ----------------------------------------------------------------------------
 MIN_DURATION_S = 5.0            # less than this cannot show even one slow breath cycle
 
 # --- Breath detection (reasons in docs/README-analysis.md) ------------------------------
