@@ -5,7 +5,6 @@ every file the Dockerfile copies exists, that the containers, the launcher and t
 start gunicorn with the one configuration file, and MongoDB's users and roles.
 """
 import json
-import modulefinder
 import re
 import runpy
 import shlex
@@ -118,26 +117,6 @@ def test_dockerfile_copies_every_module_the_server_needs(dockerfile):
               for source in shlex.split(args)[:-1]]
     for needed in ("gunicorn.conf.py", "serving.py", "server.py", "storage.py", "auth.py"):
         assert any(Path(needed).match(pattern) for pattern in copied), needed
-
-
-def project_imports(entry_point: str) -> set:
-    """The project's own files that ``entry_point`` imports, directly or not (at any depth,
-    imports inside functions too), relative to the checkout."""
-    finder = modulefinder.ModuleFinder(path=[str(ROOT)])  # only the project: libraries stay unresolved
-    finder.run_script(str(ROOT / entry_point))
-    files = {Path(module.__file__).resolve() for module in finder.modules.values() if module.__file__}
-    return {path.relative_to(ROOT) for path in files if path.is_relative_to(ROOT)}
-
-
-@pytest.mark.parametrize("entry_point", ["server.py", "patient_streamlit.py", "gunicorn.conf.py"])
-def test_dockerfile_copies_every_project_module_an_entry_point_imports(dockerfile, entry_point):
-    copied = {path.relative_to(ROOT) for args in instructions(dockerfile, "COPY")
-              for source in shlex.split(args)[:-1] for path in ROOT.glob(source)}
-    needed = project_imports(entry_point)
-    assert Path(entry_point) in needed
-    missing = sorted(str(path) for path in needed
-                     if path not in copied and not copied & set(path.parents))
-    assert not missing, f"the image lacks what {entry_point} imports: {missing}"
 
 
 def test_compose_requires_a_token_for_the_api_and_sign_in_for_the_ui(compose):
