@@ -16,7 +16,6 @@ Targets (issue 2): 8 h full analysis <= 2x bare read_csv; peak RSS < 1 GB at 8 h
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import statistics
@@ -85,13 +84,16 @@ def peak_rss_mb(path: Path, code: Path) -> float:
     return int(out.split()[-1]) / 1024  # kB -> MB
 
 
-def load_analysis(code: Path):
-    """``cpap_measurements`` from the checkout ``code``."""
-    spec = importlib.util.spec_from_file_location("cpap_measurements", code / "cpap_measurements.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cpap_measurements"] = module
-    spec.loader.exec_module(module)
-    return module
+def other_checkout(code: Path, argv: list[str]) -> int | None:
+    """``--code DIR`` other than this checkout: run this benchmark again with ``DIR`` first
+    on the import path (PYTHONPATH, so its ``cpap_measurements`` and ``sleeplab`` load,
+    not this checkout's); None when ``DIR`` is this checkout."""
+    if code == ROOT:
+        return None
+    rest = [a for i, a in enumerate(argv) if a != "--code" and (i == 0 or argv[i - 1] != "--code")
+            and not a.startswith("--code=")]
+    env = dict(os.environ, PYTHONPATH=str(code), BENCH_ANALYSIS_CODE=str(code))
+    return subprocess.call([sys.executable, __file__, *rest], env=env)
 
 
 COLUMNS = ("recording", "rows", "size (MB)", "read_csv wall median / min (s)",
@@ -106,7 +108,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose cpap_measurements.py to time")
     args = parser.parse_args(argv)
-    cm = load_analysis(args.code.resolve())
+    code = args.code.resolve()
+    again = other_checkout(code, sys.argv[1:] if argv is None else list(argv))
+    if again is not None:
+        return again
+    import cpap_measurements as cm
+    code = Path(os.environ.get("BENCH_ANALYSIS_CODE", ROOT))
+    print(f"timing {cm.__file__}")
     logging.disable(logging.WARNING)  # the bad-lines case would log its skipped lines each round
     rows = []
     cases = [(f"{h:g} h", h, {}) for h in args.hours]
@@ -134,7 +142,7 @@ def main(argv=None) -> int:
                          f"{t.median('full') / t.median('read'):.2f}",
                          f"{t.min('full') / t.min('read'):.2f}",
                          f"{t.paired_ratio('full', 'read', cpu=True):.2f}",
-                         f"{plot.median('plot'):.2f}", f"{peak_rss_mb(path, args.code.resolve()):.0f}",
+                         f"{plot.median('plot'):.2f}", f"{peak_rss_mb(path, code):.0f}",
                          f"{result.breaths}/{truth['breaths']}", f"{result.apnea_count}/{truth['apnea_count']}",
                          str(len(result.skipped_lines))))
             print(f"done {label}", file=sys.stderr)

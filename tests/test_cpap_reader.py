@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cpap_measurements as cm
+from sleeplab.analysis import reader
 from tools.cpap_synth import HEADER
 
 ADC = st.integers(min_value=0, max_value=16383)
@@ -41,7 +42,7 @@ def zero_flow_lines(times_s):
 def test_repeated_time_is_skipped_and_reported():
     times = [i / 100 for i in range(600)]
     times[300] = times[299]  # the logger wrote the same time twice
-    samples = cm.read_samples(lines_to_bytes(zero_flow_lines(times)))
+    samples = reader.read_samples(lines_to_bytes(zero_flow_lines(times)))
     assert [s.line_number for s in samples.skipped_lines] == [302]  # header is line 1
     assert samples.skipped_lines[0].reason == "time not increasing: 2.990 s after 2.990 s"
     assert len(samples.time) == 599
@@ -51,7 +52,7 @@ def test_repeated_time_is_skipped_and_reported():
 def test_time_going_back_skips_until_it_passes_the_latest_time():
     times = [i / 100 for i in range(600)]
     times[400:403] = [3.5, 3.6, 3.7]  # back from 3.99 s for three samples, then on at 4.03
-    samples = cm.read_samples(lines_to_bytes(zero_flow_lines(times)))
+    samples = reader.read_samples(lines_to_bytes(zero_flow_lines(times)))
     assert [s.line_number for s in samples.skipped_lines] == [402, 403, 404]
     assert all(s.reason.startswith("time not increasing: ") and s.reason.endswith("after 3.990 s")
                for s in samples.skipped_lines)
@@ -62,7 +63,7 @@ def test_time_order_skips_merge_with_bad_lines_in_line_order():
     lines = zero_flow_lines([i / 100 for i in range(600)])
     lines[10] = "bad data"
     lines[20] = sample_line(0.05)  # back in time
-    samples = cm.read_samples(lines_to_bytes(lines, newline="\r\n"))
+    samples = reader.read_samples(lines_to_bytes(lines, newline="\r\n"))
     assert [(s.line_number, s.reason.split(":")[0]) for s in samples.skipped_lines] == [
         (11, "not a number"), (21, "time not increasing")]
 
@@ -70,19 +71,19 @@ def test_time_order_skips_merge_with_bad_lines_in_line_order():
 def test_joined_recordings_are_refused_naming_the_line():
     first = [i / 100 for i in range(600)]
     lines = zero_flow_lines(first + first)  # a second recording appended, clock restarted
-    with pytest.raises(cm.CpapFileError, match=r"time goes back at line 602 \(0\.000 s after 5\.990 s\)"):
-        cm.read_samples(lines_to_bytes(lines))
+    with pytest.raises(reader.CpapFileError, match=r"time goes back at line 602 \(0\.000 s after 5\.990 s\)"):
+        reader.read_samples(lines_to_bytes(lines))
 
 
 def test_out_of_order_limit_is_one_percent():
     times = [i / 100 for i in range(1000)]
     for i in range(100, 1000, 100):  # 9 repeats of 1000 samples: under 1 %, kept going
         times[i] = times[i - 1]
-    assert len(cm.read_samples(lines_to_bytes(zero_flow_lines(times))).skipped_lines) == 9
+    assert len(reader.read_samples(lines_to_bytes(zero_flow_lines(times))).skipped_lines) == 9
     times[950] = times[949]  # 11 of 1000: refused
     times[50] = times[49]
-    with pytest.raises(cm.CpapFileError, match="11 of 1000 samples are out of time order"):
-        cm.read_samples(lines_to_bytes(zero_flow_lines(times)))
+    with pytest.raises(reader.CpapFileError, match="11 of 1000 samples are out of time order"):
+        reader.read_samples(lines_to_bytes(zero_flow_lines(times)))
 
 
 def test_analyze_reports_time_order_skips(tmp_path):
@@ -108,10 +109,10 @@ def test_time_order_property(steps):
         latest = max(latest, t)
     content = lines_to_bytes([HEADER] + [sample_line(t) for t in times])
     if len(skipped) > 0.01 * len(times):
-        with pytest.raises(cm.CpapFileError, match="out of time order"):
-            cm.read_samples(content)
+        with pytest.raises(reader.CpapFileError, match="out of time order"):
+            reader.read_samples(content)
         return
-    samples = cm.read_samples(content)
+    samples = reader.read_samples(content)
     assert [s.line_number for s in samples.skipped_lines] == [i + 2 for i in skipped]
     np.testing.assert_array_equal(samples.time, times[kept])
 
@@ -121,16 +122,16 @@ def read_as(content: bytes, piece_bytes: int, from_file: bool, whole_file: bool 
     """read_samples of ``content`` from memory or from a file, in pieces of ``piece_bytes``
     (a file is read by byte range: its line-end search window is made tiny as well), or,
     ``whole_file``, a file tried first in one pandas call as large clean files are."""
-    with mock.patch.object(cm, "PARSE_PIECE_BYTES", piece_bytes), \
-            mock.patch.object(cm, "_LINE_END_WINDOW_BYTES", 7), \
-            mock.patch.object(cm, "CLEAN_FILE_MIN_BYTES", 0 if whole_file else cm.CLEAN_FILE_MIN_BYTES):
+    with mock.patch.object(reader, "PARSE_PIECE_BYTES", piece_bytes), \
+            mock.patch.object(reader, "_LINE_END_WINDOW_BYTES", 7), \
+            mock.patch.object(reader, "CLEAN_FILE_MIN_BYTES", 0 if whole_file else reader.CLEAN_FILE_MIN_BYTES):
         if not from_file:
-            return cm.read_samples(content)
+            return reader.read_samples(content)
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "recording.txt")
             with open(path, "wb") as fh:
                 fh.write(content)
-            return cm.read_samples(path)
+            return reader.read_samples(path)
 
 
 @st.composite
@@ -183,7 +184,7 @@ HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126
     decimals=st.sampled_from([2, 3, 6]),
     # the default, and pieces of a line or a few lines (so several pieces, parsed in threads,
     # some clean and some scanned, must join with the right line numbers)
-    piece_bytes=st.sampled_from([cm.PARSE_PIECE_BYTES, 1, 40, 97, 300]),
+    piece_bytes=st.sampled_from([reader.PARSE_PIECE_BYTES, 1, 40, 97, 300]),
     from_file=st.sampled_from(["memory", "file", "whole file"]),
 )
 def test_read_samples_property(kinds, data, header, newline, final_newline, decimals,
@@ -209,7 +210,7 @@ def test_read_samples_property(kinds, data, header, newline, final_newline, deci
 
     try:
         samples = read_as(content, piece_bytes, from_file != "memory", from_file == "whole file")
-    except cm.CpapFileError:
+    except reader.CpapFileError:
         assert not good
         return
     assert [s.line_number for s in samples.skipped_lines] == [n for n, _ in bad]
@@ -227,7 +228,7 @@ CLEAN = [sample_line(0.01 * i) for i in range(1, 6)]
 @pytest.fixture(params=["memory", "file", "whole file"])
 def read(request):
     """read_samples of some content, from each kind of source and path through the reader."""
-    return lambda content: read_as(content, cm.PARSE_PIECE_BYTES, request.param != "memory",
+    return lambda content: read_as(content, reader.PARSE_PIECE_BYTES, request.param != "memory",
                                    request.param == "whole file")
 
 
@@ -255,7 +256,7 @@ def test_blanks_inside_fields_are_read_alike(with_bad_line, read):
 
 def test_exponent_in_time_is_refused_although_pandas_reads_it(read):
     samples = read(lines_to_bytes([HEADER, "1e-2,5000,5000,1638,1,2,3"] + CLEAN[1:]))
-    assert samples.skipped_lines == [cm.SkippedLine(2, "not a number: '1e-2,5000,5000,1638,1,2,3'")]
+    assert samples.skipped_lines == [reader.SkippedLine(2, "not a number: '1e-2,5000,5000,1638,1,2,3'")]
 
 
 def test_extra_field_on_the_first_sample_line_is_not_taken_as_an_index(read):
@@ -273,16 +274,16 @@ def test_pieces_are_parsed_in_threads_and_joined_in_order(tmp_path, monkeypatch)
     content = lines_to_bytes(lines, "\r\n")
     path = tmp_path / "recording.txt"
     path.write_bytes(content)
-    whole = cm.read_samples(content)
-    monkeypatch.setattr(cm, "PARSE_PIECE_BYTES", 4096)
+    whole = reader.read_samples(content)
+    monkeypatch.setattr(reader, "PARSE_PIECE_BYTES", 4096)
     threads = []
-    real_map = cm._map_pieces
-    monkeypatch.setattr(cm, "_map_pieces",
+    real_map = reader._map_pieces
+    monkeypatch.setattr(reader, "_map_pieces",
                         lambda content, ranges: threads.append(len(ranges)) or real_map(content, ranges))
-    pieces = cm.read_samples(path)
+    pieces = reader.read_samples(path)
     assert threads[0] > 20  # ~45 bytes a line
     assert pieces.skipped_lines == whole.skipped_lines == [
-        cm.SkippedLine(i + 1, "not a number: 'bad data'") for i in (17, 2500, 4999)]
+        reader.SkippedLine(i + 1, "not a number: 'bad data'") for i in (17, 2500, 4999)]
     for name in ("time", "p2", "p1_ins", "p1_exp"):
         np.testing.assert_array_equal(getattr(pieces, name), getattr(whole, name))
     assert len(whole.time) == 4997
@@ -316,8 +317,8 @@ def test_large_file_with_a_bad_line_falls_back_to_the_pieces(kind, big_lines, tm
     lines[123_456] = text.format(t=lines[123_456].split(",")[0])
     path = tmp_path / "recording.txt"
     path.write_bytes(lines_to_bytes(lines))
-    monkeypatch.setattr(cm, "CLEAN_FILE_MIN_BYTES", 0)
-    samples = cm.read_samples(path)
+    monkeypatch.setattr(reader, "CLEAN_FILE_MIN_BYTES", 0)
+    samples = reader.read_samples(path)
     if reason is None:  # a decimal ADC value is a sample, read by the pieces
         assert samples.skipped_lines == [] and samples.p2[123_455] == 5000.5
         assert len(samples.time) == len(big_lines) - 1
@@ -330,9 +331,9 @@ def test_large_file_with_a_bad_line_falls_back_to_the_pieces(kind, big_lines, tm
 def test_large_clean_file_is_read_in_one_call(big_lines, tmp_path, monkeypatch):
     path = tmp_path / "recording.txt"
     path.write_bytes(lines_to_bytes(big_lines, "\r\n"))
-    monkeypatch.setattr(cm, "CLEAN_FILE_MIN_BYTES", 0)
+    monkeypatch.setattr(reader, "CLEAN_FILE_MIN_BYTES", 0)
     pieces = []
-    monkeypatch.setattr(cm, "_map_pieces", lambda content, ranges: pieces.append(ranges))
-    samples = cm.read_samples(path)
+    monkeypatch.setattr(reader, "_map_pieces", lambda content, ranges: pieces.append(ranges))
+    samples = reader.read_samples(path)
     assert pieces == [] and samples.skipped_lines == []
     assert len(samples.time) == len(big_lines) - 1 and samples.time[-1] == pytest.approx(2000.99)

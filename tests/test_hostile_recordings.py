@@ -14,9 +14,10 @@ import os
 import pytest
 
 import cpap_measurements as cm
+from sleeplab.analysis import reader
 from tools.cpap_synth import HEADER
 
-LIMIT = cm.MAX_ANY_LINE_BYTES
+LIMIT = reader.MAX_ANY_LINE_BYTES
 
 
 def samples(n: int, t0_s: float = 0.0) -> bytes:
@@ -61,7 +62,7 @@ def analyze_as(request, tmp_path):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_over_long_line_refuses_the_file_naming_the_line(shape, analyze_as):
     content, line, pattern = SHAPES[shape]
-    with pytest.raises(cm.CpapFileError, match=rf"^line {line} is longer than {LIMIT:,} characters"
+    with pytest.raises(reader.CpapFileError, match=rf"^line {line} is longer than {LIMIT:,} characters"
                                                rf".*{pattern}"):
         analyze_as(content)
 
@@ -97,18 +98,18 @@ def test_extra_fields_on_the_first_data_line_never_become_an_index(n_fields, tmp
     content = HEADER.encode() + b"\n" + first + b"\n" + samples(250_000, 0.01)
     path = tmp_path / "recording.txt"
     path.write_bytes(content)
-    assert path.stat().st_size > cm.CLEAN_FILE_MIN_BYTES
+    assert path.stat().st_size > reader.CLEAN_FILE_MIN_BYTES
     indexes = []
-    read_csv = cm.pd.read_csv
+    read_csv = reader.pd.read_csv
 
     def spy(*args, **kwargs):
         frame = read_csv(*args, **kwargs)
         indexes.append(type(frame.index).__name__)
         return frame
 
-    monkeypatch.setattr(cm.pd, "read_csv", spy)
+    monkeypatch.setattr(reader.pd, "read_csv", spy)
     for source in (path, content):
-        result = cm.read_samples(source)
+        result = reader.read_samples(source)
         assert [(s.line_number, s.reason.split(":")[0]) for s in result.skipped_lines] == [
             (2, f"too many columns ({n_fields} of 7)")]
         assert len(result.time) == 250_000
@@ -119,14 +120,14 @@ def test_extra_fields_on_the_first_data_line_never_become_an_index(n_fields, tmp
 def whole_file_calls(monkeypatch):
     """The paths pandas' whole-file reader was given (pieces are passed as byte streams)."""
     calls = []
-    read_csv = cm.pd.read_csv
+    read_csv = reader.pd.read_csv
 
     def spy(source, *args, **kwargs):
         if isinstance(source, (str, bytes, os.PathLike)):
             calls.append(source)
         return read_csv(source, *args, **kwargs)
 
-    monkeypatch.setattr(cm.pd, "read_csv", spy)
+    monkeypatch.setattr(reader.pd, "read_csv", spy)
     return calls
 
 
@@ -136,7 +137,7 @@ def test_lines_of_long_numbers_skip_the_whole_file_call(tmp_path, whole_file_cal
     huge = b",".join([b"9" * 2000] * 7) + b"\n"
     path = tmp_path / "recording.txt"
     path.write_bytes(HEADER.encode() + b"\n" + samples(1000) + huge * 700)
-    assert path.stat().st_size > cm.CLEAN_FILE_MIN_BYTES
+    assert path.stat().st_size > reader.CLEAN_FILE_MIN_BYTES
     result = cm.analyze(path)
     assert whole_file_calls == []
     assert len(result.skipped_lines) == 700 and result.skipped_lines[0].line_number == 1002
