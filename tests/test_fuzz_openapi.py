@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                status_code_conformance)
 
 import cpap_synth
-import openapi
+from sleeplab.api import openapi
 from api_support import upload_body
 from server import create_app
 

@@ -1,0 +1,1 @@
+"""Sleep Lab Monitor: the API, its storage and the CPAP analysis behind the entry points."""

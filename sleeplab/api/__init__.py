@@ -1,0 +1,1 @@
+"""The REST API's parts: request and response models, access control, serving."""
