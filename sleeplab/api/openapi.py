@@ -21,7 +21,6 @@ from flask import Flask, request
 from spectree import Response, SpecTree
 from spectree.plugins.base import Context
 from spectree.plugins.flask_plugin import FlaskPlugin
-from spectree.utils import get_multidict_items
 from werkzeug.exceptions import UnsupportedMediaType
 
 import validation as v
@@ -74,7 +73,8 @@ class StrictFlaskPlugin(FlaskPlugin):
 
     def request_validation(self, req, query, json, form, headers, cookies):
         req.context = Context(
-            query.from_body(get_multidict_items(req.args)) if query else None,
+            # A query parameter given twice: its first value, as Flask's args.get gives.
+            query.from_body(req.args.to_dict()) if query else None,
             json.from_body(json_body()) if json else None,
             None, None, None)
 
