@@ -185,11 +185,13 @@ class RequestModel(BaseModel):
             raise first_error(exc, cls) from None
 
 
+#: A record's metrics: the measurement group (given together or not at all), then the
+#: richer metrics; the order of the answer and of the CSV export.
 MEASUREMENT_GROUP = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count")
-MEASUREMENT_EXTRAS = ("flow_image", "breaths", "duration_s", "ahi", "leakage_l")
-#: The metrics of a record, in the order of its answer and of the CSV export.
-METRIC_FIELDS = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count", "breaths",
-                 "duration_s", "ahi", "leakage_l")
+RICHER_METRICS = ("breaths", "duration_s", "ahi", "leakage_l")
+METRIC_FIELDS = MEASUREMENT_GROUP + RICHER_METRICS
+#: Accepted only with the measurement group.
+MEASUREMENT_EXTRAS = ("flow_image", *RICHER_METRICS)
 
 
 class EmptyIsUnset(RequestModel):
@@ -624,10 +626,10 @@ def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-#: What a recording's analysis gives (:func:`analysis_fields`), checked as an upload's
-#: same fields are (the raw-recording route: a value out of bounds is an implausible result).
-ANALYSED_FIELDS = ("breath_rate_bpm", "apnea_count", "breaths", "duration_s", "ahi",
-                   "leakage_l")
+#: What a recording's analysis gives (:func:`analysis_fields`): every metric but the
+#: pressure, which the caller gives. Checked as an upload's same fields are (the
+#: raw-recording route: a value out of bounds is an implausible result).
+ANALYSED_FIELDS = METRIC_FIELDS[1:]
 Analysed = pydantic.create_model(
     "Analysed", __base__=RequestModel,
     **{name: (Upload.model_fields[name].annotation, Upload.model_fields[name])
