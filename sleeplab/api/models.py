@@ -155,14 +155,18 @@ def _position(model: type[BaseModel], error: dict) -> int:
     return aliases.index(error["loc"][0]) if error["loc"][0] in aliases else len(aliases)
 
 
-def _rank(model: type[BaseModel], error: dict) -> tuple[int, int]:
-    return (0 if error["type"] == "extra_forbidden" else 1), _position(model, error)
+def _rank(model, error: dict) -> tuple[int, int]:
+    if error["type"] == "extra_forbidden":
+        return 0, _position(model, error)
+    return (1 if error["type"] == "missing" and model.MISSING_FIRST else 2), \
+        _position(model, error)
 
 
 def first_error(exc: pydantic.ValidationError, model) -> v.ValidationError:
-    """The error the API reports for a refused body: an unknown field first, then the
-    first field in the model's declaration order that is missing or wrong (the models
-    declare their fields in the order the API has always checked them)."""
+    """The error the API reports for a refused body: an unknown field first, then (an
+    upload) a missing required field, then the first field in the model's declaration
+    order that is missing or wrong (the models declare their fields in the order the API
+    has always checked them)."""
     return _describe(min(exc.errors(), key=lambda error: _rank(model, error)), model)
 
 
@@ -173,6 +177,8 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: The message for a missing field when "<field> is required" does not say enough.
     REQUIRED_MESSAGES: ClassVar[dict[str, str]] = {}
+    #: Whether a missing required field is reported before any wrong value.
+    MISSING_FIRST: ClassVar[bool] = False
 
     @classmethod
     def from_body(cls, body: dict):
@@ -209,6 +215,8 @@ class EmptyIsUnset(RequestModel):
 class UploadRules(EmptyIsUnset):
     """The rules every upload follows, whatever its field names."""
 
+    MISSING_FIRST = True
+
     @model_validator(mode="wrap")
     @classmethod
     def _measurements_together(cls, data, handler, info: ValidationInfo):
@@ -221,7 +229,7 @@ class UploadRules(EmptyIsUnset):
         except pydantic.ValidationError as exc:
             first_metric = list(cls.model_fields).index(MEASUREMENT_GROUP[0])
             if isinstance(data, dict) and min(_rank(cls, e) for e in exc.errors()) \
-                    >= (1, first_metric):
+                    >= (2, first_metric):
                 given = {name for name, field in cls.model_fields.items()
                          if (field.alias or name) in data}
                 measurement_group(given, names)
