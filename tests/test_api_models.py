@@ -62,6 +62,8 @@ def test_a_repeated_query_parameter_keeps_its_first_value(client, query):
     ({"mrn": 1, "room": 1, "cpap_pressure_cmh2o": 9, "breath_rate_bpm": 12,
       "apnea_count": 0, "leakage_l": "x", "flow_image": "not base64"}, "leakage_l",
      "finite number"),
+    ({"mrn": 1, "room": 1, "cpap_pressure_cmh2o": "", "breaths": "x"}, "breaths",
+     "only accepted with"),
     ({"surprise": 1, "mrn": "abc"}, "surprise", "unknown field")])
 def test_the_first_error_is_the_one_the_api_always_reported(client, body, field, message):
     """Several errors in one body: unknown fields, then a missing MRN or room, then the

@@ -200,6 +200,10 @@ METRIC_FIELDS = MEASUREMENT_GROUP + RICHER_METRICS
 MEASUREMENT_EXTRAS = ("flow_image", *RICHER_METRICS)
 
 
+def _given(value) -> bool:
+    return value is not None and value != ""
+
+
 class EmptyIsUnset(RequestModel):
     """A body where ``None`` and ``""`` mean "not given" (the older clients send "")."""
 
@@ -207,8 +211,7 @@ class EmptyIsUnset(RequestModel):
     @classmethod
     def _unset_empty(cls, data):
         if isinstance(data, dict):
-            return {key: value for key, value in data.items()
-                    if value is not None and value != ""}
+            return {key: value for key, value in data.items() if _given(value)}
         return data
 
 
@@ -231,7 +234,7 @@ class UploadRules(EmptyIsUnset):
             if isinstance(data, dict) and min(_rank(cls, e) for e in exc.errors()) \
                     >= (2, first_metric):
                 given = {name for name, field in cls.model_fields.items()
-                         if (field.alias or name) in data}
+                         if _given(data.get(field.alias or name))}
                 measurement_group(given, names)
             raise
         measurement_group({f for f in cls.model_fields if getattr(upload, f) is not None},
