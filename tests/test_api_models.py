@@ -72,3 +72,15 @@ def test_the_first_error_is_the_one_the_api_always_reported(client, body, field,
     resp = client.post("/api/v1/patients", json=body)
     assert resp.status_code == 400
     assert resp.get_json()["field"] == field and message in resp.get_json()["message"]
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("post", "/api/v1/patients", {"mrn": 1, "room": 1, "surprise": None}),
+    ("post", "/api/v1/patients", {"mrn": 1, "room": 1, "surprise": ""}),
+    ("put", "/api/v1/rooms/1/pressure", {"pressure_cmh2o": 10, "mrn": 1, "surprise": None})])
+def test_an_unknown_field_is_refused_whatever_its_value(client, method, path, body):
+    """null and "" mean "not given" for the model's own fields only."""
+    client.post("/api/v1/patients", json={"mrn": 1, "room": 1})
+    resp = getattr(client, method)(path, json=body)
+    assert resp.status_code == 400, resp.get_json()
+    assert resp.get_json()["field"] == "surprise"

@@ -204,15 +204,22 @@ def _given(value) -> bool:
     return value is not None and value != ""
 
 
+def _unset(model, data, given):
+    """``data`` without the fields of ``model`` whose value is not ``given`` (an unknown
+    key stays, to be refused whatever its value)."""
+    if not isinstance(data, dict):
+        return data
+    names = {field.alias or name for name, field in model.model_fields.items()}
+    return {key: value for key, value in data.items() if key not in names or given(value)}
+
+
 class EmptyIsUnset(RequestModel):
     """A body where ``None`` and ``""`` mean "not given" (the older clients send "")."""
 
     @model_validator(mode="before")
     @classmethod
     def _unset_empty(cls, data):
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if _given(value)}
-        return data
+        return _unset(cls, data, _given)
 
 
 class UploadRules(EmptyIsUnset):
@@ -323,9 +330,7 @@ class PressureCommand(RequestModel):
     @model_validator(mode="before")
     @classmethod
     def _unset_null(cls, data):
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
+        return _unset(cls, data, lambda value: value is not None)
 
 
 class SignIn(RequestModel):
