@@ -84,3 +84,12 @@ def test_an_unknown_field_is_refused_whatever_its_value(client, method, path, bo
     resp = getattr(client, method)(path, json=body)
     assert resp.status_code == 400, resp.get_json()
     assert resp.get_json()["field"] == "surprise"
+
+
+def test_a_recording_form_ignores_other_fields(client):
+    """As before the models: scripts may send more form fields than the route reads."""
+    content, _ = cpap_synth.generate(seed=3, duration_s=30.0, rate_bpm=15.0)
+    resp = client.post("/api/v1/rooms/4/recordings", content_type="multipart/form-data",
+                       data={"mrn": "21", "cpap_pressure_cmh2o": "9", "note": "night 2",
+                             "file": (io.BytesIO(content), "night.txt")})
+    assert resp.status_code == 201, resp.get_json()

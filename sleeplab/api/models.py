@@ -351,8 +351,10 @@ class SignIn(RequestModel):
 
 
 class RecordingForm(EmptyIsUnset):
-    """A raw CPAP recording (multipart/form-data); each field and the file part once."""
+    """A raw CPAP recording (multipart/form-data); each field and the file part once;
+    other form fields are ignored."""
 
+    model_config = ConfigDict(extra="ignore")
     REQUIRED_MESSAGES = {"file": "file is required (the CPAP recording)"}
 
     file: Annotated[Any, WithJsonSchema({"type": "string", "format": "binary"})] = Field(
