@@ -18,6 +18,7 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY *.py ./
+COPY sleeplab ./sleeplab
 COPY sample_data ./sample_data
 COPY .streamlit ./.streamlit
 

@@ -117,6 +117,7 @@ def test_dockerfile_copies_every_module_the_server_needs(dockerfile):
               for source in shlex.split(args)[:-1]]
     for needed in ("gunicorn.conf.py", "serving.py", "server.py", "storage.py", "auth.py"):
         assert any(Path(needed).match(pattern) for pattern in copied), needed
+    assert "sleeplab" in copied  # the package: the API's models and its OpenAPI document
 
 
 def test_compose_requires_a_token_for_the_api_and_sign_in_for_the_ui(compose):
