@@ -19,7 +19,7 @@ RUN pip install -r requirements.txt
 
 # Only what production runs: the entry points, the sleeplab package, the sample recordings
 # and the UI's theme (no tools/, tests/ or benchmarks/; tests/test_deploy.py checks it).
-COPY server.py patient_streamlit.py cpap_measurements.py validation.py openapi.py gunicorn.conf.py ./
+COPY server.py patient_streamlit.py cpap_measurements.py validation.py gunicorn.conf.py ./
 COPY sleeplab ./sleeplab
 COPY sample_data ./sample_data
 COPY .streamlit ./.streamlit

@@ -54,6 +54,7 @@ from sleeplab.ui_settings import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_
                                   sign_in_wanted)
 import validation
 from sleeplab.api.csv_export import csv_text
+from sleeplab.api import models
 
 log = logging.getLogger("sleeplab.ui")
 
@@ -61,8 +62,8 @@ ROOT = Path(__file__).resolve().parent
 SAMPLE_DIR = ROOT / "sample_data"
 SAMPLE_SUFFIXES = (".txt", ".csv")
 
-PRESSURE_MIN_CMH2O = 4
-PRESSURE_MAX_CMH2O = 25
+PRESSURE_MIN_CMH2O = validation.PRESSURE_MIN_CMH2O  # the API's bounds, checked before sending
+PRESSURE_MAX_CMH2O = validation.PRESSURE_MAX_CMH2O
 APNEA_ALERT_COUNT = 2           # apnea counts at or above this are shown in red
 MAX_ID = validation.MAX_ID      # largest integer every JSON client reads exactly
 CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of this size
@@ -568,11 +569,6 @@ def chart_frame(time_s: np.ndarray, flow_lpm: np.ndarray,
     return pd.DataFrame({"time_s": times, "flow_lpm": flows})
 
 
-def _finite_or_none(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 @st.cache_data(max_entries=16, show_spinner="Analysing the recording…")
 def analyse_recording(sha256: str, _data: bytes) -> dict:
     """Analyse one recording once per content hash; errors are cached as a message too."""
@@ -584,14 +580,12 @@ def analyse_recording(sha256: str, _data: bytes) -> dict:
     except Exception as exc:  # noqa: BLE001 - the page must show a message, not a traceback
         log.exception("analysis failed for %s", sha256)
         return {"error": f"the analysis failed unexpectedly ({type(exc).__name__}: {exc})"}
+    # The record's fields as the API's raw-recording route maps them (non-finite: None).
+    fields = {name: models.finite_or_none(value) if isinstance(value, float) else value
+              for name, value in models.analysis_fields(result).items()}
     return {
         "sha256": sha256,
-        "duration_s": float(result.duration),
-        "breaths": int(result.breaths),
-        "breath_rate_bpm": _finite_or_none(result.breath_rate_bpm),
-        "apnea_count": int(result.apnea_count),
-        "ahi": _finite_or_none(result.ahi),
-        "leakage_l": _finite_or_none(result.leakage),
+        **fields,
         "apnea_events": [(float(e.start), float(e.end)) for e in result.apnea_events],
         "skipped_lines": [(int(s.line_number), str(s.reason)) for s in result.skipped_lines],
         "plot_png": png,
@@ -796,15 +790,11 @@ def upload_payload() -> tuple[dict | None, str | None]:
     # pressure change the same recording is never stored again under the new pressure.
     if pressure is not None and analysis is not None \
             and analysis["sha256"] not in ss.ps_uploaded:
+        payload.update({name: analysis[name] for name in models.ANALYSED_FIELDS})
         payload.update({
             "cpap_pressure_cmh2o": pressure,
             "breath_rate_bpm": analysis["breath_rate_bpm"] or 0.0,
-            "apnea_count": analysis["apnea_count"],
             "flow_image": base64.b64encode(analysis["plot_png"]).decode("ascii"),
-            "breaths": analysis["breaths"],
-            "duration_s": analysis["duration_s"],
-            "ahi": analysis["ahi"],
-            "leakage_l": analysis["leakage_l"],
         })
         payload = {k: v for k, v in payload.items() if v is not None}
     return payload, None

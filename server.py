@@ -7,15 +7,16 @@ number of workers or hosts can serve at once.
 
 Routes live on one blueprint mounted at ``/api/v1`` (canonical) and ``/api``
 (alias of the latest version); the older API's routes are kept for existing
-clients. Route handlers validate (``validation``), call ``storage`` and shape
-the JSON (``*_out`` functions); they never touch pymongo.
+clients. Each route declares its request and answer bodies with the models of
+``sleeplab.api.models`` (``@spec.validate`` and its arguments' annotations): SpecTree
+validates the request before the route runs and serialises the model it returns, and
+the OpenAPI document is generated from the same declarations. Route handlers call
+``storage``; they never touch pymongo.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -29,11 +30,13 @@ from werkzeug.exceptions import (HTTPException, RequestEntityTooLarge, ServiceUn
 from sleeplab.api import accounts
 from sleeplab.analysis import slots as analysis_slots
 from sleeplab.api import auth
-import openapi
 from sleeplab import storage
 import validation
 from sleeplab.api.auth import ANYONE, MONITOR, STATION, ADMIN, public, reads, writes
 from sleeplab.api.csv_export import csv_text
+from sleeplab.api import models, openapi
+from sleeplab.api.models import iso
+from sleeplab.api.openapi import CONFLICT, REPLAY_HEADER, answers, spec
 from sleeplab.storage import get_storage
 from validation import ValidationError
 
@@ -53,10 +56,7 @@ DEBUG_ENV = ("FLASK_DEBUG", "API_DEBUG")
 ANALYSIS_RETRY_AFTER_S = 5
 #: Records are immutable, so their images may be cached for a year.
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
-DEFAULT_RECORDS_LIMIT, MAX_RECORDS_LIMIT = 100, validation.MAX_LIST_LIMIT
-DEFAULT_PER_PAGE, MAX_PER_PAGE = 50, 500
-DEFAULT_HISTORY_LIMIT = 50
-DEFAULT_AUDIT_LIMIT = 100
+MAX_RECORDS_LIMIT = validation.MAX_LIST_LIMIT
 #: The CSV export holds at most this many records (the newest); X-Truncated says when
 #: the patient has more.
 MAX_CSV_RECORDS = MAX_RECORDS_LIMIT
@@ -72,110 +72,11 @@ HEALTH_PROBE_INTERVAL_S = 5.0
 STORAGE_FULL_MEMORY_S = 60.0
 #: Ward-wide reads (every patient's data): monitors and admins when reads are protected.
 WARD = (MONITOR, ADMIN)
-#: Set (to "true") on the answer to an upload whose upload_id was seen before.
-REPLAY_HEADER = "Idempotent-Replay"
 
 api = Blueprint("api", __name__)
 
 
-# -- JSON shapes ---------------------------------------------------------------
-def iso(value) -> str | None:
-    """ISO 8601 UTC with a ``Z`` and milliseconds (BSON dates keep milliseconds)."""
-    value = storage.as_utc(value)
-    if not isinstance(value, dt.datetime):
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _opt(value, kind):
-    return None if value is None else kind(value)
-
-
-def record_out(doc: dict | None) -> dict | None:
-    if doc is None:
-        return None
-    return {
-        "id": str(doc.get("_id", doc.get("id"))),
-        "mrn": doc["mrn"], "room": doc["room"], "received_at": iso(doc["received_at"]),
-        "cpap_pressure_cmh2o": _opt(doc.get("cpap_pressure_cmh2o"), int),
-        "breath_rate_bpm": _opt(doc.get("breath_rate_bpm"), float),
-        "apnea_count": _opt(doc.get("apnea_count"), int),
-        "breaths": _opt(doc.get("breaths"), int),
-        "duration_s": _opt(doc.get("duration_s"), float),
-        "ahi": _opt(doc.get("ahi"), float),
-        "leakage_l": _opt(doc.get("leakage_l"), float),
-        "has_image": bool(doc.get("has_image")),
-    }
-
-
-def patient_out(doc: dict, with_latest: bool = False) -> dict:
-    out = {"mrn": doc["mrn"], "name": doc.get("name"), "room": doc.get("room"),
-           "created_at": iso(doc.get("created_at")),
-           "updated_at": iso((doc.get("updated") or {}).get("at")),
-           "record_count": int(doc.get("record_count") or 0)}
-    if with_latest:
-        out["latest"] = record_out(doc.get("latest"))
-    return out
-
-
-def audit_out(doc: dict) -> dict:
-    who = doc.get("who") or {}
-    return {"id": str(doc["_id"]), "room": doc["room"], "mrn": doc.get("mrn"),
-            "at": iso(doc["at"]), "action": doc["action"],
-            "who": {"name": who.get("name"), "role": who.get("role"),
-                    **{k: who[k] for k in ("user", "via") if who.get(k)}},
-            "address": doc.get("address"), "old": doc.get("old"), "new": doc.get("new")}
-
-
-def command_out(doc: dict | None) -> dict | None:
-    if doc is None:
-        return None
-    ack = doc.get("ack")
-    cancelled = doc.get("cancelled")
-    return {"id": str(doc.get("_id", doc.get("id"))), "room": doc["room"],
-            "mrn": doc.get("mrn"), "pressure_cmh2o": int(doc["pressure_cmh2o"]),
-            "commanded_at": iso(doc["commanded_at"]), "source": doc.get("source"),
-            "applied": ack is not None, "applied_at": iso(ack["at"]) if ack else None,
-            "cancelled": ({"at": iso(cancelled["at"]), "reason": cancelled.get("reason")}
-                          if cancelled else None)}
-
-
-def room_out(doc: dict) -> dict:
-    occupant = doc.get("patient") if storage.occupant_mrn(doc) is not None else None
-    latest = doc.get("latest")
-    command = doc.get("command")
-    # A new occupant must not inherit the previous patient's record or pressure command.
-    if latest is not None and (occupant is None or latest.get("mrn") != occupant["mrn"]):
-        latest = None
-    if command is not None and (occupant is None or command.get("mrn") != occupant["mrn"]):
-        command = None
-    return {"room": doc["_id"],
-            "patient": ({"mrn": occupant["mrn"], "name": occupant.get("name"),
-                         "since": iso(occupant.get("since"))} if occupant else None),
-            "latest": record_out(latest), "command": command_out(command)}
-
-
 # -- request helpers -------------------------------------------------------------
-def json_body() -> dict:
-    """The request's JSON object (415 for another content type, 400 when malformed)."""
-    if not request.is_json:
-        raise UnsupportedMediaType("the request body must be JSON (Content-Type: "
-                                   "application/json)")
-    try:
-        body = json.loads(request.get_data().decode("utf-8"),
-                          object_pairs_hook=validation.unique_keys)
-    except ValidationError:  # a duplicate key
-        raise
-    except UnicodeDecodeError:
-        raise ValidationError("the request body is not UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"the request body is not valid JSON: {exc.msg} at line "
-                              f"{exc.lineno} column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:  # 5000-digit numbers, nesting too deep
-        raise ValidationError(f"the request body is not acceptable JSON: {exc}") from None
-    return validation.object_body(body)
-
-
 def room_param(room: str) -> int:
     return validation.positive_id(room, "room")
 
@@ -198,10 +99,6 @@ def existing_patient(mrn: str) -> tuple[int, dict]:
     if doc is None:
         abort(404, description=f"no patient with mrn {number}")
     return number, doc
-
-
-def records_limit(default: int = DEFAULT_RECORDS_LIMIT) -> int:
-    return validation.query_int(request.args, "limit", default, 1, MAX_RECORDS_LIMIT)
 
 
 @contextlib.contextmanager
@@ -235,17 +132,6 @@ def read_guard(rows: int):
     return heavy_read() if rows > validation.HEAVY_READ_ROWS else contextlib.nullcontext()
 
 
-def single_form_values() -> None:
-    """Refuse a multipart form that gives a field or file part twice (400 naming it),
-    as a JSON body with a duplicate key is: a script sending ``-F mrn=30 -F mrn=31``
-    must not have one of them silently chosen."""
-    for parts in (request.form, request.files):
-        for name in parts:
-            if len(parts.getlist(name)) > 1:
-                raise ValidationError(f"the form field {name!r} is given more than once",
-                                      name)
-
-
 def actor() -> dict:
     """Who is calling, as the audit trail records it."""
     caller = auth.current_caller()
@@ -253,89 +139,98 @@ def actor() -> dict:
             "user": caller.user, "via": caller.via}
 
 
-def save_upload(clean: dict, digest: str | None = None):
-    auth.require_room(clean["room"])  # a room-scoped station uploads for its room only
+def save_upload(upload: models.UploadRules, digest: str | None = None):
+    """Store a validated upload (storage's default digest: the one recipe,
+    ``storage.upload_digest``, over the metrics and the image)."""
+    auth.require_room(upload.room)  # a room-scoped station uploads for its room only
     try:
-        return get_storage().upload(clean["mrn"], clean["room"], name=clean["name"],
-                                    metrics=clean["metrics"], image=clean["image"],
-                                    actor=actor(), upload_id=clean.get("upload_id"),
-                                    digest=digest)
+        return get_storage().upload(upload.mrn, upload.room, name=upload.name,
+                                    metrics=upload.metrics(), image=upload.flow_image,
+                                    actor=actor(), upload_id=upload.upload_id, digest=digest)
     except storage.UploadConflict as exc:
         raise ValidationError(str(exc), "upload_id", status=409) from None
 
 
-def upload_answer(response: Response, result, created_status: int = 201) -> Response:
+def upload_answer(answer, result, created_status: int = 201):
     """Status 201 for a new patient (recording: a new record), 200 otherwise; a
     replayed upload_id is always a 200 with ``Idempotent-Replay: true``."""
     if result.replay:
-        response.status_code = 200
-        response.headers[REPLAY_HEADER] = "true"
-    else:
-        response.status_code = created_status
-    return response
+        return answer, 200, {REPLAY_HEADER: "true"}
+    return answer, created_status
+
+
+def uploaded(model, result, **extra):
+    return model.model_validate({"patient": result.patient, "record": result.record, **extra})
 
 
 # -- patients --------------------------------------------------------------------
 @api.post("/patients")
 @writes(STATION, ADMIN)
-def upload_patient():
-    body = json_body()
-    validation.known_fields(body, validation.UPLOAD_FIELDS)
-    result = save_upload(validation.upload(body))
-    return upload_answer(jsonify(patient=patient_out(result.patient),
-                                 record=record_out(result.record)), result,
+@spec.validate(resp=answers(400, CONFLICT, (413, "body or image too large"), 415,
+                            HTTP_201=(models.Uploaded, "new patient"),
+                            HTTP_200=(models.Uploaded, "known patient updated, or a repeated "
+                                                       "upload_id: the stored answer")))
+def upload_patient(json: models.Upload):
+    """Upload from a patient station (create or update a patient, add a record)"""
+    result = save_upload(json)
+    return upload_answer(uploaded(models.Uploaded, result), result,
                          201 if result.created else 200)
 
 
 @api.get("/patients")
 @reads(*WARD)
-def list_patients():
-    page = validation.query_int(request.args, "page", 1, 1, 10**9)
-    per_page = validation.query_int(request.args, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
-    docs, total = get_storage().list_patients(page, per_page)
-    return jsonify(patients=[patient_out(d, with_latest=True) for d in docs],
-                   page=page, per_page=per_page, total=total)
+@spec.validate(resp=answers(400, HTTP_200=(models.PatientPage, "one page")))
+def list_patients(query: models.PageQuery):
+    """Patients, paginated, sorted by room then MRN"""
+    docs, total = get_storage().list_patients(query.page, query.per_page)
+    return models.PatientPage(patients=docs, page=query.page, per_page=query.per_page,
+                              total=total)
 
 
 @api.get("/patients/<mrn>")
 @reads(*WARD)
-def get_patient(mrn):
+@spec.validate(resp=answers(400, 404, HTTP_200=(models.PatientRecords, "the patient")))
+def get_patient(mrn, query: models.RecordsQuery):
+    """One patient with its records (newest first)"""
     number, doc = existing_patient(mrn)
-    limit = records_limit()
-    with read_guard(limit):
-        records = get_storage().patient_records(number, limit)
-    return jsonify(patient=patient_out(doc), records=[record_out(r) for r in records])
+    with read_guard(query.limit):
+        records = get_storage().patient_records(number, query.limit)
+    return models.PatientRecords(patient=doc, records=records)
 
 
 @api.get("/patients/<mrn>/records")
 @reads(*WARD)
-def patient_records(mrn):
+@spec.validate(resp=answers(400, 404, HTTP_200=(models.RecordList, "records")))
+def patient_records(mrn, query: models.RecordsQuery):
+    """A patient's records, newest first"""
     number, _ = existing_patient(mrn)
-    limit = records_limit()
-    with read_guard(limit):
-        records = get_storage().patient_records(number, limit)
-    return jsonify(records=[record_out(r) for r in records])
+    with read_guard(query.limit):
+        records = get_storage().patient_records(number, query.limit)
+    return models.RecordList(records=records)
 
 
-CSV_COLUMNS = ("received_at", "mrn", "room", "cpap_pressure_cmh2o", "breath_rate_bpm",
-               "apnea_count", "breaths", "duration_s", "ahi", "leakage_l", "has_image", "id")
+CSV_COLUMNS = ("received_at", "mrn", "room", *models.METRIC_FIELDS, "has_image", "id")
 #: Decimal places in the CSV: what the screens show (leakage in the station's 2 places).
 CSV_DECIMALS = {"breath_rate_bpm": 1, "duration_s": 1, "ahi": 1, "leakage_l": 2}
 
 
 @api.get("/patients/<mrn>/records.csv")
 @reads(*WARD)
-def patient_records_csv(mrn):
-    """The newest ``limit`` records (at most MAX_CSV_RECORDS), newest first, written by
+@spec.validate(resp=answers(400, 404, HTTP_200=(None, (
+    f"CSV download, newest first: at most `limit` (default and maximum "
+    f"{MAX_CSV_RECORDS}) of the newest records"))))
+def patient_records_csv(mrn, query: models.CsvQuery):
+    """CSV export of a patient's records
+    \f
+    The newest ``limit`` records (at most MAX_CSV_RECORDS), newest first, written by
     :func:`csv_export.csv_text` (formula cells quoted, numbers rounded as on screen);
     ``X-Total-Count`` is the patient's number of records and ``X-Truncated`` says
     whether the file holds fewer."""
     number, patient = existing_patient(mrn)
-    limit = records_limit(default=MAX_CSV_RECORDS)
-    with read_guard(limit):
-        records = get_storage().patient_records(number, limit)
+    with read_guard(query.limit):
+        records = get_storage().patient_records(number, query.limit)
     total = max(int(patient.get("record_count") or 0), len(records))
-    rows = (record_out(doc) for doc in records)
+    rows = (models.dump(models.Record, doc) for doc in records)
     return Response(csv_text(rows, CSV_COLUMNS, CSV_DECIMALS), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="patient-{number}-records.csv"',
         "X-Total-Count": str(total), "X-Truncated": "true" if total > len(records) else "false"})
@@ -343,7 +238,11 @@ def patient_records_csv(mrn):
 
 @api.get("/records/<record_id>/image")
 @reads(*WARD)
+@spec.validate(resp=answers(404, HTTP_200=(None, "the image (immutable: long Cache-Control, "
+                                                 "ETag)"),
+                            HTTP_304=(None, "not modified (If-None-Match)")))
 def record_image(record_id):
+    """A record's flow image"""
     image = get_storage().get_image(record_id)
     if image is None:
         abort(404, description=f"no image for record {record_id!r}")
@@ -361,8 +260,11 @@ ROOMS_CACHE_MAX_AGE_S = 5.0
 
 @api.get("/rooms")
 @reads(*WARD)
+@spec.validate(resp=answers(HTTP_200=(models.RoomList, "the wall")))
 def list_rooms():
-    """The monitor wall. Each worker keeps the serialised rooms with the database's
+    """Every room: occupant, latest record, latest command (no images)
+    \f
+    The monitor wall. Each worker keeps the serialised rooms with the database's
     rooms version read *before* them, and reuses them while the version is unchanged:
     one tiny read per request instead of 100 documents (still stateless: the version
     lives in the database, so every worker and host sees every change)."""
@@ -371,25 +273,44 @@ def list_rooms():
     cached = current_app.extensions.get("rooms_cache")
     now = time.monotonic()
     if not cached or cached[0] != version or now - cached[2] > ROOMS_CACHE_MAX_AGE_S:
-        rooms_json = json.dumps([room_out(doc) for doc in store.list_rooms()],
-                                separators=(",", ":"))
+        rooms_json = ",".join(room_out(doc).model_dump_json() for doc in store.list_rooms())
         cached = (version, rooms_json, now)
         current_app.extensions["rooms_cache"] = cached
-    body = f'{{"rooms":{cached[1]},"server_time":"{iso(storage.utc_now())}"}}'
+    body = f'{{"rooms":[{cached[1]}],"server_time":"{iso(storage.utc_now())}"}}'
     return Response(body, mimetype="application/json")
+
+
+#: A room document as its answer (the current occupant's record and command only).
+room_out = models.Room.model_validate
 
 
 @api.get("/rooms/<room>")
 @reads(*ANYONE)
+@spec.validate(resp=answers(400, 404, HTTP_200=(models.Room, "the room")))
 def get_room(room):
+    """One room"""
     _, doc = existing_room(room)
-    return jsonify(room_out(doc))
+    return room_out(doc)
 
 
 @api.post("/rooms/<room>/recordings")
 @writes(STATION, ADMIN)
+@spec.validate(form=models.RecordingForm, resp=answers(
+    400, CONFLICT, (413, "file larger than the upload limit"),
+    (415, "not multipart/form-data"),
+    (422, "the file cannot be analysed (message names the line)"),
+    (503, "database unavailable, or busy analysing other large recordings (Retry-After: "
+          "seconds to wait)"),
+    HTTP_201=(models.RecordingUploaded, "analysed and stored"),
+    HTTP_200=(models.RecordingUploaded, "a repeated upload_id: the stored record (the file "
+                                        "analysed again for metrics), nothing new stored")))
 def upload_recording(room):
-    """A raw CPAP file (multipart): analysed here, stored as a record with its plot."""
+    """Upload a raw CPAP recording; the server analyses it and stores the record with its flow plot
+    \f
+    The one upload pipeline with POST /patients: the form is checked once
+    (models.RecordingForm), the analysis result becomes the record's fields through
+    models.analysis_fields and is checked once (models.Analysed), and the record is
+    stored by save_upload, the digest made by storage.upload_digest."""
     request.max_content_length = current_app.config["MAX_UPLOAD_BYTES"]
     number = room_param(room)
     if request.mimetype != "multipart/form-data":
@@ -399,45 +320,34 @@ def upload_recording(room):
         raise _too_large()  # before waiting for an analysis slot it would never use
     hold_analysis_slot(request.content_length)  # before a large body is read
     try:
-        upload = request.files.get("file")
+        files = openapi.single_values(request.files)
     except RequestEntityTooLarge:  # a streamed body over the limit
         raise _too_large() from None
-    single_form_values()
-    if upload is None:
-        raise ValidationError("file is required (the CPAP recording)", "file")
-    form = request.form
-    base = {"mrn": form.get("mrn"), "room": number, "name": form.get("name"),
-            "upload_id": form.get("upload_id")}
-    first = validation.upload(base)  # MRN and name errors first, before the analysis
-    if not form.get("cpap_pressure_cmh2o"):
-        raise ValidationError("cpap_pressure_cmh2o is required", "cpap_pressure_cmh2o")
-    validation.pressure(form.get("cpap_pressure_cmh2o"))
+    # MRN and name errors first, before the analysis.
+    form = models.RecordingForm.from_body({**files, **openapi.single_values(request.form)})
 
     import cpap_measurements  # the analysis stack (NumPy/SciPy/Matplotlib) loads on first use
-    hold_analysis_slot(upload.stream.seek(0, os.SEEK_END))  # a large body sent without its length
+    stream = form.file.stream
+    hold_analysis_slot(stream.seek(0, os.SEEK_END))  # a large body sent without its length
     try:
-        analysis, png = _analyse_recording(cpap_measurements, upload.stream)
+        analysis, png, fields = _analyse_recording(cpap_measurements, stream)
     except cpap_measurements.CpapFileError as exc:
         raise ValidationError(str(exc), "file", status=422) from exc
-    # A repeated upload_id must repeat the same request: the file and the form values.
-    digest = storage.fingerprint("recording", first["mrn"], number, first["name"],
-                                 validation.pressure(form.get("cpap_pressure_cmh2o")),
-                                 _sha256(upload.stream))
-    metrics = {"cpap_pressure_cmh2o": form.get("cpap_pressure_cmh2o"),
-               "breath_rate_bpm": analysis["breath_rate_bpm"],
-               "apnea_count": analysis["apnea_count"], "breaths": analysis["breaths"],
-               "duration_s": analysis["duration"], "ahi": analysis["ahi"],
-               "leakage_l": analysis["leakage"]}
     try:
-        clean = validation.upload({**base, **metrics})
+        measured = models.Analysed.from_body(fields)
     except ValidationError as exc:
         raise ValidationError(f"the recording gives an implausible result: {exc.message}",
                               "file", status=422) from exc
-    clean["image"] = (png, "image/png")
-    saved = save_upload(clean, digest=digest)
-    return upload_answer(jsonify(patient=patient_out(saved.patient),
-                                 record=record_out(saved.record), metrics=analysis),
-                         saved)
+    upload = models.Upload.model_construct(
+        mrn=form.mrn, room=number, name=form.name, upload_id=form.upload_id,
+        cpap_pressure_cmh2o=form.cpap_pressure_cmh2o, **dict(measured),
+        flow_image=(png, "image/png"))
+    # A repeated upload_id must repeat the same request: the file and the form values.
+    digest = storage.upload_digest(form.mrn, number, form.name,
+                                   {"cpap_pressure_cmh2o": form.cpap_pressure_cmh2o},
+                                   _sha256(stream))
+    saved = save_upload(upload, digest=digest)
+    return upload_answer(uploaded(models.RecordingUploaded, saved, metrics=analysis), saved)
 
 
 def _too_large() -> ValidationError:
@@ -452,17 +362,19 @@ def _sha256(stream) -> str:
     return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
-def _analyse_recording(cpap_measurements, stream) -> tuple[dict, bytes]:
-    """``result.to_dict()`` and the flow plot of an uploaded recording. Read from its
-    temporary file on disk (:class:`ApiRequest`): the fast whole-file path, and the
-    content is never held in memory. The large arrays die with this call."""
+def _analyse_recording(cpap_measurements, stream) -> tuple[dict, bytes, dict]:
+    """``result.to_dict()``, the flow plot and the record's fields
+    (:func:`models.analysis_fields`) of an uploaded recording. Read from its temporary
+    file on disk (:class:`ApiRequest`): the fast whole-file path, and the content is
+    never held in memory. The large arrays die with this call."""
     stream.flush()
     path = getattr(stream, "name", None)
     if not isinstance(path, str):  # not a named file: read from the stream
         stream.seek(0)
         path = stream
     result = cpap_measurements.analyze(path)
-    return result.to_dict(), cpap_measurements.flow_plot_png(result)
+    return (result.to_dict(), cpap_measurements.flow_plot_png(result),
+            models.analysis_fields(result))
 
 
 def hold_analysis_slot(size_bytes: int | None) -> None:
@@ -530,34 +442,37 @@ def latest_command(room: str, mrn: int | None = None) -> dict:
 
 @api.put("/rooms/<room>/pressure")
 @writes(MONITOR, ADMIN)
-def set_pressure(room):
-    body = json_body()
-    validation.known_fields(body, {"pressure_cmh2o", "mrn", "source"})
-    if body.get("pressure_cmh2o") is None:
-        raise ValidationError("pressure_cmh2o is required", "pressure_cmh2o")
-    value = validation.pressure(body["pressure_cmh2o"], "pressure_cmh2o")
-    source = validation.text(body.get("source"), "source", validation.MAX_SOURCE_CHARS)
-    if body.get("mrn") is None:  # a command names its patient: never whoever is there now
-        raise ValidationError("mrn is required: the MRN of the patient the command is for "
-                              "(as shown for the room)", "mrn")
-    mrn = validation.positive_id(body["mrn"], "mrn")
-    command = command_pressure(room, value, source or "monitor", mrn=mrn)
-    return jsonify(command_out(command)), 201
+@spec.validate(resp=answers(
+    400, 404, (409, "the room's occupant is not the patient named by mrn: nothing was stored"),
+    415, HTTP_201=(models.Command, "the command")))
+def set_pressure(room, json: models.PressureCommand):
+    """Command a new CPAP pressure for a room"""
+    # A command names its patient (json.mrn): never whoever is there now.
+    command = command_pressure(room, json.pressure_cmh2o, json.source or "monitor",
+                               mrn=json.mrn)
+    return models.Command.model_validate(command), 201
 
 
 @api.get("/rooms/<room>/pressure")
 @reads(*ANYONE)
-def get_pressure(room):
-    """``?mrn=`` (a bedside station's own patient): 409 when another patient now
+@spec.validate(resp=answers(400, (404, "no command yet"),
+                            (409, "mrn given and another patient occupies the room"),
+                            HTTP_200=(models.Command, "latest command")))
+def get_pressure(room, query: models.StationQuery):
+    """The room's latest pressure command (the station polls this)
+    \f
+    ``?mrn=`` (a bedside station's own patient): 409 when another patient now
     occupies the room, so a station never applies another patient's command."""
-    mrn = request.args.get("mrn")
-    return jsonify(command_out(latest_command(
-        room, None if mrn is None else validation.positive_id(mrn, "mrn"))))
+    return models.Command.model_validate(latest_command(room, query.mrn))
 
 
 @api.post("/rooms/<room>/pressure/<command_id>/applied")
 @writes(STATION, ADMIN)
+@spec.validate(resp=answers(400, 404, (409, "the command was cancelled (its patient left the "
+                                            "room); it must not be applied"),
+                            HTTP_200=(models.Command, "the command, applied")))
 def mark_applied(room, command_id):
+    """The patient station confirms it applied a command"""
     number = room_param(room)
     command = get_storage().mark_applied(number, command_id, actor=actor())
     if command is None:
@@ -565,48 +480,55 @@ def mark_applied(room, command_id):
     if command.get("cancelled"):
         raise ValidationError(f"this command was cancelled ({command['cancelled']['reason']})"
                               "; do not apply it", "command_id", status=409)
-    return jsonify(command_out(command))
+    return models.Command.model_validate(command)
 
 
 @api.get("/rooms/<room>/pressure/history")
 @reads(*ANYONE)
-def pressure_history(room):
+@spec.validate(resp=answers(400, HTTP_200=(models.CommandList, "history")))
+def pressure_history(room, query: models.HistoryQuery):
+    """A room's commands, newest first"""
     number = room_param(room)
-    limit = validation.query_int(request.args, "limit", DEFAULT_HISTORY_LIMIT, 1,
-                                 MAX_RECORDS_LIMIT)
-    with read_guard(limit):
-        commands = get_storage().command_history(number, limit)
-    return jsonify(commands=[command_out(c) for c in commands])
+    with read_guard(query.limit):
+        commands = get_storage().command_history(number, query.limit)
+    return models.CommandList(commands=commands)
 
 
 @api.get("/rooms/<room>/audit")
 @reads(MONITOR, ADMIN, always=True)
-def room_audit(room):
-    """Who changed what in a room (pressure commands, acknowledgements, patient
-    changes), newest first. Always needs a monitor or admin token when auth is on."""
+@spec.validate(resp=answers(400, HTTP_200=(models.AuditList, "entries")))
+def room_audit(room, query: models.AuditQuery):
+    """A room's audit trail, newest first: who (token name and role), when, from which address, old and new value of every pressure command, acknowledgement and patient change
+    \f
+    Always needs a monitor or admin token when auth is on."""
     number = room_param(room)
-    limit = validation.query_int(request.args, "limit", DEFAULT_AUDIT_LIMIT, 1,
-                                 MAX_RECORDS_LIMIT)
-    with read_guard(limit):
-        entries = get_storage().audit_trail(number, limit)
-    return jsonify(entries=[audit_out(d) for d in entries])
+    with read_guard(query.limit):
+        entries = get_storage().audit_trail(number, query.limit)
+    return models.AuditList(entries=entries)
 
 
 # -- people's sign-in sessions -------------------------------------------------------------
 @api.post("/sessions")
 @public
-def sign_in():
-    """A person signs in with user name and password: a session token for a shift."""
+@spec.validate(resp=answers(
+    400, (401, "unknown user name, wrong password or disabled account (one message for all)"),
+    415, (429, "too many failed sign-ins for this user name or address (Retry-After: "
+               "seconds)"), HTTP_201=(models.Session, "signed in")))
+def sign_in(json: models.SignIn):
+    """A person signs in (user name and password): a session token, valid for API_SESSION_HOURS (default 12)"""
     settings = current_app.extensions["auth"]
-    session = accounts.sign_in(get_storage(), json_body(), auth.current_caller().address,
-                               settings.session_hours, accounts.throttle_of(current_app))
-    return jsonify({**session, "expires_at": iso(session["expires_at"])}), 201
+    session = accounts.sign_in(get_storage(), json.username, json.password,
+                               auth.current_caller().address, settings.session_hours,
+                               accounts.throttle_of(current_app))
+    return models.Session.model_validate(session), 201
 
 
 @api.delete("/sessions/current")
 @writes(*ANYONE)
+@spec.validate(resp=answers((400, "the Authorization header holds no sign-in session"),
+                            HTTP_204=(None, "signed out")))
 def sign_out():
-    """End the sign-in session whose token is in the Authorization header."""
+    """Sign out: end the session whose token is sent"""
     caller = auth.current_caller()
     if caller.session is None:
         raise ValidationError("the Authorization header holds no sign-in session (an API "
@@ -617,7 +539,9 @@ def sign_out():
 
 @api.get("/openapi.json")
 @public
+@spec.validate(resp=answers(HTTP_200=(models.OpenApiDocument, "OpenAPI 3.1 document")))
 def openapi_document():
+    """This document (generated from sleeplab/api/models.py)"""
     cached = current_app.extensions.get("openapi")
     if cached is None:
         cached = current_app.extensions["openapi"] = openapi.document(current_app)
@@ -627,33 +551,35 @@ def openapi_document():
 # -- compatibility routes (the older API) -------------------------------------------
 legacy = Blueprint("legacy", __name__)
 
-LEGACY_NAMES = {"name": "patient_name", "mrn": "patient_mrn", "room": "room_number",
-                "cpap_pressure_cmh2o": "CPAP_pressure", "breath_rate_bpm": "breath_rate",
-                "apnea_count": "apnea_count", "flow_image": "flow_image",
-                "upload_id": "upload_id"}
-
 
 @legacy.post("/add_patient")
 @writes(STATION, ADMIN)
-def legacy_add_patient():
-    body = json_body()
-    clean = validation.upload({ours: body.get(theirs) for ours, theirs in LEGACY_NAMES.items()},
-                              names=LEGACY_NAMES)
-    result = save_upload(clean)
+@spec.validate(tags=["compatibility"], resp=answers(400, CONFLICT, 415, HTTP_200=(None, (
+    "'New patient created' or 'Patient successfully updated' (a repeated upload_id: "
+    "'Patient successfully updated' with Idempotent-Replay: true, nothing stored)"))))
+def legacy_add_patient(json: models.LegacyUpload):
+    """Older clients' upload"""
+    result = save_upload(json)
     message = "New patient created" if result.created else "Patient successfully updated"
     return upload_answer(Response(message, mimetype="text/plain"), result, 200)
 
 
 @legacy.get("/CPAP_query/<room_number>")
 @reads(*ANYONE)
+@spec.validate(tags=["compatibility"], resp=answers(
+    400, (404, "no command"), HTTP_200=(models.CommandedPressure, "pressure (cmH2O)")))
 def legacy_cpap_query(room_number):
+    """Commanded pressure as a JSON number"""
     validation.positive_id(room_number, "room_number")
     return jsonify(int(latest_command(room_number)["pressure_cmh2o"]))
 
 
 @legacy.get("/new_cpap_pressure/<room_number>/<value>")
 @writes(MONITOR, ADMIN)
+@spec.validate(tags=["compatibility"], resp=answers(400, 404,
+                                                    HTTP_200=(None, "confirmation")))
 def legacy_new_cpap_pressure(room_number, value):
+    """Command a pressure"""
     number = validation.positive_id(room_number, "room_number")
     pressure_cmh2o = validation.pressure(value, "value")
     command_pressure(room_number, pressure_cmh2o, "legacy")
@@ -663,36 +589,37 @@ def legacy_new_cpap_pressure(room_number, value):
 
 @legacy.get("/get_all_patients")
 @reads(*WARD)
+@spec.validate(tags=["compatibility"], resp=answers(
+    HTTP_200=(models.LegacyPatients, "patients")))
 def legacy_get_all_patients():
-    """One entry per room's current occupant, its lists built from its newest
+    """Each room's patient with value lists of its newest records (oldest first)
+    \f
+    One entry per room's current occupant, its lists built from its newest
     validation.LEGACY_MAX_RECORDS records (oldest first)."""
     with heavy_read():
         occupants = get_storage().occupants()
         lists = get_storage().record_lists([doc["patient"]["mrn"] for doc in occupants],
                                            validation.LEGACY_MAX_RECORDS)
-    out = []
+    rows = []
     for doc in occupants:
         records = lists.get(doc["patient"]["mrn"], [])
-        out.append({
-            "room_number": doc["_id"], "patient_mrn": doc["patient"]["mrn"],
-            "patient_name": doc["patient"].get("name") or "",
-            "CPAP_pressure": [int(r["cpap_pressure_cmh2o"]) for r in records],
-            "breath_rate": [float(r["breath_rate_bpm"]) for r in records],
-            "apnea_count": [int(r["apnea_count"]) for r in records],
-            "timestamp": [iso(r["received_at"]) for r in records],
-        })
-    return jsonify(out)
+        rows.append(models.LegacyPatientRow(
+            room_number=doc["_id"], patient_mrn=doc["patient"]["mrn"],
+            patient_name=doc["patient"].get("name") or "",
+            CPAP_pressure=[r["cpap_pressure_cmh2o"] for r in records],
+            breath_rate=[r["breath_rate_bpm"] for r in records],
+            apnea_count=[r["apnea_count"] for r in records],
+            timestamp=[r["received_at"] for r in records]))
+    return models.LegacyPatients(rows)
 
 
 # -- errors ----------------------------------------------------------------------------
 def error_response(status: int, error: str, message: str, field: str | None = None,
                    response: Response | None = None) -> Response:
-    payload = {"status": status, "error": error, "message": message}
-    if field:
-        payload["field"] = field
     response = response or Response()
     response.status_code = status
-    response.set_data(json.dumps(payload))
+    response.set_data(models.Error(status=status, error=error, message=message,
+                                       field=field or None).model_dump_json())
     response.mimetype = "application/json"
     return response
 
@@ -748,6 +675,23 @@ def can_write() -> bool:
     return probed[1]
 
 
+@public
+@spec.validate(tags=["operations"], resp=answers(
+    HTTP_200=(models.Health, "healthy"),
+    HTTP_503=(models.Health, "the database is unreachable, or answers but cannot store data "
+                             "(a write probe failed, or an upload was refused for a full "
+                             "disk in the last 60 s)")))
+def health():
+    """Liveness and database check (it can read and write)"""
+    if not get_storage().ping():
+        return models.Health(status="unavailable", database="unreachable"), 503
+    if not can_write():
+        return models.Health(status="unavailable", database="cannot write",
+                             message="the database answers but cannot store data (is its "
+                                     "disk full?)"), 503
+    return models.Health(status="ok", database="ok")
+
+
 class ApiRequest(Request):
     """A request whose uploaded files go to a named temporary file (deleted when the
     request ends), so a recording is analysed from disk, never held in memory whole."""
@@ -794,22 +738,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     storage.init_app(app)
     auth.init_app(app)
     register_error_handlers(app)
+    register_routes(app)
+    return app
 
-    @app.get("/health")
-    @public
-    def health():
-        if not get_storage().ping():
-            return jsonify(status="unavailable", database="unreachable"), 503
-        if not can_write():
-            return jsonify(status="unavailable", database="cannot write",
-                           message="the database answers but cannot store data (is its "
-                                   "disk full?)"), 503
-        return jsonify(status="ok", database="ok")
 
+def register_routes(app: Flask) -> None:
+    """Every route: the API at /api/v1 and its /api alias, the older API, /health."""
+    app.add_url_rule("/health", view_func=health, methods=["GET"])
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(api, url_prefix="/api", name="api_latest")
     app.register_blueprint(legacy)
-    return app
 
 
 def debug_requested(environ=os.environ) -> bool:

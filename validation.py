@@ -1,11 +1,12 @@
-"""Input validation: small functions that return a clean value or raise
+"""Input checkers: small functions that return a clean value or raise
 :class:`ValidationError` with a field-specific message.
 
-The route handlers pass body, form and query values through here, so an operator
-object such as ``{"$gt": ""}`` is refused (400) before any query. Other request values
-have their own gate: stored ids in paths go through ``storage.parse_object_id``,
-sign-in and account bodies through ``accounts``, and tokens are only ever looked up
-by their SHA-256.
+The request models of ``sleeplab.api.models`` run these checkers on the values of
+JSON bodies, forms and query strings (and the routes on the numbers in their paths),
+so an operator object such as ``{"$gt": ""}`` is refused (400) before any query. Not
+every request value passes through here: stored ids in paths go through
+``storage.parse_object_id``, a sign-in's user name and password through
+``accounts.credential``, and tokens are only ever looked up by their SHA-256.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ MAX_COUNT = 10**7
 MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_AHI = 10_000.0
 MAX_LEAKAGE_L = 1e6
-#: Bounds of the lists the API returns (server.py enforces them, openapi.py states them).
+#: Bounds of the lists the API returns (the query models of sleeplab/api/models.py).
 MAX_LIST_LIMIT = 10_000           # ?limit= of records, audit entries, commands, CSV rows
 LEGACY_MAX_RECORDS = 100          # newest records per patient in GET /get_all_patients
 HEAVY_READ_ROWS = 1000            # a read that may return more rows is "heavy"
@@ -207,84 +208,3 @@ def object_body(body) -> dict:
     if not isinstance(body, dict):
         raise ValidationError("the request body must be a JSON object")
     return body
-
-
-def known_fields(body: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
-
-
-#: Upload fields: the measurement group, and the extras allowed only with it.
-MEASUREMENT_GROUP = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count")
-MEASUREMENT_EXTRAS = ("flow_image", "breaths", "duration_s", "ahi", "leakage_l")
-UPLOAD_FIELDS = {"mrn", "room", "name", "upload_id", *MEASUREMENT_GROUP, *MEASUREMENT_EXTRAS}
-
-
-def _given(value) -> bool:
-    return value is not None and value != ""
-
-
-def upload(body: dict, names: dict[str, str] | None = None) -> dict:
-    """Validate a patient-station upload.
-
-    ``names`` maps canonical field names to the names the caller used (the
-    compatibility route's ``patient_mrn`` etc.), so messages name the caller's field.
-    Returns ``{"mrn", "room", "name", "upload_id", "metrics" (dict or None),
-    "image" (tuple or None)}``.
-    """
-    names = names or {}
-
-    def n(field):
-        return names.get(field, field)
-
-    for field in ("mrn", "room"):
-        if not _given(body.get(field)):
-            raise ValidationError(f"{n(field)} is required", n(field))
-    out = {"mrn": positive_id(body["mrn"], n("mrn")),
-           "room": positive_id(body["room"], n("room")),
-           "name": text(body.get("name"), n("name"), MAX_NAME_CHARS),
-           "upload_id": upload_id(body.get("upload_id"), n("upload_id")),
-           "metrics": None, "image": None}
-    present = [f for f in MEASUREMENT_GROUP if _given(body.get(f))]
-    if present and len(present) < len(MEASUREMENT_GROUP):
-        missing = next(f for f in MEASUREMENT_GROUP if f not in present)
-        raise ValidationError(
-            f"{n(missing)} is required with {n(present[0])}: CPAP pressure, breath rate and "
-            "apnea count come together", n(missing))
-    if not present:
-        extra = next((f for f in MEASUREMENT_EXTRAS if _given(body.get(f))), None)
-        if extra:
-            raise ValidationError(
-                f"{n(extra)} is only accepted with cpap pressure, breath rate and apnea count",
-                n(extra))
-        return out
-    metrics = {
-        "cpap_pressure_cmh2o": pressure(body["cpap_pressure_cmh2o"], n("cpap_pressure_cmh2o")),
-        "breath_rate_bpm": breath_rate(body["breath_rate_bpm"], n("breath_rate_bpm")),
-        "apnea_count": count(body["apnea_count"], n("apnea_count")),
-        "breaths": None, "duration_s": None, "ahi": None, "leakage_l": None,
-    }
-    optional = {
-        "breaths": lambda v, f: count(v, f),
-        "duration_s": lambda v, f: number(v, f, 0.0, MAX_DURATION_S,
-                                          f"a finite number from 0 to {MAX_DURATION_S:g} s"),
-        "ahi": lambda v, f: number(v, f, 0.0, MAX_AHI,
-                                   f"a finite number from 0 to {MAX_AHI:g} events per hour"),
-        "leakage_l": lambda v, f: number(v, f, -MAX_LEAKAGE_L, MAX_LEAKAGE_L,
-                                         "a finite number of litres"),
-    }
-    for field, check in optional.items():
-        if _given(body.get(field)):
-            metrics[field] = check(body[field], n(field))
-    out["metrics"] = metrics
-    if _given(body.get("flow_image")):
-        out["image"] = image_base64(body["flow_image"], n("flow_image"))
-    return out
-
-
-def query_int(args, field: str, default: int, minimum: int, maximum: int) -> int:
-    """An integer query-string parameter (``?limit=``, ``?page=``) with a default."""
-    if field not in args:
-        return default
-    return integer(args.get(field), field, minimum, maximum)

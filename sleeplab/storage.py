@@ -173,6 +173,13 @@ def fingerprint(*parts) -> str:
                           .encode("utf-8")).hexdigest()
 
 
+def upload_digest(mrn: int, room: int, name: str | None, given: dict | None,
+                  content_sha256: str | None) -> str:
+    """The one recipe of an upload's digest: who, where, the values the caller gave and
+    the SHA-256 of the content it sent (an image, or a raw recording)."""
+    return fingerprint(mrn, room, name, given, content_sha256)
+
+
 def _insert_once(collection, doc: dict) -> bool:
     """Insert a document with a planned ``_id``; False when it is already there."""
     try:
@@ -303,8 +310,8 @@ class Storage:
         """
         now = utc_now()
         if digest is None:
-            digest = fingerprint(mrn, room, name, metrics,
-                                 hashlib.sha256(image[0]).hexdigest() if image else None)
+            digest = upload_digest(mrn, room, name, metrics,
+                                   hashlib.sha256(image[0]).hexdigest() if image else None)
         # The state before, for the audit trail's old values (two uploads racing for one
         # patient may both see the same "before"; each still records its own change).
         before = self.patients.find_one({"mrn": mrn}, {"_id": 0, "name": 1, "room": 1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from openapi_schema_validator import OAS30Validator
+from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
 from tests.api_support import upload_body
@@ -47,7 +47,7 @@ def test_every_documented_operation_exists(app, document):
 def _validator(document, name):
     schema = dict(document["components"]["schemas"][name])
     schema["components"] = document["components"]
-    return OAS30Validator(schema)
+    return OAS31Validator(schema)
 
 
 def test_upload_schema_accepts_what_the_route_accepts(document, client):

@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 from sleeplab.api import auth
-import openapi
+from sleeplab.api import openapi
 from tests.api_support import upload_body
 
 TOKENS = {  # name -> (role, room, token)

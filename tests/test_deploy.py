@@ -133,7 +133,7 @@ def ships(sources: list[str], path: str) -> bool:
 PRODUCTION_IMPORTS = """
 import importlib, json, pkgutil, runpy, sys
 from pathlib import Path
-import server, patient_streamlit, cpap_measurements, validation, openapi, sleeplab
+import server, patient_streamlit, cpap_measurements, validation, sleeplab
 for info in pkgutil.walk_packages(sleeplab.__path__, "sleeplab."):
     importlib.import_module(info.name)
 runpy.run_path("gunicorn.conf.py")

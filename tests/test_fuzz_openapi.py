@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                status_code_conformance)
 
 from tools import cpap_synth
-import openapi
+from sleeplab.api import openapi
 from tests.api_support import upload_body
 from server import create_app
 

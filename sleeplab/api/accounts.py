@@ -183,8 +183,8 @@ def throttle_of(app) -> Throttle:
 
 
 # -- sign in and out ---------------------------------------------------------------------
-def _credential(body: dict, field: str, max_chars: int) -> str:
-    value = body.get(field)
+def credential(value, field: str, max_chars: int) -> str:
+    """A user name or password as sent to sign in: a non-empty string ≤ max_chars."""
     if not isinstance(value, str) or not value:
         raise validation.ValidationError(f"{field} is required (a string)", field)
     if len(value) > max_chars:
@@ -193,14 +193,13 @@ def _credential(body: dict, field: str, max_chars: int) -> str:
     return value
 
 
-def sign_in(store: storage.Storage, body: dict, address: str | None, hours: float,
-            throttle: Throttle) -> dict:
-    """Check ``{username, password}``; a new session ``{token, expires_at, username,
+def sign_in(store: storage.Storage, username: str, password: str, address: str | None,
+            hours: float, throttle: Throttle) -> dict:
+    """Check a user name and password (each already a :func:`credential`, as the
+    ``SignIn`` request model checks them); a new session ``{token, expires_at, username,
     name, role}``. 401 for an unknown user, a wrong password or a disabled account
     (one message for all), 429 after too many failures for the name or the address."""
-    validation.known_fields(body, {"username", "password"})
-    username = _credential(body, "username", MAX_USERNAME_CHARS).strip().lower()
-    password = _credential(body, "password", MAX_PASSWORD_CHARS)
+    username = username.strip().lower()
     keys = {f"user:{username}": FAILURES_PER_USER, f"address:{address}": FAILURES_PER_ADDRESS}
     wait = throttle.wait_s(keys)
     if wait > 0:
