@@ -1737,24 +1737,25 @@ def render_patients() -> None:
                        file_name="patients.csv", mime="text/csv", key="pt_csv",
                        icon=":material/download:", on_click="ignore")
     st.caption(f"Rows with {APNEA_ALERT_COUNT} or more apnea events are highlighted. "
-               "Open a patient for the history.")
-    for patient in patients:
-        mrn = patient.get("mrn")
-        label = (f"Room {patient.get('room')} · MRN {mrn} · "
-                 f"{md_code(patient.get('name') or 'no name')} "
-                 f"({plural(patient.get('record_count', 0), 'record')})")
-        expander = st.expander(label, key=f"pt_open_{mrn}", on_change="rerun")
-        if not expander.open:
-            continue
-        with expander:
+               "Choose a patient for the history.")
+    # one picker, not an expander per patient: a lab's hundreds of patients made the
+    # first page load draw hundreds of elements
+    labels = {p.get("mrn"): (f"Room {p.get('room')} · MRN {p.get('mrn')} · "
+                             f"{p.get('name') or 'no name'} "
+                             f"({plural(p.get('record_count', 0), 'record')})")
+              for p in patients}
+    mrn = st.selectbox("Patient history", list(labels), index=None, key="pt_history",
+                       placeholder="Choose a patient", format_func=labels.get)
+    if mrn is not None:
+        with st.container(border=True, key="pt_history_panel"):
             try:
                 records = fetch_patient(base, mrn).get("records") or []
             except ApiError as exc:
                 st.warning(exc.message)
-                continue
+                return
             if not records:
                 st.caption("No CPAP records yet.")
-                continue
+                return
             st.dataframe(highlight_apnea_rows(records_frame(records)), hide_index=True,
                          width="stretch", placeholder="—")
             try:

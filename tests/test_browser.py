@@ -303,9 +303,12 @@ def test_patient_to_monitor_and_back(stack):
             patients = page.get_by_role("tabpanel", name="Patients")
             patients.get_by_role("button", name="Refresh").click()
             idle(page)
-            expect(patients.get_by_text("Room 3 · MRN 4711 · Ada Lovelace (2 records)")
-                   ).to_be_visible(timeout=20_000)
-            patients.get_by_text("Room 1 · MRN 101 · Grace Hopper (2 records)").click()
+            choose(page, "Patient history", "Room 3 · MRN 4711 · Ada Lovelace (2 records)")
+            expect(patients.locator('[class*="st-key-pt_history_panel"]')
+                   .get_by_test_id("stDataFrame")).to_be_visible(timeout=20_000)
+            choose(page, "Patient history", "Room 1 · MRN 101 · Grace Hopper (2 records)")
+            expect(patients.locator('[class*="st-key-pt_history_panel"]')
+                   .get_by_test_id("stDataFrame")).to_be_visible(timeout=20_000)
             screenshot(page, "patients.png")
             # The patients CSV: a name that is a formula stays text; numbers as on screen.
             with page.expect_download() as download:
