@@ -60,16 +60,15 @@ def test_tile_state(room, expected):
     assert ui.tile_state(room, NOW) == expected
 
 
-def test_tile_lines_show_who_pressure_rate_apneas_and_age(monkeypatch):
-    assert ui.tile_lines("http://unused", entry(room=12, apneas=3), NOW, "normal") == (
+def test_tile_lines_show_who_pressure_rate_apneas_and_age():
+    assert ui.tile_lines(entry(room=12, apneas=3), NOW, "normal") == (
         "AL · 10 cmH2O", "14.2 bpm · 3 apn · 1 min")
-    assert ui.tile_lines("http://unused", entry(name=None, latest=False), NOW, "small") == (
+    assert ui.tile_lines(entry(name=None, latest=False), NOW, "small") == (
         "MRN 40 · —", "no data yet")
-    assert ui.tile_lines("http://unused", entry(mrn=None, latest=False), NOW, "small") == (
+    assert ui.tile_lines(entry(mrn=None, latest=False), NOW, "small") == (
         "free", "")
     # pending: in force is what was applied before (here nothing: the record's 10)
-    monkeypatch.setattr(ui, "fetch_applied_command", lambda base, room, mrn: None)
-    pending = ui.tile_lines("http://unused", entry(room=7, command={
+    pending = ui.tile_lines(entry(room=7, command={
         "pressure_cmh2o": 12, "applied": False, "commanded_at": NOW}), NOW, "small")
     assert pending == ("AL · 10→12", "14.2/min · 0 apn · 1 min")
 
