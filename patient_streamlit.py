@@ -41,7 +41,6 @@ from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import requests
@@ -49,7 +48,6 @@ import streamlit as st
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-import cpap_measurements
 from sleeplab.ui_settings import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, is_loopback,
                                   sign_in_wanted)
 import validation
@@ -562,6 +560,8 @@ def chart_frame(time_s: np.ndarray, flow_lpm: np.ndarray,
 @st.cache_data(max_entries=16, show_spinner="Analysing the recording…")
 def analyse_recording(sha256: str, _data: bytes) -> dict:
     """Analyse one recording once per content hash; errors are cached as a message too."""
+    import cpap_measurements      # here, not at the top: only the bedside's analysis needs it
+
     try:
         result = cpap_measurements.analyze(_data)
         png = cpap_measurements.flow_plot_png(result)
@@ -584,6 +584,8 @@ def analyse_recording(sha256: str, _data: bytes) -> dict:
 
 
 def flow_chart(analysis: dict) -> alt.LayerChart:
+    import altair as alt          # here, not at the top: a page without charts never loads it
+
     """Zoomable (x axis) flow chart with apnea intervals shaded red."""
     line = alt.Chart(analysis["chart"]).mark_line(strokeWidth=1).encode(
         x=alt.X("time_s:Q", title="Time (s)", scale=alt.Scale(nice=False, zero=False)),
@@ -952,11 +954,17 @@ def render_pressure_link() -> None:
     pressure_link()
 
 
+def apnea_gap_s() -> float:
+    """The analysis' apnea gap (s); the analysis module is loaded once a recording is."""
+    import cpap_measurements
+    return cpap_measurements.APNEA_GAP_S
+
+
 def render_analysis(analysis: dict, file_name: str) -> None:
     cols = st.columns(5)
     cols[0].metric("Breath rate", f"{fmt_number(analysis['breath_rate_bpm'])} bpm")
     cols[1].metric("Apnea count", apnea_markdown(analysis["apnea_count"]),
-                   help=f"Gaps of more than {cpap_measurements.APNEA_GAP_S:g} s between "
+                   help=f"Gaps of more than {apnea_gap_s():g} s between "
                         f"breaths; red from {APNEA_ALERT_COUNT}.")
     cols[2].metric("Breaths", analysis["breaths"])
     cols[3].metric("Duration", f"{analysis['duration_s'] / 60:.1f} min")
@@ -1476,6 +1484,8 @@ def render_record_image(base: str, record: dict, title: str, room: int, key: str
 
 
 def trend_chart(records: list[dict]) -> alt.LayerChart:
+    import altair as alt
+
     frame = pd.DataFrame([{
         "time": parse_time(r.get("received_at")).astimezone().replace(tzinfo=None),
         "breath_rate_bpm": r.get("breath_rate_bpm"),
@@ -1608,7 +1618,9 @@ def render_monitor_live() -> None:
 
     by_room = {entry["room"]: entry for entry in rooms}
     if st.session_state.get("mon_room") not in by_room:
-        st.session_state.mon_room = rooms[0]["room"]
+        # a few rooms: the first one's detail at once; a lab's wall: the one clicked
+        compact = wall_mode(len(rooms)) == WALL_MODES[1]
+        st.session_state.mon_room = None if compact else rooms[0]["room"]
 
     def room_label(room: int) -> str:
         patient = by_room[room].get("patient")
@@ -1617,7 +1629,10 @@ def render_monitor_live() -> None:
         return f"Room {room} — MRN {patient.get('mrn', '—')} {patient.get('name') or ''}"
 
     st.divider()
-    st.selectbox("Room", list(by_room), key="mon_room", format_func=room_label)
+    st.selectbox("Room", list(by_room), key="mon_room", format_func=room_label,
+                 placeholder="Click a room's tile, or choose it here")
+    if st.session_state.mon_room is None:
+        return
     with st.container(key=f"mon_detail_{st.session_state.mon_room}"):
         render_room_detail(base, by_room[st.session_state.mon_room], server_time)
 

@@ -138,3 +138,13 @@ def test_few_rooms_or_the_switch_give_detailed_cards(at, api):
     at.radio(key="mon_wall").set_value(ui.WALL_MODES[1])
     run(at)
     assert [room for _, room in tiles(at)] == [1, 2]
+
+
+def test_a_lab_wall_opens_no_room_until_one_is_chosen(at, ward):
+    """Many rooms: no detail (and no chart or image fetched) until a room is chosen."""
+    click(at, "mon_refresh")
+    assert at.session_state.mon_room is None
+    assert not [m for m in texts(at.markdown) if m.startswith("#### Room")]
+    at.selectbox(key="mon_room").set_value(12)
+    run(at)
+    assert any(m.startswith("#### Room 12 — MRN 9012") for m in texts(at.markdown))
