@@ -41,7 +41,6 @@ from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import requests
@@ -49,7 +48,6 @@ import streamlit as st
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-import cpap_measurements
 from sleeplab.ui_settings import (MONITOR_TOKEN_ENV, SIGN_IN_ENV, STATION_TOKEN_ENV, is_loopback,
                                   sign_in_wanted)
 import validation
@@ -69,7 +67,6 @@ MAX_ID = validation.MAX_ID      # largest integer every JSON client reads exactl
 CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of this size
 ROOMS_TTL_S = 2                 # below the shortest refresh interval: one fetch per refresh
 AUDIT_LIMIT = 50                # audit entries shown for a room (newest first)
-COMMAND_LOOKBACK = 20           # commands searched for the one applied before a pending one
 TOKEN_ENV = "SLEEPLAB_API_TOKEN"
 #: Which screen acts: the API records it with the caller (header X-Sleeplab-Via).
 STATION_SIDE, MONITOR_SIDE = "patient-station", "monitoring-station"
@@ -467,15 +464,6 @@ def fetch_audit(base: str, room: int) -> list[dict]:
                     params={"limit": AUDIT_LIMIT}).get("entries") or []
 
 
-@st.cache_data(ttl=ROOMS_TTL_S, show_spinner=False)
-def fetch_applied_command(base: str, room: int, mrn: int | None) -> dict | None:
-    """The newest command applied at the bedside for the room's current patient (the room
-    list carries only the latest command, which may still be pending)."""
-    commands = api_json("GET", f"/api/v1/rooms/{room}/pressure/history", base=base,
-                        params={"limit": COMMAND_LOOKBACK}).get("commands") or []
-    return next((c for c in commands if c.get("applied") and c.get("mrn") == mrn), None)
-
-
 def fetch_latest_command(room: int, mrn: int) -> dict | None:
     """Latest pressure command for this station's patient ``mrn`` in ``room`` (never
     cached: the bedside must see it). A 409 means another patient occupies the room."""
@@ -490,10 +478,10 @@ def fetch_latest_command(room: int, mrn: int) -> dict | None:
 
 #: Which cached fetches each kind of change makes stale (cleared by :func:`after_change`).
 STALE_AFTER = {
-    "upload": (fetch_rooms, fetch_patients, fetch_patient, fetch_audit, fetch_applied_command),
-    "command": (fetch_rooms, fetch_audit, fetch_applied_command),
-    "applied": (fetch_rooms, fetch_audit, fetch_applied_command),
-    "monitor_refresh": (fetch_rooms, fetch_applied_command, fetch_patient, fetch_audit),
+    "upload": (fetch_rooms, fetch_patients, fetch_patient, fetch_audit),
+    "command": (fetch_rooms, fetch_audit),
+    "applied": (fetch_rooms, fetch_audit),
+    "monitor_refresh": (fetch_rooms, fetch_patient, fetch_audit),
     "patients_refresh": (fetch_patients, fetch_patient),
 }
 
@@ -572,6 +560,8 @@ def chart_frame(time_s: np.ndarray, flow_lpm: np.ndarray,
 @st.cache_data(max_entries=16, show_spinner="Analysing the recording…")
 def analyse_recording(sha256: str, _data: bytes) -> dict:
     """Analyse one recording once per content hash; errors are cached as a message too."""
+    import cpap_measurements      # here, not at the top: only the bedside's analysis needs it
+
     try:
         result = cpap_measurements.analyze(_data)
         png = cpap_measurements.flow_plot_png(result)
@@ -594,6 +584,8 @@ def analyse_recording(sha256: str, _data: bytes) -> dict:
 
 
 def flow_chart(analysis: dict) -> alt.LayerChart:
+    import altair as alt          # here, not at the top: a page without charts never loads it
+
     """Zoomable (x axis) flow chart with apnea intervals shaded red."""
     line = alt.Chart(analysis["chart"]).mark_line(strokeWidth=1).encode(
         x=alt.X("time_s:Q", title="Time (s)", scale=alt.Scale(nice=False, zero=False)),
@@ -962,11 +954,17 @@ def render_pressure_link() -> None:
     pressure_link()
 
 
+def apnea_gap_s() -> float:
+    """The analysis' apnea gap (s); the analysis module is loaded once a recording is."""
+    import cpap_measurements
+    return cpap_measurements.APNEA_GAP_S
+
+
 def render_analysis(analysis: dict, file_name: str) -> None:
     cols = st.columns(5)
     cols[0].metric("Breath rate", f"{fmt_number(analysis['breath_rate_bpm'])} bpm")
     cols[1].metric("Apnea count", apnea_markdown(analysis["apnea_count"]),
-                   help=f"Gaps of more than {cpap_measurements.APNEA_GAP_S:g} s between "
+                   help=f"Gaps of more than {apnea_gap_s():g} s between "
                         f"breaths; red from {APNEA_ALERT_COUNT}.")
     cols[2].metric("Breaths", analysis["breaths"])
     cols[3].metric("Duration", f"{analysis['duration_s'] / 60:.1f} min")
@@ -1157,7 +1155,7 @@ def age_text(moment: str | None, server_time: str | None) -> str:
     return f"{age_s:.0f} s"
 
 
-def tile_lines(base: str, entry: dict, server_time: str | None, size: str) -> tuple[str, str]:
+def tile_lines(entry: dict, server_time: str | None, size: str) -> tuple[str, str]:
     """A tile's two lines of plain text after the room number: who and the pressure in
     force, then breath rate, apneas and the age of the latest data (the patient as
     letters-only initials, or the MRN)."""
@@ -1165,7 +1163,7 @@ def tile_lines(base: str, entry: dict, server_time: str | None, size: str) -> tu
     if not patient:
         return "free", ""
     who = initials(patient.get("name")) or f"MRN {patient.get('mrn', '—')}"
-    pressure, _ = pressure_in_force(base, entry)
+    pressure, _ = pressure_in_force(entry)
     latest = entry.get("latest") or {}
     command = entry.get("command")
     pending = (f"→{command['pressure_cmh2o']}"
@@ -1207,7 +1205,7 @@ def open_tile() -> None:
         st.session_state.mon_room = int(room)
 
 
-def render_tile_wall(base: str, rooms: list[dict], server_time: str | None, legend) -> None:
+def render_tile_wall(rooms: list[dict], server_time: str | None, legend) -> None:
     """Every room a small tile in one wrapping element, coloured by state; the legend goes
     into ``legend`` (the header's column: the rows of rooms need the height).
 
@@ -1219,7 +1217,7 @@ def render_tile_wall(base: str, rooms: list[dict], server_time: str | None, lege
                                   for state, (label, _) in TILE_STYLES.items()) + "</div>")
     tiles = []
     for entry in rooms:
-        head, tail = tile_lines(base, entry, server_time, size)
+        head, tail = tile_lines(entry, server_time, size)
         tiles.append({"room": entry["room"], "state": tile_state(entry, server_time),
                       "head": head, "tail": tail})
     wall_component()(data={"size": size, "tiles": tiles}, key="mon_wall_tiles",
@@ -1233,7 +1231,7 @@ def wall_component():
                                       css=wall_css(), js=WALL_JS, isolate_styles=False)
 
 
-def render_card_wall(base: str, rooms: list[dict], server_time: str | None) -> None:
+def render_card_wall(rooms: list[dict], server_time: str | None) -> None:
     """Every room a detailed card, WALL_COLUMNS a row."""
     st.html(CARD_CSS)                # fixed text only: no user data in HTML
     st.caption(f":red-badge[:material/warning: needs attention] {APNEA_ALERT_COUNT} or more "
@@ -1244,7 +1242,7 @@ def render_card_wall(base: str, rooms: list[dict], server_time: str | None) -> N
         cols = st.columns(WALL_COLUMNS)
         for col, entry in zip(cols, rooms[start:start + WALL_COLUMNS]):
             with col:
-                render_room_card(base, entry, server_time)
+                render_room_card(entry, server_time)
 
 
 def order_rooms(rooms: list[dict], server_time: str | None, attention_first: bool) -> list[dict]:
@@ -1255,24 +1253,18 @@ def order_rooms(rooms: list[dict], server_time: str | None, attention_first: boo
     return sorted(rooms, key=key)
 
 
-def pressure_in_force(base: str, entry: dict) -> tuple[int | None, str]:
+def pressure_in_force(entry: dict) -> tuple[int | None, str]:
     """The CPAP pressure the room runs at now (cmH2O) and where that comes from.
 
     The newest command applied at the bedside after the latest record is in force;
     otherwise the latest record's pressure (a record is stored under the pressure it was
-    made at). A command not yet applied is not in force: it is shown as pending.
+    made at). A command not yet applied is not in force: it is shown as pending. The
+    room list carries both the latest command and the newest applied one, so the wall
+    needs no other request.
     """
     latest = entry.get("latest") or {}
     command = entry.get("command")
-    applied = None
-    if command and command.get("applied"):
-        applied = command
-    elif command:                                       # pending: what was applied before?
-        try:
-            applied = fetch_applied_command(base, entry["room"],
-                                            (entry.get("patient") or {}).get("mrn"))
-        except ApiError:
-            return None, "cannot be checked now (the command history did not load)"
+    applied = command if command and command.get("applied") else entry.get("applied")
     recorded = parse_time(latest.get("received_at"))
     applied_at = parse_time((applied or {}).get("applied_at"))
     if applied_at is not None and (recorded is None or applied_at > recorded):
@@ -1282,7 +1274,7 @@ def pressure_in_force(base: str, entry: dict) -> tuple[int | None, str]:
     return None, "not known yet"
 
 
-def render_room_card(base: str, entry: dict, server_time: str | None) -> None:
+def render_room_card(entry: dict, server_time: str | None) -> None:
     patient = entry.get("patient") or {}
     latest = entry.get("latest")
     command = entry.get("command")
@@ -1299,7 +1291,7 @@ def render_room_card(base: str, entry: dict, server_time: str | None) -> None:
             st.text("Free: no patient in this room")
             return
         st.text(f"MRN {patient.get('mrn', '—')} · {patient.get('name') or 'no name'}")
-        pressure, source = pressure_in_force(base, entry)
+        pressure, source = pressure_in_force(entry)
         if pressure is not None:
             st.metric("Pressure in force", f"{pressure} cmH2O", help=f"Pressure {source}.")
         if latest is None:
@@ -1492,6 +1484,8 @@ def render_record_image(base: str, record: dict, title: str, room: int, key: str
 
 
 def trend_chart(records: list[dict]) -> alt.LayerChart:
+    import altair as alt
+
     frame = pd.DataFrame([{
         "time": parse_time(r.get("received_at")).astimezone().replace(tzinfo=None),
         "breath_rate_bpm": r.get("breath_rate_bpm"),
@@ -1536,7 +1530,7 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
     # offered the record shown as latest, or lost the choice on the next refresh.
     latest = records[0] if records else entry.get("latest")
 
-    pressure, source = pressure_in_force(base, entry)
+    pressure, source = pressure_in_force(entry)
     alerts = room_alerts(entry, server_time)
     cols = st.columns([1.1, 1.1, 1, 0.9, 1.9])
     cols[0].metric("Pressure in force", f"{pressure} cmH2O" if pressure is not None else "—",
@@ -1618,13 +1612,15 @@ def render_monitor_live() -> None:
     if not shown:
         st.info(f"No room matches “{st.session_state.mon_filter}”.")
     elif wall_mode(len(rooms)) == WALL_MODES[1]:
-        render_tile_wall(base, shown, server_time, legend=title)
+        render_tile_wall(shown, server_time, legend=title)
     else:
-        render_card_wall(base, shown, server_time)
+        render_card_wall(shown, server_time)
 
     by_room = {entry["room"]: entry for entry in rooms}
     if st.session_state.get("mon_room") not in by_room:
-        st.session_state.mon_room = rooms[0]["room"]
+        # a few rooms: the first one's detail at once; a lab's wall: the one clicked
+        compact = wall_mode(len(rooms)) == WALL_MODES[1]
+        st.session_state.mon_room = None if compact else rooms[0]["room"]
 
     def room_label(room: int) -> str:
         patient = by_room[room].get("patient")
@@ -1633,7 +1629,10 @@ def render_monitor_live() -> None:
         return f"Room {room} — MRN {patient.get('mrn', '—')} {patient.get('name') or ''}"
 
     st.divider()
-    st.selectbox("Room", list(by_room), key="mon_room", format_func=room_label)
+    st.selectbox("Room", list(by_room), key="mon_room", format_func=room_label,
+                 placeholder="Click a room's tile, or choose it here")
+    if st.session_state.mon_room is None:
+        return
     with st.container(key=f"mon_detail_{st.session_state.mon_room}"):
         render_room_detail(base, by_room[st.session_state.mon_room], server_time)
 

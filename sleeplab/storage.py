@@ -230,6 +230,19 @@ class Storage:
                                    name="room_commanded")
         self.audit.create_index([("room", asc), ("at", desc)], name="room_at")
         self.sessions.create_index([("user", asc)], name="user")
+        self._backfill_applied()
+
+    def _backfill_applied(self) -> None:
+        """Rooms stored before rooms carried ``applied`` get it from the commands (once:
+        afterwards every room has the field), so the wall never has to ask each room's
+        command history for the pressure in force."""
+        for room in self.rooms.find({"applied": {"$exists": False}}, {"patient": 1}):
+            mrn = occupant_mrn(room)
+            applied = None if mrn is None else self.commands.find_one(
+                {"room": room["_id"], "mrn": mrn, "ack": {"$ne": None}, "cancelled": None},
+                sort=[("commanded_at", pymongo.DESCENDING)])
+            self.rooms.update_one({"_id": room["_id"], "applied": {"$exists": False}},
+                                  {"$set": {"applied": applied and command_summary(applied)}})
 
     # -- audit trail -------------------------------------------------------------
     def _audit(self, actor: dict | None, action: str, room: int, mrn: int | None, now,
@@ -542,7 +555,8 @@ class Storage:
     def list_rooms(self) -> list[dict]:
         """Every room with what the wall shows (occupant, latest record, command), in
         numeric order (sorted here: nx-27017 orders integer ``_id`` values as text)."""
-        return sorted(self.rooms.find({}, {"patient": 1, "latest": 1, "command": 1}),
+        return sorted(self.rooms.find({}, {"patient": 1, "latest": 1, "command": 1,
+                                           "applied": 1}),
                       key=lambda doc: doc["_id"])
 
     def occupants(self) -> list[dict]:
@@ -613,8 +627,12 @@ class Storage:
                         new={"applied": True, "pressure_cmh2o": command["pressure_cmh2o"],
                              "command_id": str(oid)})
         if command is not None:
+            summary = command_summary(command)
+            # the room's latest command is now applied: it is also the pressure in force
+            applied = {"applied": summary} if command.get("ack") and not command.get(
+                "cancelled") else {}
             self.rooms.update_one({"_id": room, "command.id": str(oid)},
-                                  {"$set": {"command": command_summary(command)}})
+                                  {"$set": {"command": summary, **applied}})
             self._rooms_changed()
         return command
 

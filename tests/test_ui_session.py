@@ -130,15 +130,13 @@ FETCHES = {
     "patients": (lambda: ui.fetch_patients("b"), "/api/v1/patients"),
     "patient": (lambda: ui.fetch_patient("b", 40), "/api/v1/patients/40"),
     "audit": (lambda: ui.fetch_audit("b", 7), "/api/v1/rooms/7/audit"),
-    "applied command": (lambda: ui.fetch_applied_command("b", 7, 40),
-                        "/api/v1/rooms/7/pressure/history"),
 }
 
 
 @pytest.mark.parametrize("kind, stale", [
-    ("upload", {"rooms", "patients", "patient", "audit", "applied command"}),
-    ("command", {"rooms", "audit", "applied command"}),
-    ("applied", {"rooms", "audit", "applied command"}),
+    ("upload", {"rooms", "patients", "patient", "audit"}),
+    ("command", {"rooms", "audit"}),
+    ("applied", {"rooms", "audit"}),
 ])
 def test_each_change_refetches_what_it_made_stale_and_only_that(counted_api, kind, stale):
     for fetch, _ in FETCHES.values():

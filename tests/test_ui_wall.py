@@ -60,16 +60,15 @@ def test_tile_state(room, expected):
     assert ui.tile_state(room, NOW) == expected
 
 
-def test_tile_lines_show_who_pressure_rate_apneas_and_age(monkeypatch):
-    assert ui.tile_lines("http://unused", entry(room=12, apneas=3), NOW, "normal") == (
+def test_tile_lines_show_who_pressure_rate_apneas_and_age():
+    assert ui.tile_lines(entry(room=12, apneas=3), NOW, "normal") == (
         "AL · 10 cmH2O", "14.2 bpm · 3 apn · 1 min")
-    assert ui.tile_lines("http://unused", entry(name=None, latest=False), NOW, "small") == (
+    assert ui.tile_lines(entry(name=None, latest=False), NOW, "small") == (
         "MRN 40 · —", "no data yet")
-    assert ui.tile_lines("http://unused", entry(mrn=None, latest=False), NOW, "small") == (
+    assert ui.tile_lines(entry(mrn=None, latest=False), NOW, "small") == (
         "free", "")
     # pending: in force is what was applied before (here nothing: the record's 10)
-    monkeypatch.setattr(ui, "fetch_applied_command", lambda base, room, mrn: None)
-    pending = ui.tile_lines("http://unused", entry(room=7, command={
+    pending = ui.tile_lines(entry(room=7, command={
         "pressure_cmh2o": 12, "applied": False, "commanded_at": NOW}), NOW, "small")
     assert pending == ("AL · 10→12", "14.2/min · 0 apn · 1 min")
 
@@ -139,3 +138,13 @@ def test_few_rooms_or_the_switch_give_detailed_cards(at, api):
     at.radio(key="mon_wall").set_value(ui.WALL_MODES[1])
     run(at)
     assert [room for _, room in tiles(at)] == [1, 2]
+
+
+def test_a_lab_wall_opens_no_room_until_one_is_chosen(at, ward):
+    """Many rooms: no detail (and no chart or image fetched) until a room is chosen."""
+    click(at, "mon_refresh")
+    assert at.session_state.mon_room is None
+    assert not [m for m in texts(at.markdown) if m.startswith("#### Room")]
+    at.selectbox(key="mon_room").set_value(12)
+    run(at)
+    assert any(m.startswith("#### Room 12 — MRN 9012") for m in texts(at.markdown))

@@ -504,6 +504,9 @@ class Room(Answer):
     patient: Occupant | None = None
     latest: Record | None = None
     command: Command | None = None
+    applied: Command | None = Field(
+        None, description="the occupant's newest command the bedside applied (the pressure "
+                          "in force when it is newer than the latest record)")
 
     @model_validator(mode="before")
     @classmethod
@@ -514,7 +517,7 @@ class Room(Answer):
         occupant = doc.get("patient") if storage.occupant_mrn(doc) is not None else None
         mrn = occupant["mrn"] if occupant else None
         return {"_id": doc["_id"], "patient": occupant,
-                **{key: doc.get(key) for key in ("latest", "command")
+                **{key: doc.get(key) for key in ("latest", "command", "applied")
                    if doc.get(key) is not None and doc[key].get("mrn") == mrn}}
 
 
