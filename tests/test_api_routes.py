@@ -121,7 +121,7 @@ def test_older_upload_never_overwrites_newer_summary(client, prefix, monkeypatch
 def test_room_detail_and_unknown_room(client, prefix):
     post(client, prefix, mrn=8, room=8)
     room = client.get(f"{prefix}/rooms/8").get_json()
-    assert set(room) == {"room", "patient", "latest", "command"}
+    assert set(room) == {"room", "patient", "latest", "command", "applied"}
     assert room["room"] == 8 and room["latest"]["mrn"] == 8
     missing = client.get(f"{prefix}/rooms/99")
     assert missing.status_code == 404
