@@ -253,13 +253,13 @@ def actor() -> dict:
             "user": caller.user, "via": caller.via}
 
 
-def save_upload(clean: dict, digest: str | None = None):
+def save_upload(clean: dict, digest: str | None = None, with_record_count: bool = True):
     auth.require_room(clean["room"])  # a room-scoped station uploads for its room only
     try:
         return get_storage().upload(clean["mrn"], clean["room"], name=clean["name"],
                                     metrics=clean["metrics"], image=clean["image"],
                                     actor=actor(), upload_id=clean.get("upload_id"),
-                                    digest=digest)
+                                    digest=digest, with_record_count=with_record_count)
     except storage.UploadConflict as exc:
         raise ValidationError(str(exc), "upload_id", status=409) from None
 
@@ -639,7 +639,7 @@ def legacy_add_patient():
     body = json_body()
     clean = validation.upload({ours: body.get(theirs) for ours, theirs in LEGACY_NAMES.items()},
                               names=LEGACY_NAMES)
-    result = save_upload(clean)
+    result = save_upload(clean, with_record_count=False)  # the answer is a sentence
     message = "New patient created" if result.created else "Patient successfully updated"
     return upload_answer(Response(message, mimetype="text/plain"), result, 200)
 

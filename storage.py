@@ -289,7 +289,7 @@ class Storage:
     def upload(self, mrn: int, room: int, name: str | None = None,
                metrics: dict | None = None, image: tuple[bytes, str] | None = None,
                actor: dict | None = None, upload_id: str | None = None,
-               digest: str | None = None) -> UploadResult:
+               digest: str | None = None, with_record_count: bool = True) -> UploadResult:
         """Create or update a patient and, when ``metrics`` are given, add one record.
 
         ``image`` is ``(bytes, content_type)`` and only stored with a record. ``actor``
@@ -300,6 +300,8 @@ class Storage:
         record (``replay``) and writes nothing, or completes the plan when an earlier
         attempt was interrupted. ``digest`` (default: a digest of the arguments) is what
         a repeated key must match; another MRN, room or digest raises UploadConflict.
+        ``with_record_count=False`` leaves ``record_count`` out of the answer's patient
+        (one query less, for a caller that does not show it).
         """
         now = utc_now()
         if digest is None:
@@ -333,8 +335,9 @@ class Storage:
         if upload_id is not None:
             self.uploads.update_one({"_id": upload_id, "done": None},
                                     {"$set": {"done": {"at": utc_now()}}})
-        return UploadResult(self._with_record_counts([patient])[0], record,
-                            created and not replay, replay=replay)
+        if with_record_count:
+            patient = self._with_record_counts([patient])[0]
+        return UploadResult(patient, record, created and not replay, replay=replay)
 
     @staticmethod
     def _check_same_upload(plan: dict, mrn: int, room: int, digest: str) -> None:
