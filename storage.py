@@ -304,7 +304,7 @@ class Storage:
         (one query less, for a caller that does not show it).
         """
         now = utc_now()
-        if digest is None:
+        if digest is None and upload_id is not None:  # only a key's claim keeps it
             digest = fingerprint(mrn, room, name, metrics,
                                  hashlib.sha256(image[0]).hexdigest() if image else None)
         # The state before, kept in an upload_id's claim for the audit trail's old values

@@ -294,12 +294,12 @@ SERVERS = {"origin": "origin: Flask + SQLite, `gunicorn -w 2 server:app` (sync)"
                             "(2 serving.Worker x API_THREADS)"}
 
 
-def history_cell(batches: list[dict], batch: int) -> str:
+def history_cell(batches: list[dict], batch: int, budget_s: float) -> str:
     first, last = batches
-    done = first["requests"] + last["requests"] - first["errors"] - last["errors"]
-    if last["requests"] < batch:
-        return (f"{first['per_s']:.0f} → stopped at {done} records "
-                f"({last['per_s']:.0f} req/s in its last {last['requests']})")
+    if last["requests"] < batch:  # the origin, stopped after its time budget
+        done = first["requests"] + last["requests"] - first["errors"] - last["errors"]
+        return (f"{first['per_s']:.1f} over its first {min(first['requests'], batch)}; "
+                f"stopped at {done} records ({budget_s:.0f} s budget)")
     ratio = last["per_s"] / first["per_s"]
     return f"{first['per_s']:.0f} → {last['per_s']:.0f} = **{ratio:.2f}**"
 
@@ -324,7 +324,7 @@ def table(results: dict, args) -> str:
         lines.append(f"| {SERVERS[key]} | {u['per_s']:.1f} ({rounds}) | {u['p50_ms']:.1f} / "
                      f"{u['p99_ms']:.1f} | {rd['per_s']:.1f} | {rd['p50_ms']:.1f} / "
                      f"{rd['p99_ms']:.1f} | {rd['body_bytes'] / 1024:,.1f} KB | "
-                     f"{history_cell(r['history'], args.history_batch)} | {errors} |")
+                     f"{history_cell(r['history'], args.history_batch, args.origin_history_s)} | {errors} |")
     origin = results.get("origin")
     if origin:
         lines += ["", "| ours / origin | uploads req/s | all-rooms read req/s |",
