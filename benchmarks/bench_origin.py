@@ -34,10 +34,13 @@ The workload (issue #15), each a closed loop of ``--clients`` threads, ``--round
    rows, images included) and ``GET /api/v1/rooms`` (ours);
 
 then 3. history growth: 2 x 1,000 uploads to one new patient, 100 at a time per server in
-turn; req/s of the last 1,000 over the first 1,000 (1.0 = flat). The origin rewrites its
-growing row each time: it stops after ``--origin-history-s`` seconds and says how far it
-got. Rounds are pooled: req/s over their summed time (each round's in brackets),
-percentiles over all latencies.
+turn; req/s of the last 1,000 over the first 1,000 (1.0 = flat). Ours go through ``POST
+/api/v1/patients``, whose answer counts the patient's records (the part that grows), and
+each step is repeated for a patient new in that step: the flatness is also given over this
+control's own last/first ratio, which takes out the drift of the shared machine's load.
+The origin rewrites its growing row each time: it stops after ``--origin-history-s``
+seconds and says how far it got. Rounds are pooled: req/s over their summed time (each
+round's in brackets), percentiles over all latencies.
 
 Prints one markdown table with every server and the ratios ours/origin. Nothing leaves
 the machine; every server and database started here is stopped at the end.
@@ -78,6 +81,8 @@ HISTORY_BATCH = 1000
 #: History uploads a server takes in one turn.
 HISTORY_STEP = 100
 HISTORY_ROOM, HISTORY_MRN = 99, 99_999
+#: The control of the history run: a new patient each step, in a room of its own.
+CONTROL_ROOM, CONTROL_MRN = 98, 200_000
 GUNICORN_WORKERS = 2
 #: What gunicorn reads after its config file (and before its command line).
 SYNC_WORKERS_ENV = {"GUNICORN_CMD_ARGS": "--worker-class sync"}
@@ -180,9 +185,18 @@ def upload_calls(url: str, round_no: int, image_b64: str) -> list:
             for i in range(ROOMS * RECORDS_PER_ROOM)]
 
 
-def history_calls(url: str, start: int, n: int, image_b64: str) -> list:
-    return [("POST", f"{url}/add_patient",
-             {"json": upload_body(HISTORY_MRN, HISTORY_ROOM, start + i, image_b64)})
+def history_calls(url: str, origin: bool, mrn: int, room: int, start: int, n: int,
+                  image_b64: str) -> list:
+    """Uploads ``start``.. ``start + n`` to one patient: the origin's route, or ours that
+    answers the patient with its record count (counted on read: the one part of an upload
+    that grows with the history)."""
+    if origin:
+        return [("POST", f"{url}/add_patient",
+                 {"json": upload_body(mrn, room, start + i, image_b64)}) for i in range(n)]
+    return [("POST", f"{url}/api/v1/patients",
+             {"json": {"mrn": mrn, "room": room, "name": f"Patient {room}",
+                       "cpap_pressure_cmh2o": 4 + (start + i) % 20, "breath_rate_bpm": 12.5,
+                       "apnea_count": (start + i) % 4, "flow_image": image_b64}})
             for i in range(n)]
 
 
@@ -266,23 +280,31 @@ def measure(servers: dict[str, str], args, image_b64: str) -> dict:
             path = "/get_all_patients" if name == "origin" else "/api/v1/rooms"
             reads[name].append(closed_loop([("GET", f"{servers[name]}{path}", {})] * READS,
                                            args.clients))
-    # History: 2 x history_batch uploads to one patient, in steps taken in turn.
-    history: dict[str, list[tuple[bool, Loop]]] = {n: [] for n in names}  # (first batch?, ...)
+    # History: 2 x history_batch uploads to one patient, in steps taken in turn. Ours
+    # also upload each step to a patient new in that step (the control): the machine's
+    # load drifts over minutes, and it moves both alike.
+    history = {n: {"first": [], "last": [], "control_first": [], "control_last": []}
+               for n in names}
     spent_s = dict.fromkeys(names, 0.0)
     total = 2 * args.history_batch
-    for start in range(0, total, HISTORY_STEP):
+    for step, start in enumerate(range(0, total, HISTORY_STEP)):
+        half = "first" if start < args.history_batch else "last"
+        n = min(HISTORY_STEP, total - start)
         for name in names:
-            if name == "origin" and spent_s[name] > args.origin_history_s:
+            origin = name == "origin"
+            if origin and spent_s[name] > args.origin_history_s:
                 continue  # the origin's growing row: stopped, reported as far as it got
-            loop = closed_loop(history_calls(servers[name], start, min(HISTORY_STEP,
-                                                                        total - start),
-                                             image_b64), args.clients)
-            history[name].append((start < args.history_batch, loop))
+            loop = closed_loop(history_calls(servers[name], origin, HISTORY_MRN, HISTORY_ROOM,
+                                             start, n, image_b64), args.clients)
+            history[name][half].append(loop)
             spent_s[name] += loop.wall_s
+            if not origin:
+                history[name][f"control_{half}"].append(closed_loop(history_calls(
+                    servers[name], False, CONTROL_MRN + step, CONTROL_ROOM, 0, n, image_b64),
+                    args.clients))
     return {name: {"uploads": pooled(uploads[name]), "reads": pooled(reads[name]),
-                   "history": [pooled([lp for first, lp in history[name] if first] or [Loop()]),
-                               pooled([lp for first, lp in history[name] if not first]
-                                      or [Loop()])]}
+                   "history": {k: pooled(loops or [Loop()])
+                               for k, loops in history[name].items()}}
             for name in names}
 
 
@@ -294,14 +316,20 @@ SERVERS = {"origin": "origin: Flask + SQLite, `gunicorn -w 2 server:app` (sync)"
                             "(2 serving.Worker x API_THREADS)"}
 
 
-def history_cell(batches: list[dict], batch: int, budget_s: float) -> str:
-    first, last = batches
+def history_cell(h: dict, batch: int, budget_s: float) -> str:
+    """first → last req/s = ratio; for ours also the ratio over the control's (the same
+    step's uploads to a new patient), which takes the machine's drift out."""
+    first, last = h["first"], h["last"]
     if last["requests"] < batch:  # the origin, stopped after its time budget
         done = first["requests"] + last["requests"] - first["errors"] - last["errors"]
         return (f"{first['per_s']:.1f} over its first {min(first['requests'], batch)}; "
                 f"stopped at {done} records ({budget_s:.0f} s budget)")
     ratio = last["per_s"] / first["per_s"]
-    return f"{first['per_s']:.0f} → {last['per_s']:.0f} = **{ratio:.2f}**"
+    cell = f"{first['per_s']:.0f} → {last['per_s']:.0f} = {ratio:.2f}"
+    if h["control_first"]["requests"]:
+        control = h["control_last"]["per_s"] / h["control_first"]["per_s"]
+        cell += f"; control {control:.2f}; **{ratio / control:.2f}** over the control"
+    return cell
 
 
 def table(results: dict, args) -> str:
@@ -309,7 +337,9 @@ def table(results: dict, args) -> str:
              f"{ROOMS} rooms x {RECORDS_PER_ROOM} records of new patients, "
              f"{args.image_b64_chars / 1024:.1f} KB base64 JPEG) and {READS} all-rooms reads, "
              f"{args.clients} client threads, the servers taking turns; history: "
-             f"2 x {args.history_batch} uploads to one patient in steps of {HISTORY_STEP}",
+             f"2 x {args.history_batch} uploads to one patient in steps of {HISTORY_STEP} "
+             f"(ours: POST /api/v1/patients, answering the record count; each step also "
+             f"uploaded to a new patient, the control)",
              "",
              "| server | uploads req/s (rounds) | upload p50 / p99 ms | all-rooms read req/s | "
              "read p50 / p99 ms | read body | history req/s: first → last batch = ratio "
@@ -319,12 +349,13 @@ def table(results: dict, args) -> str:
         if key.startswith("_"):
             continue
         u, rd = r["uploads"], r["reads"]
-        errors = u["errors"] + rd["errors"] + sum(b["errors"] for b in r["history"])
+        errors = u["errors"] + rd["errors"] + sum(b["errors"] for b in r["history"].values())
         rounds = ", ".join(f"{x:.0f}" for x in u["per_s_rounds"])
         lines.append(f"| {SERVERS[key]} | {u['per_s']:.1f} ({rounds}) | {u['p50_ms']:.1f} / "
                      f"{u['p99_ms']:.1f} | {rd['per_s']:.1f} | {rd['p50_ms']:.1f} / "
                      f"{rd['p99_ms']:.1f} | {rd['body_bytes'] / 1024:,.1f} KB | "
-                     f"{history_cell(r['history'], args.history_batch, args.origin_history_s)} | {errors} |")
+                     f"{history_cell(r['history'], args.history_batch, args.origin_history_s)} "
+                     f"| {errors} |")
     origin = results.get("origin")
     if origin:
         lines += ["", "| ours / origin | uploads req/s | all-rooms read req/s |",
@@ -355,7 +386,7 @@ def main(argv=None) -> int:
     parser.add_argument("--before", type=Path,
                         help="a checkout of an earlier version of ours, run as 'ours, sync' "
                              "too (e.g. git worktree add /tmp/before main)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of uploads and reads")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of uploads and reads")
     parser.add_argument("--clients", type=int, default=4, help="client threads")
     parser.add_argument("--history-batch", type=int, default=HISTORY_BATCH,
                         help="uploads per history batch (2 batches)")
