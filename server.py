@@ -139,14 +139,16 @@ def actor() -> dict:
             "user": caller.user, "via": caller.via}
 
 
-def save_upload(upload: models.UploadRules, digest: str | None = None):
+def save_upload(upload: models.UploadRules, digest: str | None = None,
+                with_record_count: bool = True):
     """Store a validated upload (storage's default digest: the one recipe,
     ``storage.upload_digest``, over the metrics and the image)."""
     auth.require_room(upload.room)  # a room-scoped station uploads for its room only
     try:
         return get_storage().upload(upload.mrn, upload.room, name=upload.name,
                                     metrics=upload.metrics(), image=upload.flow_image,
-                                    actor=actor(), upload_id=upload.upload_id, digest=digest)
+                                    actor=actor(), upload_id=upload.upload_id, digest=digest,
+                                    with_record_count=with_record_count)
     except storage.UploadConflict as exc:
         raise ValidationError(str(exc), "upload_id", status=409) from None
 
@@ -559,7 +561,7 @@ legacy = Blueprint("legacy", __name__)
     "'Patient successfully updated' with Idempotent-Replay: true, nothing stored)"))))
 def legacy_add_patient(json: models.LegacyUpload):
     """Older clients' upload"""
-    result = save_upload(json)
+    result = save_upload(json, with_record_count=False)  # the answer is a sentence
     message = "New patient created" if result.created else "Patient successfully updated"
     return upload_answer(Response(message, mimetype="text/plain"), result, 200)
 

@@ -309,7 +309,7 @@ class Storage:
     def upload(self, mrn: int, room: int, name: str | None = None,
                metrics: dict | None = None, image: tuple[bytes, str] | None = None,
                actor: dict | None = None, upload_id: str | None = None,
-               digest: str | None = None) -> UploadResult:
+               digest: str | None = None, with_record_count: bool = True) -> UploadResult:
         """Create or update a patient and, when ``metrics`` are given, add one record.
 
         ``image`` is ``(bytes, content_type)`` and only stored with a record. ``actor``
@@ -320,15 +320,19 @@ class Storage:
         record (``replay``) and writes nothing, or completes the plan when an earlier
         attempt was interrupted. ``digest`` (default: a digest of the arguments) is what
         a repeated key must match; another MRN, room or digest raises UploadConflict.
+        ``with_record_count=False`` leaves ``record_count`` out of the answer's patient
+        (one query less, for a caller that does not show it).
         """
         now = utc_now()
-        if digest is None:
+        if digest is None and upload_id is not None:  # only a key's claim keeps it
             digest = upload_digest(mrn, room, name, metrics,
                                    hashlib.sha256(image[0]).hexdigest() if image else None)
-        # The state before, for the audit trail's old values (two uploads racing for one
-        # patient may both see the same "before"; each still records its own change).
-        before = self.patients.find_one({"mrn": mrn}, {"_id": 0, "name": 1, "room": 1,
-                                                       "latest": 1})
+        # The state before, kept in an upload_id's claim for the audit trail's old values
+        # should a retry complete this upload (without a key nothing reads it; a live
+        # upload audits what its own update replaced).
+        before = (self.patients.find_one({"mrn": mrn}, {"_id": 0, "name": 1, "room": 1,
+                                                        "latest": 1})
+                  if upload_id is not None else None)
         plan = {"_id": upload_id or str(ObjectId()), "mrn": mrn, "room": room, "at": now,
                 "record_id": ObjectId() if metrics is not None else None,
                 "audit_ids": {slot: ObjectId() for slot in AUDIT_SLOTS},
@@ -346,12 +350,14 @@ class Storage:
                 record = (self.records.find_one({"_id": plan["record_id"]})
                           if plan.get("record_id") else None)
                 return UploadResult(self.get_patient(mrn), record, False, replay=True)
-        created, record = self._carry_out(plan, name, metrics, image, resumed=replay)
+        created, record, patient = self._carry_out(plan, name, metrics, image,
+                                                   resumed=replay)
         if upload_id is not None:
             self.uploads.update_one({"_id": upload_id, "done": None},
                                     {"$set": {"done": {"at": utc_now()}}})
-        return UploadResult(self.get_patient(mrn), record, created and not replay,
-                            replay=replay)
+        if with_record_count:
+            patient = self._with_record_counts([patient])[0]
+        return UploadResult(patient, record, created and not replay, replay=replay)
 
     @staticmethod
     def _check_same_upload(plan: dict, mrn: int, room: int, digest: str) -> None:
@@ -370,33 +376,25 @@ class Storage:
 
     def _carry_out(self, plan: dict, name: str | None, metrics: dict | None,
                    image: tuple[bytes, str] | None, resumed: bool = False
-                   ) -> tuple[bool, dict | None]:
+                   ) -> tuple[bool, dict | None, dict]:
         """Write an upload's plan. Every step may be repeated (a retry after a crash):
         inserts use planned ids, updates are guarded by the upload's time stamp.
-        ``resumed``: completing the plan of an earlier, interrupted attempt."""
+        ``resumed``: completing the plan of an earlier, interrupted attempt.
+        Returns (created, the record or None, the patient document after the upload).
+
+        The usual upload (a known patient, a room holding nothing newer) makes nine
+        round trips: image, record, one guarded update each of the patient and the
+        room (values and latest summary together), the patient read back, the other
+        rooms showing them, the rooms version, the audit entry and the record count.
+        When a guard of the combined update fails (a new patient or room, a newer
+        upload got in first) the values and the summary go in separately, each under
+        its own guard, as they always did.
+        """
         mrn, room, now, key = plan["mrn"], plan["room"], plan["at"], plan["_id"]
         values = {"room": room, "updated": {"at": now}}
         if name is not None:
             values["name"] = name
-        replaced = self._guarded_set(
-            self.patients, {"mrn": mrn}, "updated.at", now, values, upsert=True,
-            on_insert={"mrn": mrn, "name": name, "room": room, "created_at": now,
-                       "updated": {"at": now}, "latest": None, "created_by": key},
-            projection={"_id": 0, "name": 1, "room": 1, "latest": 1})
-        patient = self.patients.find_one({"mrn": mrn}, {"name": 1, "created_by": 1}) or {}
-        created = patient.get("created_by") == key
-        # What this upload really changed: the patient as it was just before our update
-        # (a racing upload may have changed it since the plan was made). An attempt that
-        # completes an interrupted plan finds its own values there: it audits against
-        # the state the plan recorded before the first attempt.
-        if created:
-            before = None
-        elif resumed or replaced is None:
-            before = plan["before"] if resumed else None
-        else:
-            before = {"name": replaced.get("name"), "room": replaced.get("room"),
-                      "latest": audit_record(replaced.get("latest"))}
-        record = None
+        record = summary = None
         if metrics is not None:
             record_id = plan["record_id"]
             if image is not None:
@@ -410,32 +408,67 @@ class Storage:
                       **{k: metrics.get(k) for k in RECORD_METRICS},
                       "has_image": image is not None}
             _insert_once(self.records, record)
+            summary = record_summary(record)  # summaries follow their record
+        fields = {"_id": 0, "name": 1, "room": 1, "latest": 1, "created_by": 1}
+        replaced = None if summary is None else self.patients.find_one_and_update(
+            {"mrn": mrn, "updated.at": {"$lte": now}, "latest.received_at": {"$lte": now}},
+            {"$set": {**values, "latest": summary}}, projection=fields,
+            return_document=ReturnDocument.BEFORE)
+        if replaced is not None:  # it existed: created only by an earlier attempt of ours
+            patient = replaced
+        else:
+            replaced = self._guarded_set(
+                self.patients, {"mrn": mrn}, "updated.at", now, values, upsert=True,
+                on_insert={"mrn": mrn, "name": name, "room": room, "created_at": now,
+                           "updated": {"at": now}, "latest": None, "created_by": key},
+                projection=fields)
+            patient = self.patients.find_one({"mrn": mrn}, {"name": 1, "created_by": 1}) or {}
+            if summary is not None:
+                self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
+                                  {"latest": summary})
+        created = patient.get("created_by") == key
+        # What this upload really changed: the patient as it was just before our update
+        # (a racing upload may have changed it since the plan was made). An attempt that
+        # completes an interrupted plan finds its own values there: it audits against
+        # the state the plan recorded before the first attempt.
+        if created:
+            before = None
+        elif resumed or replaced is None:
+            before = plan["before"] if resumed else None
+        else:
+            before = {"name": replaced.get("name"), "room": replaced.get("room"),
+                      "latest": audit_record(replaced.get("latest"))}
         if name is None:  # the room shows the name the patient already has
             name = patient.get("name")
         occupant = {"mrn": mrn, "name": name, "since": now}
-        room_before = self._guarded_set(self.rooms, {"_id": room}, "patient.since", now,
-                                        {"room": room, "patient": occupant}, upsert=True,
-                                        projection={"patient": 1})
+        room_before = None if summary is None else self.rooms.find_one_and_update(
+            {"_id": room, "patient.since": {"$lte": now}, "latest.received_at": {"$lte": now}},
+            {"$set": {"room": room, "patient": occupant, "latest": summary}},
+            projection={"patient": 1}, return_document=ReturnDocument.BEFORE)
+        if room_before is None:
+            room_before = self._guarded_set(self.rooms, {"_id": room}, "patient.since", now,
+                                            {"room": room, "patient": occupant}, upsert=True,
+                                            projection={"patient": 1})
+            if summary is not None:
+                self._guarded_set(self.rooms, {"_id": room}, "latest.received_at", now,
+                                  {"latest": summary})
         previous = occupant_mrn(room_before)
         if previous not in (None, mrn):   # a new patient in the room: the previous
             self._cancel_pending(room, previous, now, plan["who"],  # one's commands end
                                  "a new patient was admitted to the room")
-        if record is not None:
-            summary = record_summary(record)
-            self._guarded_set(self.rooms, {"_id": room}, "latest.received_at", now,
-                              {"latest": summary})
-            self._guarded_set(self.patients, {"mrn": mrn}, "latest.received_at", now,
-                              {"latest": summary})
-        self._vacate_other_rooms(mrn, now, plan["who"])
+        # Read after our room's update (the race _vacate_other_rooms relies on), and the
+        # answer's patient document too.
+        current = self.patients.find_one({"mrn": mrn}, {"_id": 0}) or {"mrn": mrn}
+        self._vacate_other_rooms(mrn, current.get("room"), now, plan["who"])
         self._rooms_changed()
         self._audit_upload(plan, name, created, record, before)
-        return created, record
+        return created, record, current
 
-    def _vacate_other_rooms(self, mrn: int, now, who: dict) -> None:
-        """One patient occupies one room: the one their patient document names (the
-        newest upload wins). Any other room still showing them is marked free; its
-        occupant's ``since`` is kept, so a newer admission is never overwritten."""
-        current = (self.patients.find_one({"mrn": mrn}, {"room": 1}) or {}).get("room")
+    def _vacate_other_rooms(self, mrn: int, current: int | None, now, who: dict) -> None:
+        """One patient occupies one room: ``current``, the one their patient document
+        names (the newest upload wins; read after this upload's room update). Any other
+        room still showing them is marked free; its occupant's ``since`` is kept, so a
+        newer admission is never overwritten."""
         for doc in self.rooms.find({"patient.mrn": mrn, "_id": {"$ne": current}},
                                    {"patient": 1}):
             since = doc["patient"].get("since")

@@ -91,6 +91,45 @@ def test_guard_on_real_server(tcp_client, monkeypatch):
     assert tcp_client.get("/api/v1/rooms/6").get_json()["latest"]["cpap_pressure_cmh2o"] == 9
 
 
+def test_summaries_and_audit_by_both_upload_paths_on_real_server(tcp_client):
+    """An upload sets a patient's and a room's values and latest summary in one guarded
+    update when it can, else step by step (a patient without a record yet: no summary to
+    compare with). Both paths on nx-27017: summaries, record counts, audit, moves."""
+    c = tcp_client
+
+    def latest(room):
+        rooms = {r["room"]: r for r in c.get("/api/v1/rooms").get_json()["rooms"]}
+        return rooms[room]["patient"] and rooms[room]["latest"]["cpap_pressure_cmh2o"]
+
+    def patient_latest(mrn):
+        listed = c.get("/api/v1/patients").get_json()["patients"]
+        return next(p["latest"]["cpap_pressure_cmh2o"] for p in listed if p["mrn"] == mrn)
+
+    def record_added(room):
+        entries = c.get(f"/api/v1/rooms/{room}/audit").get_json()["entries"]
+        return [(e["old"] or {}).get("id") for e in entries if e["action"] == "record_added"]
+
+    assert c.post("/api/v1/patients", json={"mrn": 7, "room": 8, "name": "Ada"}).status_code == 201
+    ids = []
+    for pressure in (10, 11, 12):
+        answer = c.post("/api/v1/patients", json=upload_body(mrn=7, room=8, name="Ada",
+                                                            pressure=pressure)).get_json()
+        ids.append(answer["record"]["id"])
+        assert answer["patient"]["record_count"] == len(ids)
+        assert latest(8) == patient_latest(7) == pressure
+    assert record_added(8) == [ids[1], ids[0], None]  # newest first: each names the one before
+    moved = c.post("/api/v1/patients", json=upload_body(mrn=7, room=9, name="Ada", pressure=13))
+    assert (moved.get_json()["patient"]["room"], moved.get_json()["patient"]["record_count"]) \
+        == (9, 4)
+    rooms = {r["room"]: r["patient"] for r in c.get("/api/v1/rooms").get_json()["rooms"]}
+    assert rooms[8] is None and rooms[9]["mrn"] == 7
+    assert latest(9) == patient_latest(7) == 13
+    assert record_added(9) == [ids[2]]
+    changes = [e for room in (8, 9) for e in c.get(f"/api/v1/rooms/{room}/audit")
+               .get_json()["entries"] if e["action"] == "room_changed"]
+    assert [(e["room"], e["old"], e["new"]) for e in changes] == [(8, 8, 9), (9, 8, 9)]
+
+
 def test_indexes_on_real_server(tcp_client, db_uri):
     tcp_client.get("/health")
     client = pymongo.MongoClient(db_uri)
@@ -144,6 +183,16 @@ def test_concurrent_uploads_under_gunicorn(db_uri):
         for mrn in set(acknowledged):
             records = http.get(f"{api.url}/api/v1/patients/{mrn}/records?limit=10000").json()
             assert len(records["records"]) == acknowledged.count(mrn) == by_mrn[mrn]
+        # The summaries show the newest record, whatever the order the races ended in,
+        # and every acknowledged record of the hammered patient is in its room's trail.
+        latest = {p["mrn"]: p["latest"]["received_at"] for p in patients}
+        for mrn in set(acknowledged):
+            newest = http.get(f"{api.url}/api/v1/patients/{mrn}/records?limit=1").json()
+            assert latest[mrn] == newest["records"][0]["received_at"]
+        room = http.get(f"{api.url}/api/v1/rooms/1").json()
+        assert room["latest"]["received_at"] == latest[1]
+        trail = http.get(f"{api.url}/api/v1/rooms/1/audit?limit=1000").json()["entries"]
+        assert sum(e["action"] == "record_added" for e in trail) == acknowledged.count(1)
     with pymongo.MongoClient(db_uri) as client:
         db = client.get_default_database()
         assert db.records.count_documents({}) == len(acknowledged)
