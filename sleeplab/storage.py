@@ -96,6 +96,26 @@ def utc_now() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: The time stamps that guard updates, each with its integer twin (ms since the epoch).
+#: Guards compare the twins: nx-27017 compares dates in a filter to the second only, so
+#: an older upload of the same second passed a date guard and overwrote a newer summary.
+STAMP_TWINS = {"updated.at": "updated.ms", "latest.received_at": "latest.ms",
+               "patient.since": "patient.ms", "command.commanded_at": "command.ms"}
+
+
+def ms(moment: dt.datetime | None) -> int | None:
+    """``moment`` as whole milliseconds since the epoch (the guards' exact comparison)."""
+    if moment is None:
+        return None
+    return (as_utc(moment) - EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def not_newer(stamp_field: str, now: dt.datetime) -> dict:
+    """Filter: the document's ``stamp_field`` is not newer than ``now`` (exactly)."""
+    return {STAMP_TWINS[stamp_field]: {"$lte": ms(now)}}
+
+
 def as_utc(value):
     """A datetime from the database as an aware UTC datetime (mongomock returns naive)."""
     if isinstance(value, dt.datetime):
@@ -231,12 +251,32 @@ class Storage:
         self.audit.create_index([("room", asc), ("at", desc)], name="room_at")
         self.sessions.create_index([("user", asc)], name="user")
         self._backfill_applied()
+        self._backfill_stamp_twins()
+
+    def _backfill_stamp_twins(self) -> None:
+        """Documents stored before the integer twins of the guarding stamps get them
+        (once), so their next update is guarded like any other."""
+        for collection, fields in ((self.patients, ("updated.at", "latest.received_at")),
+                                   (self.rooms, ("patient.since", "latest.received_at",
+                                                 "command.commanded_at"))):
+            for doc in collection.find({}, {"updated": 1, "latest": 1, "patient": 1,
+                                            "command": 1}):
+                missing = {}
+                for field in fields:
+                    parent, leaf = field.split(".")
+                    part = doc.get(parent)
+                    if isinstance(part, dict) and "ms" not in part:
+                        missing[STAMP_TWINS[field]] = ms(part.get(leaf))
+                if missing:
+                    collection.update_one({"_id": doc["_id"]}, {"$set": missing})
 
     def _backfill_applied(self) -> None:
         """Rooms stored before rooms carried ``applied`` get it from the commands (once:
         afterwards every room has the field), so the wall never has to ask each room's
         command history for the pressure in force."""
-        for room in self.rooms.find({"applied": {"$exists": False}}, {"patient": 1}):
+        for room in self.rooms.find({}, {"patient": 1, "applied": 1}):
+            if "applied" in room:
+                continue
             mrn = occupant_mrn(room)
             applied = None if mrn is None else self.commands.find_one(
                 {"room": room["_id"], "mrn": mrn, "ack": {"$ne": None}, "cancelled": None},
@@ -289,8 +329,8 @@ class Storage:
                 condition, {"$set": values}, projection=projection or {"_id": 1},
                 return_document=ReturnDocument.BEFORE)
 
-        not_newer = dict(key, **{stamp_field: {"$lte": now}})
-        replaced = set_where(not_newer)
+        not_newer_than_now = dict(key, **not_newer(stamp_field, now))
+        replaced = set_where(not_newer_than_now)
         if replaced is not None:
             return replaced
         if upsert:
@@ -304,7 +344,7 @@ class Storage:
             replaced = set_where(dict(key, **{stamp_field.split(".")[0]: None}))
             if replaced is not None:
                 return replaced
-        return set_where(not_newer)
+        return set_where(not_newer_than_now)
 
     def upload(self, mrn: int, room: int, name: str | None = None,
                metrics: dict | None = None, image: tuple[bytes, str] | None = None,
@@ -391,7 +431,7 @@ class Storage:
         its own guard, as they always did.
         """
         mrn, room, now, key = plan["mrn"], plan["room"], plan["at"], plan["_id"]
-        values = {"room": room, "updated": {"at": now}}
+        values = {"room": room, "updated": {"at": now, "ms": ms(now)}}
         if name is not None:
             values["name"] = name
         record = summary = None
@@ -411,7 +451,7 @@ class Storage:
             summary = record_summary(record)  # summaries follow their record
         fields = {"_id": 0, "name": 1, "room": 1, "latest": 1, "created_by": 1}
         replaced = None if summary is None else self.patients.find_one_and_update(
-            {"mrn": mrn, "updated.at": {"$lte": now}, "latest.received_at": {"$lte": now}},
+            {"mrn": mrn, **not_newer("updated.at", now), **not_newer("latest.received_at", now)},
             {"$set": {**values, "latest": summary}}, projection=fields,
             return_document=ReturnDocument.BEFORE)
         if replaced is not None:  # it existed: created only by an earlier attempt of ours
@@ -420,7 +460,8 @@ class Storage:
             replaced = self._guarded_set(
                 self.patients, {"mrn": mrn}, "updated.at", now, values, upsert=True,
                 on_insert={"mrn": mrn, "name": name, "room": room, "created_at": now,
-                           "updated": {"at": now}, "latest": None, "created_by": key},
+                           "updated": {"at": now, "ms": ms(now)}, "latest": None,
+                           "created_by": key},
                 projection=fields)
             patient = self.patients.find_one({"mrn": mrn}, {"name": 1, "created_by": 1}) or {}
             if summary is not None:
@@ -440,9 +481,10 @@ class Storage:
                       "latest": audit_record(replaced.get("latest"))}
         if name is None:  # the room shows the name the patient already has
             name = patient.get("name")
-        occupant = {"mrn": mrn, "name": name, "since": now}
+        occupant = {"mrn": mrn, "name": name, "since": now, "ms": ms(now)}
         room_before = None if summary is None else self.rooms.find_one_and_update(
-            {"_id": room, "patient.since": {"$lte": now}, "latest.received_at": {"$lte": now}},
+            {"_id": room, **not_newer("patient.since", now),
+             **not_newer("latest.received_at", now)},
             {"$set": {"room": room, "patient": occupant, "latest": summary}},
             projection={"patient": 1}, return_document=ReturnDocument.BEFORE)
         if room_before is None:
@@ -475,7 +517,8 @@ class Storage:
             freed = self.rooms.update_one(
                 {"_id": doc["_id"], "patient.mrn": mrn, "patient.since": since},
                 {"$set": {"patient": {"mrn": None, "name": None, "since": since,
-                                      "left": {"mrn": mrn, "at": now}}}}).modified_count
+                                      "ms": ms(since), "left": {"mrn": mrn, "at": now}}}}
+            ).modified_count
             if freed:
                 self._cancel_pending(doc["_id"], mrn, now, who,
                                      f"the patient moved to room {current}")
@@ -736,6 +779,7 @@ def record_summary(record: dict) -> dict:
     """The copy of a record kept in its room and patient documents (id as a string)."""
     summary = {k: v for k, v in record.items() if k != "_id"}
     summary["id"] = str(record["_id"])
+    summary["ms"] = ms(record.get("received_at"))
     return summary
 
 
@@ -751,6 +795,7 @@ def audit_record(record: dict | None) -> dict | None:
 def command_summary(command: dict) -> dict:
     summary = {k: v for k, v in command.items() if k != "_id"}
     summary["id"] = str(command["_id"])
+    summary["ms"] = ms(command.get("commanded_at"))
     return summary
 
 
