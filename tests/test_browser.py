@@ -38,7 +38,10 @@ MONITOR_TOKEN = "monitor-token-" + uuid.uuid4().hex
 SEED_TOKEN = "seed-token-" + uuid.uuid4().hex
 SCRIPT_MONITOR_TOKEN = "script-monitor-token-" + uuid.uuid4().hex
 AS_MONITOR = {"Authorization": f"Bearer {MONITOR_TOKEN}"}  # reads need a token too
+# --disable-dev-shm-usage: a CI container's small /dev/shm must not crash the page of a
+# test that keeps two pages open (Chromium then uses /tmp)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--disable-dev-shm-usage",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
@@ -330,8 +333,12 @@ def as_(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+CRASHED: list[str] = []   # pages whose renderer died (said in a failure message)
+
+
 def open_ui(browser, url: str):
     page = browser.new_page(viewport=VIEWPORT)
+    page.on("crash", lambda crashed: CRASHED.append(crashed.url))
     page.goto(url)
     idle(page)
     return page
@@ -350,10 +357,14 @@ def occupant(api_url: str, room: int) -> int | None:
 
 def page_state(page, stack) -> str:
     """What the page and the UI server showed, for a failure message (CI keeps no files)."""
-    chips = page.get_by_test_id("stFileChip").all_inner_texts()
-    alerts = page.get_by_test_id("stAlert").all_inner_texts()
+    try:
+        chips = page.get_by_test_id("stFileChip").all_inner_texts()
+        alerts = page.get_by_test_id("stAlert").all_inner_texts()
+    except Exception as exc:  # noqa: BLE001 - a crashed page: say so, keep the log
+        chips = alerts = f"unreadable ({type(exc).__name__})"
     log = Path(stack["ui_log"]).read_text(errors="replace")[-2000:]
-    return f"file chips {chips!r}, alerts {alerts!r}, UI log tail:\n{log}"
+    return (f"crashed pages {CRASHED!r}, file chips {chips!r}, alerts {alerts!r}, "
+            f"UI log tail:\n{log}")
 
 
 def wait_until(predicate, timeout_s: float, what: str):
