@@ -219,8 +219,10 @@ API_TIMEOUT_S = _env_number("API_TIMEOUT_S", 5, 0.5, 60)
 STALE_AFTER_MIN = _env_number("STALE_AFTER_MIN", 15, 0, 24 * 60)
 PRESSURE_POLL_S = _env_number("PRESSURE_POLL_S", 10, 1, 30)
 MONITOR_REFRESH_S = _env_number("MONITOR_REFRESH_S", 10, 5, 30)
-#: A command still not applied after two bedside polls needs someone to look.
-COMMAND_OVERDUE_S = 2 * PRESSURE_POLL_S
+#: A command still not applied after three bedside polls needs someone to look: one poll
+#: puts it in the field, the next acknowledges it (after the page drew the field), so an
+#: applied command takes up to two polls — two were a false alarm on a working bedside.
+COMMAND_OVERDUE_S = 3 * PRESSURE_POLL_S
 
 #: Automatic retries of an upload: on connection errors, a lost answer and 502/503/504
 #: (e.g. the database restarting), waiting 0, 1, 2 s. Safe for this POST only because

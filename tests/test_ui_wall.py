@@ -7,6 +7,7 @@ and benchmarks/bench_wall.py.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -148,3 +149,14 @@ def test_a_lab_wall_opens_no_room_until_one_is_chosen(at, ward):
     at.selectbox(key="mon_room").set_value(12)
     run(at)
     assert any(m.startswith("#### Room 12 — MRN 9012") for m in texts(at.markdown))
+
+
+@pytest.mark.parametrize("age_s, overdue", [(2 * ui.PRESSURE_POLL_S + 1, False),
+                                            (ui.COMMAND_OVERDUE_S + 1, True)])
+def test_a_command_the_bedside_may_still_be_acknowledging_is_not_overdue(age_s, overdue):
+    """A working bedside needs up to two polls (field, then acknowledgement): a command
+    just past two polls must not raise the alarm."""
+    now = ui.parse_time(NOW)
+    commanded = (now - dt.timedelta(seconds=age_s)).isoformat()
+    assert ui.command_overdue({"pressure_cmh2o": 12, "applied": False,
+                               "commanded_at": commanded}, NOW) is overdue
