@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -1060,25 +1061,34 @@ def find_hypopneas(table: dict, apnea_gap_s: float = APNEA_GAP_S) -> list:
                                         for k in ("start_s", "peak_s", "end_s", "tidal_volume_l"))
     if not start_s.shape == peak_s.shape == end_s.shape == volume_l.shape:
         raise ValueError("the breath table's columns must have the same length")
-    in_event = np.zeros(len(start_s), dtype=bool)
+    n_breaths = len(start_s)
+    window_first = np.searchsorted(start_s, start_s - HYPOPNEA_REFERENCE_S, side="left")
+    # Only a breath at most half the largest earlier one in its window can be reduced (a
+    # median never exceeds the maximum): the exact, sequential rule then runs on those few.
+    possible = np.zeros(n_breaths, dtype=bool)
+    has_window = window_first < np.arange(n_breaths)
+    if has_window.any():
+        bounds = np.column_stack((window_first[has_window], np.flatnonzero(has_window))).ravel()
+        window_max_l = np.maximum.reduceat(volume_l, bounds)[::2]
+        possible[has_window] = volume_l[has_window] <= HYPOPNEA_FRACTION * window_max_l
+    volumes = volume_l.tolist()
+    in_event = [False] * n_breaths
     events, run = [], []
 
     def close(run):
         if run and end_s[run[-1]] - start_s[run[0]] >= HYPOPNEA_MIN_S:
-            in_event[run] = True
+            for j in run:
+                in_event[j] = True
             events.append(Event("hypopnea", float(start_s[run[0]]), float(end_s[run[-1]])))
         return []
 
-    window_first = 0
-    for i in range(len(start_s)):
-        if run and peak_s[i] - peak_s[run[-1]] > apnea_gap_s:
+    for i in np.flatnonzero(possible).tolist():
+        if run and (i != run[-1] + 1 or peak_s[i] - peak_s[run[-1]] > apnea_gap_s):
             run = close(run)
-        while start_s[window_first] < start_s[i] - HYPOPNEA_REFERENCE_S:
-            window_first += 1
+        first = int(window_first[i])
         upto = run[0] if run else i  # an open run is the breaths just before this one
-        reference = volume_l[window_first:upto][~in_event[window_first:upto]]
-        reduced = len(reference) > 0 and volume_l[i] <= HYPOPNEA_FRACTION * np.median(reference)
-        if reduced:
+        reference = [v for v, e in zip(volumes[first:upto], in_event[first:upto]) if not e]
+        if reference and volumes[i] <= HYPOPNEA_FRACTION * statistics.median(reference):
             run.append(i)
         else:
             run = close(run)
