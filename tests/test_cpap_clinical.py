@@ -271,3 +271,42 @@ def test_synth_cli_hypopneas(tmp_path):
     assert proc.returncode == 0, proc.stderr
     truth = json.loads(out.with_suffix(".truth.json").read_text())
     assert truth["hypopnea_count"] == 2 and cm.analyze(out).hypopnea_count == 2
+
+
+def hypopneas_by_the_letter(table, gap_s=cm.APNEA_GAP_S):
+    """The hypopnea rule written out breath by breath, as the docstring states it."""
+    start_s, peak_s, end_s, volume_l = (np.asarray(table[k]) for k in
+                                        ("start_s", "peak_s", "end_s", "tidal_volume_l"))
+    in_event, run, events = np.zeros(len(start_s), bool), [], []
+
+    def close():
+        if run and end_s[run[-1]] - start_s[run[0]] >= 10.0:
+            in_event[run] = True
+            events.append((start_s[run[0]], end_s[run[-1]]))
+        run.clear()
+
+    for i in range(len(start_s)):
+        if run and peak_s[i] - peak_s[run[-1]] > gap_s:
+            close()
+        earlier = [j for j in range(i) if start_s[j] >= start_s[i] - 120.0
+                   and not in_event[j] and j not in run]
+        if earlier and volume_l[i] <= 0.5 * np.median(volume_l[earlier]):
+            run.append(i)
+        else:
+            close()
+    close()
+    return events
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_hypopneas_match_the_rule_written_out(seed):
+    rng = np.random.default_rng(seed)
+    period_s = rng.uniform(2.0, 6.0, size=300)
+    period_s[rng.random(300) < 0.02] = 14.0  # a few apneas
+    start_s = np.cumsum(period_s)
+    volume_l = rng.choice([0.5, 0.45, 0.3, 0.2, 0.15], p=[0.4, 0.2, 0.1, 0.2, 0.1], size=300)
+    table = {"start_s": start_s, "peak_s": start_s + 0.5, "end_s": start_s + 0.9 * period_s,
+             "tidal_volume_l": volume_l}
+    found = [(e.start_s, e.end_s) for e in cm.find_hypopneas(table)]
+    assert found == hypopneas_by_the_letter(table)
+    assert len(found) > 0
