@@ -1,4 +1,4 @@
-"""CPAP venturi recording analysis: ADC -> pressure -> flow -> breaths -> apneas -> metrics.
+"""CPAP venturi recording analysis: ADC -> pressure -> flow -> breaths -> events -> metrics.
 
 A recording is a text file with one header line and one line per sample (100 Hz) of 7
 comma-separated values: time [s], V1 p2, V1 p1-ins, V1 p1-exp, V2 p2, V2 p1-ins, V2 p1-exp
@@ -8,7 +8,8 @@ into flow, breaths and metrics, and draws the flow plot.
 
 The pipeline is a chain of small pure functions composed by :func:`analyze`::
 
-    read_samples -> venturi_flow -> detect_breaths -> find_apneas -> metrics
+    read_samples -> venturi_flow -> breath_detection -> find_apneas
+                 -> breath_table -> find_hypopneas -> metrics (AHI, tidal volume, ventilation, leak)
 
 Command line::
 
