@@ -556,8 +556,7 @@ def inspiration_runs(inspiring) -> tuple[np.ndarray, np.ndarray]:
     inspiring = np.asarray(inspiring, dtype=bool)
     if inspiring.ndim != 1:
         raise ValueError(f"inspiring must be one-dimensional, not of shape {inspiring.shape}")
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], inspiring, [False])).view(np.int8)))
-    starts, ends = edges[::2], edges[1::2]
+    starts, ends = _true_runs(inspiring)
     closed = ends < len(inspiring)
     return starts[closed], ends[closed]
 
@@ -862,24 +861,23 @@ def breath_table(detection: BreathDetection) -> dict:
     baseline_lpm = cycle_baselines_lpm(flow_lpm, starts)
     n_blocks = len(flow_lpm)
     cycle_end = np.append(starts[1:], n_blocks)
-    index = np.arange(n_blocks)
     # each block takes the baseline of the breath whose cycle it is in (the first breath's
-    # before it)
-    cycle_of_block = np.maximum(np.searchsorted(starts, index, side="right") - 1, 0)
-    net_lpm = flow_lpm - baseline_lpm[cycle_of_block]
-    inspiring = net_lpm > MIN_LOW_LPM
-    # first index of the current span of `inspiring` / first index after it
-    span_start = np.maximum.accumulate(np.where(inspiring, 0, index + 1))
-    span_end = np.minimum.accumulate(np.where(inspiring, n_blocks, index)[::-1])[::-1]
+    # before it); repeat and index searches on the few edges, not on every block (8 h: 576k)
+    net_lpm = flow_lpm - np.repeat(baseline_lpm, np.diff(np.concatenate(([0], cycle_end))))
     peak_block = np.minimum(np.searchsorted(block_time_s, peak_times_s), n_blocks - 1)
-    insp_start, insp_end = span_start[peak_block], span_end[peak_block]
-    insp_start = np.minimum(insp_start, peak_block)
-    insp_end = np.maximum(insp_end, peak_block + 1)
+    span_start, span_end = _true_runs(net_lpm > MIN_LOW_LPM)
+    if len(span_start) == 0:
+        span_start = span_end = np.zeros(1, dtype=np.intp)  # an empty span holds no peak
+    # the span holding each peak; a peak outside every span is an inspiration of one block
+    k = np.maximum(np.searchsorted(span_start, peak_block, side="right") - 1, 0)
+    holds = (span_start[k] <= peak_block) & (peak_block < span_end[k])
+    insp_start = np.where(holds, span_start[k], peak_block)
+    insp_end = np.where(holds, span_end[k], peak_block + 1)
     cumulative = np.concatenate(([0.0], np.cumsum(net_lpm)))
     tidal_volume_l = (cumulative[insp_end] - cumulative[insp_start]) * detection.interval_s / 60.0
-    expiring = net_lpm < -MIN_LOW_LPM
-    last_expiring = np.maximum.accumulate(np.where(expiring, index, -1))
-    last_in_cycle = last_expiring[np.maximum(cycle_end - 1, 0)]
+    # -1 first: "no expiring block before the next inspiration" reads as index -1
+    expiring_at = np.concatenate(([-1], np.flatnonzero(net_lpm < -MIN_LOW_LPM)))
+    last_in_cycle = expiring_at[np.searchsorted(expiring_at, cycle_end, side="left") - 1]
     exp_end = np.where(last_in_cycle >= insp_end, np.minimum(last_in_cycle + 1, n_blocks - 1),
                        np.minimum(insp_end, n_blocks - 1))
     start_s = block_time_s[insp_start]
@@ -887,6 +885,12 @@ def breath_table(detection: BreathDetection) -> dict:
     end_s = np.maximum(block_time_s[exp_end], insp_end_s)
     return dict(zip(names, (start_s, peak_times_s, end_s, insp_end_s - start_s,
                             end_s - insp_end_s, tidal_volume_l)))
+
+
+def _true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First index of each run of True in ``mask`` and the index just after it."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).view(np.int8)))
+    return edges[::2], edges[1::2]
 
 
 def median_tidal_volume_l(tidal_volume_l) -> float:
