@@ -347,12 +347,13 @@ def _window_samples(window_s: float, interval_s: float) -> int:
     return max(1, round(window_s / interval_s))
 
 
-def _same_length(time, flow_lpm) -> tuple[np.ndarray, np.ndarray]:
-    """``time`` and ``flow_lpm`` as float64 arrays; ValueError if their lengths differ."""
+def _same_length(time, flow_lpm, names=("time", "flow_lpm")) -> tuple[np.ndarray, np.ndarray]:
+    """``time`` and ``flow_lpm`` as float64 arrays; ValueError naming them (``names``) if
+    their lengths differ."""
     time = np.asarray(time, dtype=np.float64)
     flow_lpm = np.asarray(flow_lpm, dtype=np.float64)
     if time.shape != flow_lpm.shape:
-        raise ValueError("time and flow_lpm must have the same length")
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length")
     return time, flow_lpm
 
 
@@ -728,25 +729,8 @@ def breath_detection(time, flow_lpm) -> BreathDetection:
 
 
 def detect_breaths(time, flow_lpm) -> np.ndarray:
-    """The time of each inspiratory peak, s (:func:`breath_detection`'s ``peak_times_s``).
-
-    Parameters
-    ----------
-    time : array_like
-        Sample times, s (100 Hz; gaps allowed).
-    flow_lpm : array_like
-        Flow, L/min, inspiration positive.
-
-    Returns
-    -------
-    numpy.ndarray
-        Inspiratory peak times, s, ascending; empty for fewer than two blocks of samples.
-
-    Raises
-    ------
-    ValueError
-        If ``time`` and ``flow_lpm`` differ in length.
-    """
+    """Inspiratory peak times, s, ascending: :func:`breath_detection`'s ``peak_times_s``
+    (same parameters and errors; empty for fewer than two blocks of samples)."""
     return breath_detection(time, flow_lpm).peak_times_s
 
 
@@ -893,6 +877,14 @@ def _true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return edges[::2], edges[1::2]
 
 
+def _per_duration(amount: float, duration_s: float, per_s: float) -> float:
+    """``amount`` per ``per_s`` seconds of a recording of ``duration_s``; ValueError unless
+    ``duration_s`` is positive."""
+    if not duration_s > 0:
+        raise ValueError(f"duration_s must be a positive duration in s, not {duration_s!r}")
+    return amount * per_s / duration_s
+
+
 def median_tidal_volume_l(tidal_volume_l) -> float:
     """Median tidal volume of a recording, L (0.0 without breaths).
 
@@ -920,9 +912,7 @@ def minute_ventilation_lpm(tidal_volume_l, duration_s: float) -> float:
     ValueError
         If ``duration_s`` is not positive.
     """
-    if not duration_s > 0:
-        raise ValueError(f"duration_s must be a positive duration in s, not {duration_s!r}")
-    return float(np.sum(tidal_volume_l)) / (duration_s / 60.0)
+    return _per_duration(float(np.sum(tidal_volume_l)), duration_s, 60.0)
 
 
 def _minute_edges_s(first_s: float, last_s: float) -> np.ndarray:
@@ -956,10 +946,8 @@ def minute_ventilation_series(breath_start_s, tidal_volume_l, first_s: float, la
     ValueError
         If ``breath_start_s`` and ``tidal_volume_l`` differ in length.
     """
-    breath_start_s = np.asarray(breath_start_s, dtype=np.float64)
-    tidal_volume_l = np.asarray(tidal_volume_l, dtype=np.float64)
-    if breath_start_s.shape != tidal_volume_l.shape:
-        raise ValueError("breath_start_s and tidal_volume_l must have the same length")
+    breath_start_s, tidal_volume_l = _same_length(breath_start_s, tidal_volume_l,
+                                                  ("breath_start_s", "tidal_volume_l"))
     edges_s = _minute_edges_s(first_s, last_s)
     bin_of = np.clip(np.searchsorted(edges_s, breath_start_s, side="right") - 1, 0, len(edges_s) - 2)
     volume_l = np.bincount(bin_of, weights=tidal_volume_l, minlength=len(edges_s) - 1)
@@ -987,9 +975,7 @@ def leak_rate_lpm(leakage_l: float, duration_s: float) -> float:
     ValueError
         If ``duration_s`` is not positive.
     """
-    if not duration_s > 0:
-        raise ValueError(f"duration_s must be a positive duration in s, not {duration_s!r}")
-    return float(leakage_l) / (duration_s / 60.0)
+    return _per_duration(float(leakage_l), duration_s, 60.0)
 
 
 def leak_rate_series(time_s, flow_lpm):
@@ -1121,9 +1107,7 @@ def per_hour(count: int, duration_s: float) -> float:
     ValueError
         If ``duration_s`` is not positive.
     """
-    if not duration_s > 0:
-        raise ValueError(f"duration_s must be a positive duration in s, not {duration_s!r}")
-    return 3600.0 * count / duration_s
+    return _per_duration(count, duration_s, 3600.0)
 
 
 # --- Composition -------------------------------------------------------------------------

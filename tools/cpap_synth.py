@@ -164,16 +164,8 @@ def synth_breaths(cfg: SynthConfig, rng: np.random.Generator):
 
 
 def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
-    """Flow signal and the truth.
-
-    Returns
-    -------
-    time_s : numpy.ndarray
-    flow_lpm : numpy.ndarray
-        Flow, L/min (no leak, no oscillation yet).
-    peak_times_s : numpy.ndarray
-        True inspiratory peak times, s.
-    """
+    """:func:`synth_breaths` with the true inspiratory peak times (s) in place of the
+    per-breath truth: ``(time_s, flow_lpm, peak_times_s)``."""
     time_s, flow, breaths = synth_breaths(cfg, rng)
     return time_s, flow, breaths["peak_s"]
 
