@@ -310,3 +310,19 @@ def test_hypopneas_match_the_rule_written_out(seed):
     found = [(e.start_s, e.end_s) for e in cm.find_hypopneas(table)]
     assert found == hypopneas_by_the_letter(table)
     assert len(found) > 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sample_data").glob("*.txt")), ids=lambda p: p.name)
+def test_cli_new_keys_on_every_sample_file(path):
+    truth = json.loads(path.with_suffix(".truth.json").read_text())
+    proc = subprocess.run([sys.executable, "cpap_measurements.py", str(path), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert NEW_KEYS <= set(metrics)
+    assert metrics["hypopnea_count"] == truth["hypopnea_count"] == 0
+    assert metrics["ahi"] == metrics["apnea_index"] == pytest.approx(3600 * truth["apnea_count"] / truth["duration"])
+    assert metrics["leak_rate_lpm"] == pytest.approx(truth["leak_rate_lpm"], abs=1.5)
+    if truth["config"]["expiration_scale"] == 1.0:  # an unseen expiration lifts the baseline
+        assert metrics["tidal_volume_l"] == pytest.approx(truth["tidal_volume_l"], rel=0.1)
+        assert metrics["minute_ventilation_lpm"] == pytest.approx(truth["minute_ventilation_lpm"], rel=0.1)

@@ -435,7 +435,8 @@ Synthetic recordings in the exact bedside file format (header line + 7 comma-sep
 time s, V1 p2, V1 p1-ins, V1 p1-exp, V2 p2, V2 p1-ins, V2 p1-exp in ADC units, 100 Hz), made by
 `tools/cpap_synth.py` with known truth. Each `NAME.txt` has its truth in `NAME.truth.json` (breath
 times = inspiratory peaks, apnea events = gaps of more than 10 s between consecutive breaths,
-skipped line numbers). The table below is written from that truth, not from the analysis;
+skipped line numbers, and since issue #13 each breath's tidal volume, the median, minute
+ventilation, leak rate = the generated flow's mean, hypopneas and AHI). The table below is written from that truth, not from the analysis;
 `tests/test_cpap_sample_data.py` checks the analysis against it.
 
 Regenerate (deterministic) with:
