@@ -1,4 +1,4 @@
-"""CPAP venturi recording analysis: ADC -> pressure -> flow -> breaths -> apneas -> metrics.
+"""CPAP venturi recording analysis: ADC -> pressure -> flow -> breaths -> events -> metrics.
 
 A recording is a text file with one header line and one line per sample (100 Hz) of 7
 comma-separated values: time [s], V1 p2, V1 p1-ins, V1 p1-exp, V2 p2, V2 p1-ins, V2 p1-exp
@@ -8,7 +8,8 @@ into flow, breaths and metrics, and draws the flow plot.
 
 The pipeline is a chain of small pure functions composed by :func:`analyze`::
 
-    read_samples -> venturi_flow -> detect_breaths -> find_apneas -> metrics
+    read_samples -> venturi_flow -> breath_detection -> find_apneas
+                 -> breath_table -> find_hypopneas -> metrics (AHI, tidal volume, ventilation, leak)
 
 Command line::
 
@@ -25,6 +26,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -75,6 +77,10 @@ MIN_LOW_LPM = 1.5
 MIN_INSPIRATION_S = 0.12        # an inspiration shorter than this is a glitch
 MIN_BREATH_INTERVAL_S = 0.4     # two peaks closer than this are one breath (150/min)
 APNEA_GAP_S = 10.0              # apnea: more than this between consecutive breaths
+HYPOPNEA_FRACTION = 0.5         # hypopnea: tidal volume at most this share of the reference ...
+HYPOPNEA_MIN_S = 10.0           # ... for a run of consecutive breaths lasting at least this ...
+HYPOPNEA_REFERENCE_S = 120.0    # ... the reference: median of event-free breaths in this long before
+SERIES_STEP_S = 60.0            # minute ventilation and leak series: one value per minute
 
 PLOT_MAX_COLUMNS = 2000         # min/max envelope bins for long recordings (<= image width)
 FLOW_COLOUR = "#1f77b4"
@@ -85,6 +91,31 @@ PNG_COMPRESS_LEVEL = 2          # zlib level: 6 (default) costs ~3x the time for
 FLOW_PLOT_RANGE_LPM = (-40.0, 60.0)
 FLOW_PLOT_STEP_LPM = 20.0
 PLOT_FONT_PT = 16               # the 1200 px image is shown at half width on the monitor
+
+
+class BreathDetection(NamedTuple):
+    """What :func:`breath_detection` found, kept for the per-breath measurements.
+
+    Attributes
+    ----------
+    block_time_s : numpy.ndarray
+        Mean time of each block of DETECT_BLOCK samples, s.
+    smoothed_lpm : numpy.ndarray
+        Block-median flow after the SMOOTH_S moving average, L/min (no baseline removed).
+    interval_s : float
+        Time step of the blocks, s.
+    starts, ends : numpy.ndarray of int
+        Block index of each inspiration run kept and the index just after it.
+    peak_times_s : numpy.ndarray
+        Inspiratory peak times, s, ascending (one per breath).
+    """
+
+    block_time_s: np.ndarray
+    smoothed_lpm: np.ndarray
+    interval_s: float
+    starts: np.ndarray
+    ends: np.ndarray
+    peak_times_s: np.ndarray
 
 
 class ApneaEvent(NamedTuple):
@@ -114,7 +145,7 @@ class AnalysisResult:
     apnea_events : list of ApneaEvent
         Start, end and duration (s) of each gap of more than 10 s between breaths.
     ahi : float
-        Apnea events per hour of recording.
+        Apnea-hypopnea index: (apneas + hypopneas) per hour of recording.
     leakage : float
         Net integral of flow, L (more in than out = positive).
     time : numpy.ndarray
@@ -125,6 +156,23 @@ class AnalysisResult:
         Lines not used, with their 1-based line number and the reason.
     flow_lpm : numpy.ndarray
         Flow, L/min (made from ``flow`` when not given).
+    hypopnea_events : list of Event
+        Hypopneas (:func:`find_hypopneas`).
+    apnea_index : float
+        Apneas per hour of recording.
+    breath_table : dict of numpy.ndarray
+        Per breath (:func:`breath_table`): start, peak, end, inspiratory and expiratory
+        time (s), tidal volume (L).
+    tidal_volume_l : float
+        Median tidal volume, L.
+    minute_ventilation_lpm : float
+        Total inspired volume / duration, L/min.
+    minute_ventilation_series : tuple of numpy.ndarray
+        Start of each minute (s) and the minute ventilation in it (L/min).
+    leak_rate_lpm : float
+        Mean net flow, L/min.
+    leak_rate_series : tuple of numpy.ndarray
+        Start of each minute (s) and the mean net flow in it (L/min).
     """
 
     duration: float
@@ -139,6 +187,24 @@ class AnalysisResult:
     flow: np.ndarray = field(repr=False)
     skipped_lines: list = field(default_factory=list, repr=False)
     flow_lpm: np.ndarray = field(default=None, repr=False)
+    hypopnea_events: list = field(default_factory=list)
+    apnea_index: float = 0.0
+    breath_table: dict = field(default_factory=dict, repr=False)
+    tidal_volume_l: float = 0.0
+    minute_ventilation_lpm: float = 0.0
+    minute_ventilation_series: tuple = field(default=(), repr=False)
+    leak_rate_lpm: float = 0.0
+    leak_rate_series: tuple = field(default=(), repr=False)
+
+    @property
+    def hypopnea_count(self) -> int:
+        """Number of hypopneas."""
+        return len(self.hypopnea_events)
+
+    @property
+    def events(self) -> list:
+        """Apneas and hypopneas, one list of :class:`Event` ordered by start (s)."""
+        return events_list(self.apnea_events, self.hypopnea_events)
 
     def __post_init__(self):
         if self.flow_lpm is None:  # made once: detection and the plot both use it
@@ -161,6 +227,13 @@ class AnalysisResult:
             "skipped_lines": [
                 {"line": int(s.line_number), "reason": s.reason} for s in self.skipped_lines
             ],
+            "hypopnea_count": int(self.hypopnea_count),
+            "apnea_index": float(self.apnea_index),
+            "tidal_volume_l": float(self.tidal_volume_l),
+            "minute_ventilation_lpm": float(self.minute_ventilation_lpm),
+            "leak_rate_lpm": float(self.leak_rate_lpm),
+            "events": [{"type": e.type, "start_s": float(e.start_s), "end_s": float(e.end_s)}
+                       for e in self.events],
         }
 
 
@@ -274,12 +347,13 @@ def _window_samples(window_s: float, interval_s: float) -> int:
     return max(1, round(window_s / interval_s))
 
 
-def _same_length(time, flow_lpm) -> tuple[np.ndarray, np.ndarray]:
-    """``time`` and ``flow_lpm`` as float64 arrays; ValueError if their lengths differ."""
+def _same_length(time, flow_lpm, names=("time", "flow_lpm")) -> tuple[np.ndarray, np.ndarray]:
+    """``time`` and ``flow_lpm`` as float64 arrays; ValueError naming them (``names``) if
+    their lengths differ."""
     time = np.asarray(time, dtype=np.float64)
     flow_lpm = np.asarray(flow_lpm, dtype=np.float64)
     if time.shape != flow_lpm.shape:
-        raise ValueError("time and flow_lpm must have the same length")
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length")
     return time, flow_lpm
 
 
@@ -483,8 +557,7 @@ def inspiration_runs(inspiring) -> tuple[np.ndarray, np.ndarray]:
     inspiring = np.asarray(inspiring, dtype=bool)
     if inspiring.ndim != 1:
         raise ValueError(f"inspiring must be one-dimensional, not of shape {inspiring.shape}")
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], inspiring, [False])).view(np.int8)))
-    starts, ends = edges[::2], edges[1::2]
+    starts, ends = _true_runs(inspiring)
     closed = ends < len(inspiring)
     return starts[closed], ends[closed]
 
@@ -598,8 +671,8 @@ def merge_close_peaks(peak_times_s, peak_heights_lpm,
     return np.array(keep_t)
 
 
-def detect_breaths(time, flow_lpm) -> np.ndarray:
-    """Find breaths; return the time of each inspiratory peak.
+def breath_detection(time, flow_lpm) -> BreathDetection:
+    """Find breaths; return the inspiratory peaks and the signals they were found in.
 
     The steps, each a function of its own:
 
@@ -629,8 +702,9 @@ def detect_breaths(time, flow_lpm) -> np.ndarray:
 
     Returns
     -------
-    numpy.ndarray
-        Inspiratory peak times, s, ascending; empty for fewer than two blocks of samples.
+    BreathDetection
+        Block times and flows, the inspiration runs kept and the inspiratory peak times
+        (s, ascending; empty for fewer than two blocks of samples).
 
     Raises
     ------
@@ -639,15 +713,25 @@ def detect_breaths(time, flow_lpm) -> np.ndarray:
     """
     time, flow_lpm = _same_length(time, flow_lpm)
     if len(time) < 2 * DETECT_BLOCK:
-        return np.zeros(0)
+        empty = np.zeros(0)
+        return BreathDetection(empty, empty, BLOCK_INTERVAL_S, empty.astype(np.intp),
+                               empty.astype(np.intp), empty)
     block_time_s, block_flow_lpm = downsample(time, flow_lpm)
     interval_s = sample_interval_s(block_time_s)
-    above_lpm = above_baseline(smooth(block_flow_lpm, interval_s), interval_s)
+    smoothed_lpm = smooth(block_flow_lpm, interval_s)
+    above_lpm = above_baseline(smoothed_lpm, interval_s)
     high_lpm, low_lpm = hysteresis_thresholds(above_lpm, interval_s)
     runs = inspiration_runs(in_inspiration(above_lpm, high_lpm, low_lpm))
     starts, ends = drop_short_runs(block_time_s, *runs)
     peaks = run_peaks(above_lpm, starts, ends)
-    return merge_close_peaks(block_time_s[peaks], above_lpm[peaks])
+    return BreathDetection(block_time_s, smoothed_lpm, interval_s, starts, ends,
+                           merge_close_peaks(block_time_s[peaks], above_lpm[peaks]))
+
+
+def detect_breaths(time, flow_lpm) -> np.ndarray:
+    """Inspiratory peak times, s, ascending: :func:`breath_detection`'s ``peak_times_s``
+    (same parameters and errors; empty for fewer than two blocks of samples)."""
+    return breath_detection(time, flow_lpm).peak_times_s
 
 
 def find_apneas(breath_times, gap_s: float = APNEA_GAP_S) -> list:
@@ -693,6 +777,339 @@ def leakage_litres(time, flow_m3s) -> float:
     return float((dt_s @ flow_m3s[:-1] + dt_s @ flow_m3s[1:]) / 2 * M3_TO_L)
 
 
+# --- Clinical measures (issue #13) -----------------------------------------------------
+def cycle_baselines_lpm(smoothed_lpm, starts) -> np.ndarray:
+    """The no-flow baseline of each breath, L/min: the mean flow over its whole cycle.
+
+    A breath's cycle runs from the start of its inspiration run to the start of the next
+    one; over a whole cycle the inspired and expired volumes are equal, so the mean flow is
+    the level of no breathing flow (the leak). The last breath has no whole cycle and takes
+    the previous breath's baseline (the mean of the whole signal when it is the only one).
+
+    Parameters
+    ----------
+    smoothed_lpm : array_like
+        Flow, L/min, one value per block.
+    starts : array_like of int
+        Block index of each breath's inspiration run, ascending.
+
+    Returns
+    -------
+    numpy.ndarray
+        One baseline per breath, L/min.
+    """
+    smoothed_lpm = np.asarray(smoothed_lpm, dtype=np.float64)
+    starts = np.asarray(starts, dtype=np.intp)
+    if len(starts) == 0:
+        return np.zeros(0)
+    if len(starts) == 1:
+        return np.array([float(np.mean(smoothed_lpm))])
+    cumulative = np.concatenate(([0.0], np.cumsum(smoothed_lpm)))
+    means = (cumulative[starts[1:]] - cumulative[starts[:-1]]) / np.diff(starts)
+    return np.append(means, means[-1])
+
+
+def breath_table(detection: BreathDetection) -> dict:
+    """One row per breath: times and tidal volume.
+
+    Per breath, with ``net`` = flow minus the breath's no-flow baseline
+    (:func:`cycle_baselines_lpm`):
+
+    - **inspiration**: the span around the breath's inspiratory peak where ``net`` stays
+      above MIN_LOW_LPM (the exit threshold's floor; below it an ADC step blurs the sign);
+    - **tidal volume** (L): the integral of ``net`` over the inspiration;
+    - **expiration**: from the inspiration's end to the last block with ``net`` below
+      -MIN_LOW_LPM before the next inspiration (zero when the expiration is too weak to
+      be seen, e.g. quantized away);
+    - **end** of the breath: the end of its expiration.
+
+    Parameters
+    ----------
+    detection : BreathDetection
+        From :func:`breath_detection`.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``start_s``, ``peak_s``, ``end_s`` (s), ``inspiratory_time_s``,
+        ``expiratory_time_s`` (s) and ``tidal_volume_l`` (L), one value per breath.
+    """
+    names = ("start_s", "peak_s", "end_s", "inspiratory_time_s", "expiratory_time_s", "tidal_volume_l")
+    block_time_s, flow_lpm = detection.block_time_s, detection.smoothed_lpm
+    peak_times_s = np.asarray(detection.peak_times_s, dtype=np.float64)
+    if len(peak_times_s) == 0:
+        return {name: np.zeros(0) for name in names}
+    # the run of each kept peak (merged peaks keep the higher run's start)
+    run_of_peak = np.searchsorted(block_time_s[detection.starts], peak_times_s, side="right") - 1
+    starts = detection.starts[run_of_peak]
+    baseline_lpm = cycle_baselines_lpm(flow_lpm, starts)
+    n_blocks = len(flow_lpm)
+    cycle_end = np.append(starts[1:], n_blocks)
+    # each block takes the baseline of the breath whose cycle it is in (the first breath's
+    # before it); repeat and index searches on the few edges, not on every block (8 h: 576k)
+    net_lpm = flow_lpm - np.repeat(baseline_lpm, np.diff(np.concatenate(([0], cycle_end))))
+    peak_block = np.minimum(np.searchsorted(block_time_s, peak_times_s), n_blocks - 1)
+    span_start, span_end = _true_runs(net_lpm > MIN_LOW_LPM)
+    if len(span_start) == 0:
+        span_start = span_end = np.zeros(1, dtype=np.intp)  # an empty span holds no peak
+    # the span holding each peak; a peak outside every span is an inspiration of one block
+    k = np.maximum(np.searchsorted(span_start, peak_block, side="right") - 1, 0)
+    holds = (span_start[k] <= peak_block) & (peak_block < span_end[k])
+    insp_start = np.where(holds, span_start[k], peak_block)
+    insp_end = np.where(holds, span_end[k], peak_block + 1)
+    cumulative = np.concatenate(([0.0], np.cumsum(net_lpm)))
+    tidal_volume_l = (cumulative[insp_end] - cumulative[insp_start]) * detection.interval_s / 60.0
+    # -1 first: "no expiring block before the next inspiration" reads as index -1
+    expiring_at = np.concatenate(([-1], np.flatnonzero(net_lpm < -MIN_LOW_LPM)))
+    last_in_cycle = expiring_at[np.searchsorted(expiring_at, cycle_end, side="left") - 1]
+    exp_end = np.where(last_in_cycle >= insp_end, np.minimum(last_in_cycle + 1, n_blocks - 1),
+                       np.minimum(insp_end, n_blocks - 1))
+    start_s = block_time_s[insp_start]
+    insp_end_s = block_time_s[np.minimum(insp_end, n_blocks - 1)]
+    end_s = np.maximum(block_time_s[exp_end], insp_end_s)
+    return dict(zip(names, (start_s, peak_times_s, end_s, insp_end_s - start_s,
+                            end_s - insp_end_s, tidal_volume_l)))
+
+
+def _true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First index of each run of True in ``mask`` and the index just after it."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).view(np.int8)))
+    return edges[::2], edges[1::2]
+
+
+def _per_duration(amount: float, duration_s: float, per_s: float) -> float:
+    """``amount`` per ``per_s`` seconds of a recording of ``duration_s``; ValueError unless
+    ``duration_s`` is positive."""
+    if not duration_s > 0:
+        raise ValueError(f"duration_s must be a positive duration in s, not {duration_s!r}")
+    return amount * per_s / duration_s
+
+
+def median_tidal_volume_l(tidal_volume_l) -> float:
+    """Median tidal volume of a recording, L (0.0 without breaths).
+
+    Parameters
+    ----------
+    tidal_volume_l : array_like
+        Tidal volume of each breath, L.
+    """
+    tidal_volume_l = np.asarray(tidal_volume_l, dtype=np.float64)
+    return float(np.median(tidal_volume_l)) if len(tidal_volume_l) else 0.0
+
+
+def minute_ventilation_lpm(tidal_volume_l, duration_s: float) -> float:
+    """Minute ventilation, L/min: total inspired volume / recording duration in minutes.
+
+    Parameters
+    ----------
+    tidal_volume_l : array_like
+        Tidal volume of each breath, L.
+    duration_s : float
+        Recording duration, s.
+
+    Raises
+    ------
+    ValueError
+        If ``duration_s`` is not positive.
+    """
+    return _per_duration(float(np.sum(tidal_volume_l)), duration_s, 60.0)
+
+
+def _minute_edges_s(first_s: float, last_s: float) -> np.ndarray:
+    """Edges of consecutive SERIES_STEP_S bins from ``first_s``; the last bin ends at ``last_s``."""
+    n_bins = max(1, math.ceil((last_s - first_s) / SERIES_STEP_S))
+    return np.append(first_s + SERIES_STEP_S * np.arange(n_bins), max(last_s, first_s))
+
+
+def minute_ventilation_series(breath_start_s, tidal_volume_l, first_s: float, last_s: float):
+    """Minute ventilation per minute, L/min: the tidal volumes of the breaths starting in
+    each minute from ``first_s``, divided by that minute's length (the last may be shorter).
+
+    Parameters
+    ----------
+    breath_start_s : array_like
+        Start of each breath, s, ascending.
+    tidal_volume_l : array_like
+        Tidal volume of each breath, L.
+    first_s, last_s : float
+        Time of the first and last sample, s.
+
+    Returns
+    -------
+    start_s : numpy.ndarray
+        Start of each minute, s.
+    ventilation_lpm : numpy.ndarray
+        Minute ventilation in it, L/min (0 for a bin of zero length).
+
+    Raises
+    ------
+    ValueError
+        If ``breath_start_s`` and ``tidal_volume_l`` differ in length.
+    """
+    breath_start_s, tidal_volume_l = _same_length(breath_start_s, tidal_volume_l,
+                                                  ("breath_start_s", "tidal_volume_l"))
+    edges_s = _minute_edges_s(first_s, last_s)
+    bin_of = np.clip(np.searchsorted(edges_s, breath_start_s, side="right") - 1, 0, len(edges_s) - 2)
+    volume_l = np.bincount(bin_of, weights=tidal_volume_l, minlength=len(edges_s) - 1)
+    length_min = np.diff(edges_s) / 60.0
+    # float output: bincount of no breath gives integers
+    return edges_s[:-1], np.divide(volume_l, length_min, out=np.zeros(len(length_min)),
+                                   where=length_min > 0)
+
+
+def leak_rate_lpm(leakage_l: float, duration_s: float) -> float:
+    """Leak rate, L/min: the mean net flow, i.e. the net volume / duration in minutes.
+
+    Over whole breaths the inspired and expired volumes are equal, so the net flow is what
+    leaks.
+
+    Parameters
+    ----------
+    leakage_l : float
+        Net volume through the mask, L (:func:`leakage_litres`).
+    duration_s : float
+        Recording duration, s.
+
+    Raises
+    ------
+    ValueError
+        If ``duration_s`` is not positive.
+    """
+    return _per_duration(float(leakage_l), duration_s, 60.0)
+
+
+def leak_rate_series(time_s, flow_lpm):
+    """Leak rate per minute, L/min: the mean flow of the samples in each minute.
+
+    Parameters
+    ----------
+    time_s : array_like
+        Sample times, s, ascending.
+    flow_lpm : array_like
+        Flow, L/min.
+
+    Returns
+    -------
+    start_s : numpy.ndarray
+        Start of each minute, s (empty without samples).
+    leak_lpm : numpy.ndarray
+        Mean flow in it, L/min.
+
+    Raises
+    ------
+    ValueError
+        If ``time_s`` and ``flow_lpm`` differ in length.
+    """
+    time_s, flow_lpm = _same_length(time_s, flow_lpm)
+    if len(time_s) == 0:
+        return np.zeros(0), np.zeros(0)
+    edges_s = _minute_edges_s(time_s[0], time_s[-1])
+    first = np.searchsorted(time_s, edges_s[:-1])
+    keep = np.append(first[1:] > first[:-1], True) & (first < len(time_s))
+    first = first[keep]
+    counts = np.diff(np.append(first, len(time_s)))
+    return edges_s[:-1][keep], np.add.reduceat(flow_lpm, first) / counts
+
+
+class Event(NamedTuple):
+    """A respiratory event in file time: ``type`` is "apnea" or "hypopnea"; times in s."""
+
+    type: str
+    start_s: float
+    end_s: float
+
+
+def find_hypopneas(table: dict, apnea_gap_s: float = APNEA_GAP_S) -> list:
+    """Hypopneas: runs of consecutive reduced breaths lasting at least HYPOPNEA_MIN_S.
+
+    A breath is reduced when its tidal volume is at most HYPOPNEA_FRACTION (50 %) of the
+    reference: the median tidal volume of the breaths starting in the preceding
+    HYPOPNEA_REFERENCE_S (120 s) that belong to no event (a breath of a run still open is
+    left out too: it may become an event). Without such a breath there is no reference and
+    no breath is reduced. A run lasts from the start of its first breath to the end of its
+    last; a gap of more than ``apnea_gap_s`` between two breaths (an apnea) ends a run, so
+    no hypopnea is counted as part of an apnea. This is a flow-only rule, as flow-only
+    devices use: there is no SpO2 signal, so no desaturation criterion.
+
+    Parameters
+    ----------
+    table : dict of array_like
+        :func:`breath_table`'s ``start_s``, ``peak_s``, ``end_s`` and ``tidal_volume_l``.
+    apnea_gap_s : float
+        Apnea rule, s (a longer gap between consecutive peaks is an apnea).
+
+    Returns
+    -------
+    list of Event
+        The hypopneas, in time order.
+
+    Raises
+    ------
+    ValueError
+        If the columns differ in length.
+    """
+    start_s, peak_s, end_s, volume_l = (np.asarray(table[k], dtype=np.float64)
+                                        for k in ("start_s", "peak_s", "end_s", "tidal_volume_l"))
+    if not start_s.shape == peak_s.shape == end_s.shape == volume_l.shape:
+        raise ValueError("the breath table's columns must have the same length")
+    n_breaths = len(start_s)
+    window_first = np.searchsorted(start_s, start_s - HYPOPNEA_REFERENCE_S, side="left")
+    # Only a breath at most half the largest earlier one in its window can be reduced (a
+    # median never exceeds the maximum): the exact, sequential rule then runs on those few.
+    possible = np.zeros(n_breaths, dtype=bool)
+    has_window = window_first < np.arange(n_breaths)
+    if has_window.any():
+        bounds = np.column_stack((window_first[has_window], np.flatnonzero(has_window))).ravel()
+        window_max_l = np.maximum.reduceat(volume_l, bounds)[::2]
+        possible[has_window] = volume_l[has_window] <= HYPOPNEA_FRACTION * window_max_l
+    volumes = volume_l.tolist()
+    in_event = [False] * n_breaths
+    events, run = [], []
+
+    def close(run):
+        if run and end_s[run[-1]] - start_s[run[0]] >= HYPOPNEA_MIN_S:
+            for j in run:
+                in_event[j] = True
+            events.append(Event("hypopnea", float(start_s[run[0]]), float(end_s[run[-1]])))
+        return []
+
+    for i in np.flatnonzero(possible).tolist():
+        if run and (i != run[-1] + 1 or peak_s[i] - peak_s[run[-1]] > apnea_gap_s):
+            run = close(run)
+        first = int(window_first[i])
+        upto = run[0] if run else i  # an open run is the breaths just before this one
+        reference = [v for v, e in zip(volumes[first:upto], in_event[first:upto]) if not e]
+        if reference and volumes[i] <= HYPOPNEA_FRACTION * statistics.median(reference):
+            run.append(i)
+        else:
+            run = close(run)
+    close(run)
+    return events
+
+
+def events_list(apneas, hypopneas) -> list:
+    """Apneas and hypopneas as one list of :class:`Event`, ordered by start time.
+
+    Parameters
+    ----------
+    apneas : list of ApneaEvent
+    hypopneas : list of Event
+    """
+    return sorted([Event("apnea", a.start, a.end) for a in apneas] + list(hypopneas),
+                  key=lambda e: (e.start_s, e.end_s))
+
+
+def per_hour(count: int, duration_s: float) -> float:
+    """Events per hour of recording (AHI, apnea index).
+
+    Raises
+    ------
+    ValueError
+        If ``duration_s`` is not positive.
+    """
+    return _per_duration(count, duration_s, 3600.0)
+
+
 # --- Composition -------------------------------------------------------------------------
 def analyze(source: Source) -> AnalysisResult:
     """Analyse a CPAP recording.
@@ -721,8 +1138,12 @@ def analyze(source: Source) -> AnalysisResult:
                             f"at least {MIN_DURATION_S:.0f} s are needed")
     flow = venturi_flow(samples.p2, samples.p1_ins, samples.p1_exp)
     flow_lpm = flow * M3S_TO_LPM
-    breath_times = detect_breaths(time, flow_lpm)
+    detection = breath_detection(time, flow_lpm)
+    breath_times = detection.peak_times_s
     apneas = find_apneas(breath_times)
+    table = breath_table(detection)
+    hypopneas = find_hypopneas(table)
+    leakage_l = leakage_litres(time, flow)
     return AnalysisResult(
         duration=duration_s,
         breaths=int(len(breath_times)),
@@ -730,12 +1151,21 @@ def analyze(source: Source) -> AnalysisResult:
         breath_times=breath_times,
         apnea_count=len(apneas),
         apnea_events=apneas,
-        ahi=3600.0 * len(apneas) / duration_s,
-        leakage=leakage_litres(time, flow),
+        ahi=per_hour(len(apneas) + len(hypopneas), duration_s),
+        leakage=leakage_l,
         time=time,
         flow=flow,
         skipped_lines=samples.skipped_lines,
         flow_lpm=flow_lpm,
+        hypopnea_events=hypopneas,
+        apnea_index=per_hour(len(apneas), duration_s),
+        breath_table=table,
+        tidal_volume_l=median_tidal_volume_l(table["tidal_volume_l"]),
+        minute_ventilation_lpm=minute_ventilation_lpm(table["tidal_volume_l"], duration_s),
+        minute_ventilation_series=minute_ventilation_series(table["start_s"], table["tidal_volume_l"],
+                                                            time[0], time[-1]),
+        leak_rate_lpm=leak_rate_lpm(leakage_l, duration_s),
+        leak_rate_series=leak_rate_series(time, flow_lpm),
     )
 
 
@@ -839,11 +1269,15 @@ def _summary(result: AnalysisResult) -> str:
         f"duration        {result.duration:.1f} s",
         f"breaths         {result.breaths}",
         f"breath rate     {result.breath_rate_bpm:.1f} /min",
-        f"apneas          {result.apnea_count} (AHI {result.ahi:.1f} /h)",
+        f"apneas          {result.apnea_count} (apnea index {result.apnea_index:.1f} /h)",
+        f"hypopneas       {result.hypopnea_count} (AHI {result.ahi:.1f} /h)",
     ]
-    lines += [f"  apnea         {e.start:.1f} - {e.end:.1f} s ({e.duration:.1f} s)"
-              for e in result.apnea_events]
-    lines.append(f"leakage         {result.leakage:.3f} L")
+    lines += [f"  {e.type:<13} {e.start_s:.1f} - {e.end_s:.1f} s ({e.end_s - e.start_s:.1f} s)"
+              for e in result.events]
+    lines += [f"tidal volume    {result.tidal_volume_l:.3f} L (median)",
+              f"ventilation     {result.minute_ventilation_lpm:.2f} L/min",
+              f"leak rate       {result.leak_rate_lpm:.2f} L/min",
+              f"leakage         {result.leakage:.3f} L"]
     lines.append(f"skipped lines   {len(result.skipped_lines)}")
     lines += [f"  line {s.line_number}: {s.reason}" for s in result.skipped_lines[:10]]
     return "\n".join(lines)

@@ -257,7 +257,9 @@ def test_analyze_basic_against_truth(result, sample):
     assert result.apnea_count == truth["apnea_count"] == 1
     assert result.duration == pytest.approx(truth["duration"])
     np.testing.assert_allclose(result.breath_times, truth["breath_times"], atol=0.15)
-    assert result.ahi == pytest.approx(3600 / truth["duration"])
+    # AHI counts apneas and hypopneas (issue #13); this recording has no hypopnea
+    assert result.hypopnea_count == truth["hypopnea_count"] == 0
+    assert result.ahi == result.apnea_index == pytest.approx(3600 / truth["duration"])
     assert result.flow_lpm == pytest.approx(result.flow * 60000)
     assert len(result.time) == len(result.flow) == 6000
 
@@ -270,7 +272,12 @@ def test_analyze_accepts_uploads(sample, result, wrap):
 def test_to_dict_is_json_ready_with_contract_keys(result):
     d = result.to_dict()
     assert {"duration", "breaths", "breath_rate_bpm", "breath_times", "apnea_count", "leakage",
-            "ahi", "apnea_events", "skipped_lines"} == set(d)
+            "ahi", "apnea_events", "skipped_lines",
+            # issue #13's keys
+            "hypopnea_count", "apnea_index", "tidal_volume_l", "minute_ventilation_lpm",
+            "leak_rate_lpm", "events"} == set(d)
+    assert d["events"] == [{"type": "apnea", "start_s": e["start"], "end_s": e["end"]}
+                           for e in d["apnea_events"]]
     assert json.loads(json.dumps(d)) == d
     assert type(d["breaths"]) is int and type(d["duration"]) is float
     assert d["apnea_events"][0]["duration"] > 10

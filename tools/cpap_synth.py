@@ -60,6 +60,8 @@ class SynthConfig:
     spikes_per_min: float = 0.0        # single-sample spikes of 1-2 ADC steps (5-7 L/min)
     double_hump: bool = False          # inspirations with a dip in the middle
     shallow_fraction: float = 0.0      # share of breaths at 35-50 % of the amplitude (>= 10 L/min)
+    hypopnea_durations_s: tuple = ()   # runs of reduced breaths lasting about this long (s)
+    hypopnea_fraction: float = 0.4     # peak flow of a reduced breath / amplitude_lpm (no jitter)
     bad_lines: int = 0                 # samples replaced by bad lines (every kind in turn)
     blank_lines: int = 0               # blank lines inserted
     crlf: bool = False
@@ -77,33 +79,45 @@ def _inspiration_shape(u: np.ndarray, double_hump: bool) -> np.ndarray:
     return shape
 
 
-def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
-    """Flow signal and the truth.
+def _event_slots(n_apneas: int, n_hypopneas: int) -> list:
+    """Kinds of the events in time order, each kind spread evenly ("a" apnea, "h" hypopnea)."""
+    spread = [((i + 0.5) / n_apneas, "a") for i in range(n_apneas)]
+    spread += [((i + 0.5) / n_hypopneas, "h") for i in range(n_hypopneas)]
+    return [kind for _, kind in sorted(spread)]
+
+
+def synth_breaths(cfg: SynthConfig, rng: np.random.Generator):
+    """Flow signal and the truth of every breath.
 
     Returns
     -------
     time_s : numpy.ndarray
     flow_lpm : numpy.ndarray
         Flow, L/min (no leak, no oscillation yet).
-    peak_times_s : numpy.ndarray
-        True inspiratory peak times, s.
+    breaths : dict of numpy.ndarray
+        Per breath: ``peak_s``, ``start_s`` (inspiration start), ``end_s`` (expiration
+        end), ``tidal_volume_l`` (the exact integral of the inspiratory flow, L) and
+        ``reduced`` (True inside a hypopnea).
     """
     n = int(round(cfg.duration_s * SAMPLE_RATE_HZ))
     time_s = cfg.start_time_s + np.arange(n) / SAMPLE_RATE_HZ
     flow = np.zeros(n)
-    peaks = []
+    peaks, starts, ends, volumes, reduced = [], [], [], [], []
     fine_u = np.linspace(0, 1, 401)
     t = cfg.start_time_s + 0.5 + rng.uniform(0, 1.0)
     apnea_gaps = list(cfg.apnea_gaps_s)
-    # spread the apneas over the breaths that fit beside them (a little jitter, never adjacent)
+    hypopnea_durations = list(cfg.hypopnea_durations_s)
+    # spread the events over the breaths that fit beside them (a little jitter, never adjacent)
     mean_period = min(60.0 / cfg.rate_bpm, MAX_NORMAL_PERIOD_S)
     n_breaths_est = int((cfg.duration_s - sum(apnea_gaps) - 2.0) / mean_period)
-    slots = np.linspace(1, max(1, n_breaths_est - 1), len(apnea_gaps) + 2)[1:-1]
-    apnea_after = set(int(round(p + rng.uniform(-0.3, 0.3))) for p in slots) if apnea_gaps else set()
-    apnea_after = sorted(apnea_after)
+    kinds = _event_slots(len(apnea_gaps), len(hypopnea_durations))
+    slots = np.linspace(1, max(1, n_breaths_est - 1), len(kinds) + 2)[1:-1]
+    # without hypopneas exactly the former draws, so the recordings of a seed stay the same
+    event_after = sorted(set(int(round(p + rng.uniform(-0.3, 0.3))) for p in slots)) if kinds else []
     end_t = time_s[-1] - 0.3
     k = 0
     pending_gap = None
+    hypopnea_until_s = -np.inf
     while True:
         period = 60.0 / cfg.rate_bpm * float(np.clip(1 + cfg.rate_jitter * rng.standard_normal(), 0.7, 1.3))
         period = min(period, MAX_NORMAL_PERIOD_S)
@@ -121,6 +135,9 @@ def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
             t += pending_gap - (peak_t - peaks[-1])
             peak_t = peaks[-1] + pending_gap
             pending_gap = None
+        in_hypopnea = t < hypopnea_until_s
+        if in_hypopnea:
+            amp = cfg.amplitude_lpm * cfg.hypopnea_fraction
         if t + ti + te > end_t:
             break
         i0, i1, i2 = np.searchsorted(time_s, [t, t + ti, t + ti + te])
@@ -128,12 +145,29 @@ def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
         exp_amp = amp * ti / te * cfg.expiration_scale  # volume out = volume in
         flow[i1:i2] -= exp_amp * np.sin(np.pi * (time_s[i1:i2] - t - ti) / te)
         peaks.append(peak_t)
+        starts.append(t)
+        ends.append(t + ti + te)
+        # the shape's mean over u in [0, 1] times ti is its integral over the inspiration, s
+        volumes.append(amp * ti * float(np.mean(shape)) / 60.0)
+        reduced.append(in_hypopnea)
         k += 1
         t += period
-        if apnea_after and k == apnea_after[0]:
-            apnea_after.pop(0)
-            pending_gap = apnea_gaps.pop(0)
-    return time_s, flow, np.array(peaks)
+        if event_after and k == event_after[0]:
+            event_after.pop(0)
+            if kinds.pop(0) == "a":
+                pending_gap = apnea_gaps.pop(0)
+            else:
+                hypopnea_until_s = t + hypopnea_durations.pop(0)
+    breaths = dict(peak_s=np.array(peaks), start_s=np.array(starts), end_s=np.array(ends),
+                   tidal_volume_l=np.array(volumes), reduced=np.array(reduced, dtype=bool))
+    return time_s, flow, breaths
+
+
+def synth_flow(cfg: SynthConfig, rng: np.random.Generator):
+    """:func:`synth_breaths` with the true inspiratory peak times (s) in place of the
+    per-breath truth: ``(time_s, flow_lpm, peak_times_s)``."""
+    time_s, flow, breaths = synth_breaths(cfg, rng)
+    return time_s, flow, breaths["peak_s"]
 
 
 def flow_to_adc(flow_lpm: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -165,6 +199,28 @@ def flow_to_adc(flow_lpm: np.ndarray, cfg: SynthConfig, rng: np.random.Generator
     cols[:, 4] = np.where(inspiratory, p1_adc + 150, offset)
     cols[:, 5] = np.where(inspiratory, offset, p1_adc + 150)
     return np.clip(cols, 0, 16383).astype(np.int64)
+
+
+def _hypopnea_truth(breaths: dict) -> list:
+    """The runs of reduced breaths, from the first one's start to the last one's end (s)."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], breaths["reduced"].view(np.int8), [0]))))
+    return [{"start_s": round(float(breaths["start_s"][a]), 4), "end_s": round(float(breaths["end_s"][b - 1]), 4)}
+            for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _clinical_truth(breaths: dict, flow_lpm: np.ndarray, duration_s: float, apnea_count: int) -> dict:
+    hypopneas = _hypopnea_truth(breaths)
+    volumes = breaths["tidal_volume_l"]
+    return {
+        "tidal_volumes_l": [round(float(v), 5) for v in volumes],
+        "tidal_volume_l": round(float(np.median(volumes)), 5) if len(volumes) else 0.0,
+        "minute_ventilation_lpm": round(float(volumes.sum()) / (duration_s / 60.0), 5),
+        # the flow's exact mean: the set leak plus what unbalanced breaths leave (weak expiration)
+        "leak_rate_lpm": round(float(np.mean(flow_lpm)), 5),
+        "hypopnea_count": len(hypopneas),
+        "hypopnea_events": hypopneas,
+        "ahi": round(3600.0 * (apnea_count + len(hypopneas)) / duration_s, 5),
+    }
 
 
 def _truth(peaks: np.ndarray, time_s: np.ndarray) -> dict:
@@ -214,12 +270,16 @@ def generate(cfg: SynthConfig | None = None, **overrides):
         The recording, exactly as a bedside station writes it.
     truth : dict
         ``duration`` (s), ``breaths``, ``breath_rate_bpm``, ``breath_times`` (s),
-        ``apnea_count``, ``apnea_events`` (start/end/duration s), ``bad_lines``
-        (1-based line number and kind) and ``config``.
+        ``apnea_count``, ``apnea_events`` (start/end/duration s), ``tidal_volumes_l``
+        (each breath, L), ``tidal_volume_l`` (median, L), ``minute_ventilation_lpm``,
+        ``leak_rate_lpm`` (the generated flow's mean, L/min), ``hypopnea_count``,
+        ``hypopnea_events`` (start_s/end_s: first reduced breath's start to the last one's
+        end), ``ahi`` (/h), ``bad_lines`` (1-based line number and kind) and ``config``.
     """
     cfg = dataclasses.replace(cfg or SynthConfig(), **overrides)
     rng = np.random.default_rng(cfg.seed)
-    time_s, flow, peaks = synth_flow(cfg, rng)
+    time_s, flow, breaths = synth_breaths(cfg, rng)
+    peaks = breaths["peak_s"]
     flow = flow + cfg.leak_lpm
     if cfg.cardiogenic_lpm:
         phase = rng.uniform(0, 2 * np.pi)
@@ -230,6 +290,7 @@ def generate(cfg: SynthConfig | None = None, **overrides):
     text = frame.to_csv(header=False, index=False, float_format=f"%.{cfg.time_decimals}f",
                         lineterminator="\n")
     truth = _truth(peaks, time_s)
+    truth.update(_clinical_truth(breaths, flow, truth["duration"], truth["apnea_count"]))
     bad = []
     if cfg.bad_lines or cfg.blank_lines:
         rows = text.split("\n")[:-1]
@@ -328,6 +389,31 @@ def hard_config(seed: int) -> SynthConfig:
     return dataclasses.replace(base, **changes)
 
 
+def clinical_config(seed: int) -> SynthConfig:
+    """A 10-15 min night for the clinical measures: balanced breaths (inspired = expired
+    volume) at 30-50 L/min with a known leak of 0-8 L/min, 0-3 apneas of 11-40 s and 0-4
+    hypopneas of 15-35 s whose breaths peak at 35-42 % of the amplitude (clearly below 50 %
+    of the tidal volume, above the detection's entry threshold)."""
+    rng = np.random.default_rng(30_000 + seed)
+    return SynthConfig(
+        duration_s=float(rng.uniform(600, 900)),
+        rate_bpm=float(rng.uniform(8, 25)),
+        rate_jitter=float(rng.uniform(0.0, 0.08)),
+        amplitude_lpm=float(rng.uniform(30, 50)),
+        amplitude_jitter=float(rng.uniform(0.0, 0.1)),
+        ie_ratio=float(rng.uniform(0.4, 1.0)),
+        pause_fraction=float(rng.uniform(0.0, 0.3)),
+        apnea_gaps_s=tuple(float(g) for g in rng.uniform(11, 40, size=int(rng.integers(0, 4)))),
+        hypopnea_durations_s=tuple(float(d) for d in rng.uniform(15, 35, size=int(rng.integers(0, 5)))),
+        hypopnea_fraction=float(rng.uniform(0.35, 0.42)),
+        noise_adc=float(rng.uniform(0.1, 0.5)),
+        cpap_cmh2o=float(rng.uniform(4, 12)),
+        leak_lpm=float(rng.uniform(0, 8)),
+        start_time_s=float(rng.uniform(0, 3)),
+        seed=seed,
+    )
+
+
 # --- sample_data/ ---------------------------------------------------------------------------
 SAMPLE_RECORDINGS = {
     "normal_15bpm": ("regular breathing, 15/min", dict(duration_s=120, rate_bpm=15, seed=101)),
@@ -349,7 +435,8 @@ Synthetic recordings in the exact bedside file format (header line + 7 comma-sep
 time s, V1 p2, V1 p1-ins, V1 p1-exp, V2 p2, V2 p1-ins, V2 p1-exp in ADC units, 100 Hz), made by
 `tools/cpap_synth.py` with known truth. Each `NAME.txt` has its truth in `NAME.truth.json` (breath
 times = inspiratory peaks, apnea events = gaps of more than 10 s between consecutive breaths,
-skipped line numbers). The table below is written from that truth, not from the analysis;
+skipped line numbers, and since issue #13 each breath's tidal volume, the median, minute
+ventilation, leak rate = the generated flow's mean, hypopneas and AHI). The table below is written from that truth, not from the analysis;
 `tests/test_cpap_sample_data.py` checks the analysis against it.
 
 Regenerate (deterministic) with:
@@ -378,6 +465,13 @@ def write_sample_data(directory) -> list:
     return rows
 
 
+#: SynthConfig's tuple fields on the command line: flag and help
+LIST_OPTIONS = {
+    "apnea_gaps_s": ("--apnea-gaps", "gaps between inspiratory peaks to insert, s (e.g. 15 25)"),
+    "hypopnea_durations_s": ("--hypopnea-durations", "runs of reduced breaths to insert, s (e.g. 20 30)"),
+}
+
+
 def main(argv=None) -> int:
     """Command line: write one synthetic recording and its truth."""
     defaults = SynthConfig()
@@ -386,9 +480,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-data", metavar="DIR", help="write the sample_data/ set to DIR and stop")
     parser.add_argument("--preset", choices=["plain", "hard"], help="use the seeded test-set config")
     for f in dataclasses.fields(SynthConfig):
-        if f.name == "apnea_gaps_s":
-            parser.add_argument("--apnea-gaps", type=float, nargs="*", default=None,
-                                help="gaps between inspiratory peaks to insert, s (e.g. 15 25)")
+        if f.name in LIST_OPTIONS:
+            flag, what = LIST_OPTIONS[f.name]
+            parser.add_argument(flag, dest=f.name, type=float, nargs="*", default=None, help=what)
             continue
         kind = type(getattr(defaults, f.name))
         if kind is bool:
@@ -409,12 +503,11 @@ def main(argv=None) -> int:
     else:
         cfg = defaults
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)
-                 if f.name != "apnea_gaps_s" and getattr(args, f.name) not in (None, False)}
-    if args.apnea_gaps is not None:
-        overrides["apnea_gaps_s"] = tuple(args.apnea_gaps)
+                 if getattr(args, f.name) not in (None, False)}
+    overrides.update({name: tuple(overrides[name]) for name in LIST_OPTIONS if name in overrides})
     truth = write(args.out, cfg, **overrides)
     print(f"{args.out}: {truth['breaths']} breaths, {truth['apnea_count']} apneas, "
-          f"{truth['duration']:.1f} s")
+          f"{truth['hypopnea_count']} hypopneas, {truth['duration']:.1f} s")
     return 0
 
 
