@@ -213,7 +213,9 @@ def patient_records(mrn, query: models.RecordsQuery):
 
 CSV_COLUMNS = ("received_at", "mrn", "room", *models.METRIC_FIELDS, "has_image", "id")
 #: Decimal places in the CSV: what the screens show (leakage in the station's 2 places).
-CSV_DECIMALS = {"breath_rate_bpm": 1, "duration_s": 1, "ahi": 1, "leakage_l": 2}
+CSV_DECIMALS = {"breath_rate_bpm": 1, "duration_s": 1, "ahi": 1, "leakage_l": 2,
+                "apnea_index": 1, "tidal_volume_l": 3, "minute_ventilation_lpm": 2,
+                "leak_rate_lpm": 2}
 
 
 @api.get("/patients/<mrn>/records.csv")
@@ -236,6 +238,21 @@ def patient_records_csv(mrn, query: models.CsvQuery):
     return Response(csv_text(rows, CSV_COLUMNS, CSV_DECIMALS), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="patient-{number}-records.csv"',
         "X-Total-Count": str(total), "X-Truncated": "true" if total > len(records) else "false"})
+
+
+def existing_record(record_id: str) -> dict:
+    doc = get_storage().get_record(record_id)
+    if doc is None:
+        abort(404, description=f"no record {record_id!r}")
+    return doc
+
+
+@api.get("/records/<record_id>")
+@reads(*WARD)
+@spec.validate(resp=answers(404, HTTP_200=(models.RecordDetail, "the record with its events")))
+def get_record(record_id):
+    """One record with its apnea and hypopnea events"""
+    return models.RecordDetail.model_validate(existing_record(record_id))
 
 
 @api.get("/records/<record_id>/image")

@@ -32,6 +32,25 @@ MAX_COUNT = 10**7
 MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_AHI = 10_000.0
 MAX_LEAKAGE_L = 1e6
+#: Bounds of the clinical metrics (issue #13): generous, physiological values are far
+#: below; a value beyond is an implausible analysis, not a patient.
+MAX_TIDAL_VOLUME_L = 20.0
+MAX_MINUTE_VENTILATION_LPM = 500.0
+MAX_LEAK_RATE_LPM = 1000.0
+#: A record's events (apneas last > 10 s, hypopneas >= 10 s: a week holds < 60,480).
+EVENT_TYPES = ("apnea", "hypopnea")
+MAX_EVENTS = 20_000
+#: A record's night series (sleeplab.report.night_series): per-step values and a flow
+#: envelope. The step is a minute; a week's recording has 10,080 of them.
+SERIES_STEP_RANGE_S = (1.0, 3600.0)
+MAX_SERIES_STEPS = 10_081
+MAX_SERIES_FLOW_BINS = 2_000
+SERIES_STEP_KEYS = ("minute_start_s", "breath_rate_bpm", "tidal_volume_l",
+                    "minute_ventilation_lpm", "leak_rate_lpm")
+SERIES_FLOW_KEYS = ("flow_t_s", "flow_min_lpm", "flow_max_lpm")
+SERIES_KEYS = ("step_s", *SERIES_STEP_KEYS, *SERIES_FLOW_KEYS)
+#: Largest magnitude of a series value (seconds, L/min, L, breaths/min alike).
+MAX_SERIES_VALUE = MAX_DURATION_S
 #: Bounds of the lists the API returns (the query models of sleeplab/api/models.py).
 MAX_LIST_LIMIT = 10_000           # ?limit= of records, audit entries, commands, CSV rows
 LEGACY_MAX_RECORDS = 100          # newest records per patient in GET /get_all_patients
@@ -101,6 +120,80 @@ def number(value, field: str, minimum: float, maximum: float, what: str) -> floa
     if not math.isfinite(value) or not minimum <= value <= maximum:
         raise ValidationError(f"{field} must be {what}", field)
     return value
+
+
+def _nested_number(value, at: str, field: str, minimum: float, maximum: float,
+                   what: str) -> float:
+    """:func:`number` of an item inside ``field`` (the message names the item, e.g.
+    ``events[3].end_s``; the error's field stays the body's field)."""
+    try:
+        return number(value, at, minimum, maximum, what)
+    except ValidationError as exc:
+        raise ValidationError(exc.message, field) from None
+
+
+def _exact_keys(value, at: str, field: str, keys: tuple[str, ...], what: str) -> dict:
+    """``value`` (the item ``at`` of ``field``) is an object of exactly ``keys``."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"{at} must be {what}", field)
+    unknown = next((key for key in value if key not in keys), None)
+    if unknown is not None:
+        raise ValidationError(f"{at}: unknown key {unknown!r}", field)
+    missing = next((key for key in keys if key not in value), None)
+    if missing is not None:
+        raise ValidationError(f"{at}.{missing} is required", field)
+    return value
+
+
+def events(value, field: str = "events") -> list[dict]:
+    """A record's events: a list of ``{type, start_s, end_s}`` (type "apnea" or
+    "hypopnea", times in seconds of recording, start <= end), at most MAX_EVENTS."""
+    what = "a list of events {type, start_s, end_s}"
+    if not isinstance(value, list):
+        raise ValidationError(f"{field} must be {what}", field)
+    if len(value) > MAX_EVENTS:
+        raise ValidationError(f"{field} holds more than {MAX_EVENTS} events", field)
+    clean = []
+    for i, event in enumerate(value):
+        at = f"{field}[{i}]"
+        _exact_keys(event, at, field, ("type", "start_s", "end_s"),
+                    "an event {type, start_s, end_s}")
+        if event["type"] not in EVENT_TYPES:
+            raise ValidationError(f"{at}.type must be one of {', '.join(EVENT_TYPES)}", field)
+        start_s, end_s = (_nested_number(event[key], f"{at}.{key}", field, 0.0,
+                                         MAX_DURATION_S, f"seconds from 0 to {MAX_DURATION_S:g}")
+                          for key in ("start_s", "end_s"))
+        if end_s < start_s:
+            raise ValidationError(f"{at}.end_s must not be before its start_s", field)
+        clean.append({"type": event["type"], "start_s": start_s, "end_s": end_s})
+    return clean
+
+
+def _series_values(value, field: str, key: str, maximum: int) -> list[float | None]:
+    at = f"{field}.{key}"
+    if not isinstance(value, list) or len(value) > maximum:
+        raise ValidationError(f"{at} must be a list of at most {maximum} numbers", field)
+    what = f"a finite number from -{MAX_SERIES_VALUE:g} to {MAX_SERIES_VALUE:g} or null"
+    return [None if item is None else
+            _nested_number(item, f"{at}[{i}]", field, -MAX_SERIES_VALUE, MAX_SERIES_VALUE, what)
+            for i, item in enumerate(value)]
+
+
+def night_series(value, field: str = "series") -> dict:
+    """A record's night series (``sleeplab.report.night_series``): ``step_s``, per-step
+    lists of SERIES_STEP_KEYS (one length) and a flow envelope of SERIES_FLOW_KEYS
+    (one length); numbers or null."""
+    _exact_keys(value, field, field, SERIES_KEYS, "an object of " + ", ".join(SERIES_KEYS))
+    low, high = SERIES_STEP_RANGE_S
+    clean = {"step_s": _nested_number(value["step_s"], f"{field}.step_s", field, low, high,
+                                      f"seconds from {low:g} to {high:g}")}
+    for keys, maximum in ((SERIES_STEP_KEYS, MAX_SERIES_STEPS),
+                          (SERIES_FLOW_KEYS, MAX_SERIES_FLOW_BINS)):
+        for key in keys:
+            clean[key] = _series_values(value[key], field, key, maximum)
+        if len({len(clean[key]) for key in keys}) > 1:
+            raise ValidationError(f"{field}: {', '.join(keys)} must have one length", field)
+    return clean
 
 
 def breath_rate(value, field: str = "breath_rate_bpm") -> float:

@@ -72,9 +72,12 @@ OUT_OF_DISK_WORDS = ("disk is full", "disk full", "no space left on device",
 #: API also remembers such a refusal for /health).
 WRITE_PROBE_BYTES = 8 * 1024
 
-#: Record fields copied from an upload (besides mrn, room and times).
-RECORD_METRICS = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count",
-                  "breaths", "duration_s", "ahi", "leakage_l")
+#: A record's details: stored in the record document, never copied into the patient and
+#: room summaries nor read with lists of records (an 8-hour night's series and events are
+#: tens of KB; the wall reads every room's summary).
+RECORD_DETAILS = ("events", "series")
+#: What lists of records read: all but the details.
+RECORD_LIST_FIELDS = {field: 0 for field in RECORD_DETAILS}
 
 #: Newest first; ``_id`` (an ObjectId, increasing) breaks ties within a millisecond.
 NEWEST_RECORDS = [("received_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
@@ -445,8 +448,7 @@ class Storage:
                     "size": len(data), "etag": hashlib.sha256(data).hexdigest()[:32],
                 })
             record = {"_id": record_id, "mrn": mrn, "room": room, "received_at": now,
-                      **{k: metrics.get(k) for k in RECORD_METRICS},
-                      "has_image": image is not None}
+                      **metrics, "has_image": image is not None}
             _insert_once(self.records, record)
             summary = record_summary(record)  # summaries follow their record
         fields = {"_id": 0, "name": 1, "room": 1, "latest": 1, "created_by": 1}
@@ -594,7 +596,13 @@ class Storage:
 
     def patient_records(self, mrn: int, limit: int) -> list[dict]:
         """A patient's ``limit`` newest records, newest first (no images)."""
-        return list(self.records.find({"mrn": exactly(mrn)}).sort(NEWEST_RECORDS).limit(limit))
+        return list(self.records.find({"mrn": exactly(mrn)}, RECORD_LIST_FIELDS)
+                    .sort(NEWEST_RECORDS).limit(limit))
+
+    def get_record(self, record_id: str) -> dict | None:
+        """One record with its details (None: no such record, or not an id)."""
+        oid = parse_object_id(record_id)
+        return None if oid is None else self.records.find_one({"_id": oid})
 
     def record_lists(self, mrns: list[int], limit: int) -> dict[int, list[dict]]:
         """The ``limit`` newest records of each given patient, oldest first, by MRN.
@@ -777,7 +785,7 @@ def occupant_mrn(room_doc: dict | None) -> int | None:
 
 def record_summary(record: dict) -> dict:
     """The copy of a record kept in its room and patient documents (id as a string)."""
-    summary = {k: v for k, v in record.items() if k != "_id"}
+    summary = {k: v for k, v in record.items() if k != "_id" and k not in RECORD_DETAILS}
     summary["id"] = str(record["_id"])
     summary["ms"] = ms(record.get("received_at"))
     return summary

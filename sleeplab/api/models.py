@@ -72,7 +72,17 @@ BreathRateValue = Annotated[float, Field(ge=0, le=v.BREATH_RATE_MAX_BPM,
                                          description="breaths per minute")]
 CountValue = Annotated[int, Field(ge=0, le=v.MAX_COUNT)]
 DurationValue = Annotated[float, Field(ge=0, le=v.MAX_DURATION_S, description="seconds")]
-AhiValue = Annotated[float, Field(ge=0, le=v.MAX_AHI, description="apnea events per hour")]
+AhiValue = Annotated[float, Field(ge=0, le=v.MAX_AHI,
+                                  description="apneas and hypopneas per hour of recording "
+                                              "(records without hypopnea_count: apneas only)")]
+ApneaIndexValue = Annotated[float, Field(ge=0, le=v.MAX_AHI, description="apneas per hour")]
+TidalVolumeValue = Annotated[float, Field(ge=0, le=v.MAX_TIDAL_VOLUME_L,
+                                          description="litres: median inspired volume of a "
+                                                      "breath")]
+MinuteVentilationValue = Annotated[float, Field(ge=0, le=v.MAX_MINUTE_VENTILATION_LPM,
+                                                description="litres per minute inspired")]
+LeakRateValue = Annotated[float, Field(ge=-v.MAX_LEAK_RATE_LPM, le=v.MAX_LEAK_RATE_LPM,
+                                       description="litres per minute: mean net flow")]
 LeakageValue = Annotated[float, Field(ge=-v.MAX_LEAKAGE_L, le=v.MAX_LEAKAGE_L,
                                       description="litres")]
 NameValue = Annotated[str, Field(max_length=v.MAX_NAME_CHARS)]
@@ -101,6 +111,43 @@ def _number(maximum: float, what: str, minimum: float = 0.0):
 check_duration = _number(v.MAX_DURATION_S, f"a finite number from 0 to {v.MAX_DURATION_S:g} s")
 check_ahi = _number(v.MAX_AHI, f"a finite number from 0 to {v.MAX_AHI:g} events per hour")
 check_leakage = _number(v.MAX_LEAKAGE_L, "a finite number of litres", -v.MAX_LEAKAGE_L)
+check_apnea_index = _number(v.MAX_AHI, f"a finite number from 0 to {v.MAX_AHI:g} apneas per hour")
+check_tidal_volume = _number(v.MAX_TIDAL_VOLUME_L,
+                             f"a finite number from 0 to {v.MAX_TIDAL_VOLUME_L:g} litres")
+check_minute_ventilation = _number(
+    v.MAX_MINUTE_VENTILATION_LPM,
+    f"a finite number from 0 to {v.MAX_MINUTE_VENTILATION_LPM:g} litres per minute")
+check_leak_rate = _number(
+    v.MAX_LEAK_RATE_LPM,
+    f"a finite number from -{v.MAX_LEAK_RATE_LPM:g} to {v.MAX_LEAK_RATE_LPM:g} litres per minute",
+    -v.MAX_LEAK_RATE_LPM)
+
+
+class Event(BaseModel):
+    """An apnea or hypopnea of a recording (times in seconds of the recording)."""
+
+    type: Literal[v.EVENT_TYPES]  # type: ignore[valid-type]
+    start_s: DurationValue
+    end_s: DurationValue
+
+
+SeriesValues = list[float | None]
+
+
+class NightSeries(BaseModel):
+    """A recording's series for the night report (``sleeplab.report.night_series``):
+    one value per ``step_s`` (a minute) from ``minute_start_s`` (s of recording), and a
+    min/max envelope of the flow. ``null`` where a step has no value."""
+
+    step_s: float = Field(ge=v.SERIES_STEP_RANGE_S[0], le=v.SERIES_STEP_RANGE_S[1])
+    minute_start_s: SeriesValues = Field(max_length=v.MAX_SERIES_STEPS)
+    breath_rate_bpm: SeriesValues = Field(max_length=v.MAX_SERIES_STEPS)
+    tidal_volume_l: SeriesValues = Field(max_length=v.MAX_SERIES_STEPS)
+    minute_ventilation_lpm: SeriesValues = Field(max_length=v.MAX_SERIES_STEPS)
+    leak_rate_lpm: SeriesValues = Field(max_length=v.MAX_SERIES_STEPS)
+    flow_t_s: SeriesValues = Field(max_length=v.MAX_SERIES_FLOW_BINS)
+    flow_min_lpm: SeriesValues = Field(max_length=v.MAX_SERIES_FLOW_BINS)
+    flow_max_lpm: SeriesValues = Field(max_length=v.MAX_SERIES_FLOW_BINS)
 
 # ... and as given in a request: each checked once, by its checker.
 PositiveId = _required(PositiveIdValue, v.positive_id)
@@ -112,6 +159,12 @@ OptionalCount = _optional(CountValue, v.count)
 OptionalDuration = _optional(DurationValue, check_duration)
 OptionalAhi = _optional(AhiValue, check_ahi)
 OptionalLeakage = _optional(LeakageValue, check_leakage)
+OptionalApneaIndex = _optional(ApneaIndexValue, check_apnea_index)
+OptionalTidalVolume = _optional(TidalVolumeValue, check_tidal_volume)
+OptionalMinuteVentilation = _optional(MinuteVentilationValue, check_minute_ventilation)
+OptionalLeakRate = _optional(LeakRateValue, check_leak_rate)
+OptionalEvents = _optional(list[Event], v.events)
+OptionalSeries = _optional(NightSeries, v.night_series)
 OptionalName = _optional(NameValue, _text(v.MAX_NAME_CHARS))
 OptionalSource = _optional(SourceValue, _text(v.MAX_SOURCE_CHARS))
 OptionalUploadId = _optional(UploadIdValue, v.upload_id)
@@ -194,10 +247,14 @@ class RequestModel(BaseModel):
 #: A record's metrics: the measurement group (given together or not at all), then the
 #: richer metrics; the order of the answer and of the CSV export.
 MEASUREMENT_GROUP = ("cpap_pressure_cmh2o", "breath_rate_bpm", "apnea_count")
-RICHER_METRICS = ("breaths", "duration_s", "ahi", "leakage_l")
+RICHER_METRICS = ("breaths", "duration_s", "ahi", "leakage_l", "hypopnea_count",
+                  "apnea_index", "tidal_volume_l", "minute_ventilation_lpm", "leak_rate_lpm")
 METRIC_FIELDS = MEASUREMENT_GROUP + RICHER_METRICS
+#: A record's details (the events and the report's series): stored with the record,
+#: never in lists or summaries.
+RECORD_DETAILS = storage.RECORD_DETAILS
 #: Accepted only with the measurement group.
-MEASUREMENT_EXTRAS = ("flow_image", *RICHER_METRICS)
+MEASUREMENT_EXTRAS = ("flow_image", *RICHER_METRICS, *RECORD_DETAILS)
 
 
 def _given(value) -> bool:
@@ -252,7 +309,13 @@ class UploadRules(EmptyIsUnset):
         """The record's metrics (None: an upload of the patient's details only)."""
         if self.cpap_pressure_cmh2o is None:
             return None
-        return {field: getattr(self, field, None) for field in METRIC_FIELDS}
+        metrics = {field: getattr(self, field, None) for field in METRIC_FIELDS}
+        for field in RECORD_DETAILS:  # only when given: an older client's digest stays
+            value = getattr(self, field, None)
+            if value is not None:
+                metrics[field] = ([item.model_dump() for item in value]
+                                  if isinstance(value, list) else value.model_dump())
+        return metrics
 
 
 def measurement_group(given: set[str], names: dict[str, str]) -> None:
@@ -296,6 +359,13 @@ class Upload(UploadRules):
     duration_s: OptionalDuration = None
     ahi: OptionalAhi = None
     leakage_l: OptionalLeakage = None
+    hypopnea_count: OptionalCount = None
+    apnea_index: OptionalApneaIndex = None
+    tidal_volume_l: OptionalTidalVolume = None
+    minute_ventilation_lpm: OptionalMinuteVentilation = None
+    leak_rate_lpm: OptionalLeakRate = None
+    events: OptionalEvents = None
+    series: OptionalSeries = None
     flow_image: OptionalImage = None
 
 
@@ -452,7 +522,22 @@ class Record(Answer):
     duration_s: DurationValue | None = None
     ahi: AhiValue | None = None
     leakage_l: LeakageValue | None = None
+    hypopnea_count: CountValue | None = None
+    apnea_index: ApneaIndexValue | None = None
+    tidal_volume_l: TidalVolumeValue | None = None
+    minute_ventilation_lpm: MinuteVentilationValue | None = None
+    leak_rate_lpm: LeakRateValue | None = None
     has_image: Annotated[bool, BeforeValidator(bool)] = False
+
+
+class RecordDetail(Record):
+    """One record with its events (``GET /records/{id}``)."""
+
+    events: list[Event] = Field(default_factory=list)
+    has_series: Annotated[bool, BeforeValidator(lambda value: value is not None)] = Field(
+        False, validation_alias=AliasChoices("series", "has_series"),
+        description="whether the record holds the series its night report draws (records "
+                    "stored before the report existed do not: their report shows the metrics)")
 
 
 class Patient(Answer):
@@ -640,7 +725,13 @@ def analysis_fields(result) -> dict:
     return {"breath_rate_bpm": float(result.breath_rate_bpm),
             "apnea_count": int(result.apnea_count), "breaths": int(result.breaths),
             "duration_s": float(result.duration), "ahi": float(result.ahi),
-            "leakage_l": float(result.leakage)}
+            "leakage_l": float(result.leakage), "hypopnea_count": int(result.hypopnea_count),
+            "apnea_index": float(result.apnea_index),
+            "tidal_volume_l": float(result.tidal_volume_l),
+            "minute_ventilation_lpm": float(result.minute_ventilation_lpm),
+            "leak_rate_lpm": float(result.leak_rate_lpm),
+            "events": [{"type": e.type, "start_s": float(e.start_s), "end_s": float(e.end_s)}
+                       for e in result.events]}
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -650,7 +741,7 @@ def finite_or_none(value: float | None) -> float | None:
 #: What a recording's analysis gives (:func:`analysis_fields`): every metric but the
 #: pressure, which the caller gives. Checked as an upload's same fields are (the
 #: raw-recording route: a value out of bounds is an implausible result).
-ANALYSED_FIELDS = METRIC_FIELDS[1:]
+ANALYSED_FIELDS = METRIC_FIELDS[1:] + ("events",)
 Analysed = pydantic.create_model(
     "Analysed", __base__=RequestModel,
     **{name: (Upload.model_fields[name].annotation, Upload.model_fields[name])
