@@ -63,6 +63,7 @@ SAMPLE_SUFFIXES = (".txt", ".csv")
 PRESSURE_MIN_CMH2O = validation.PRESSURE_MIN_CMH2O  # the API's bounds, checked before sending
 PRESSURE_MAX_CMH2O = validation.PRESSURE_MAX_CMH2O
 APNEA_ALERT_COUNT = 2           # apnea counts at or above this are shown in red
+AHI_ALERT_PER_H = 15.0          # an AHI at or above this (moderate sleep apnea) is shown in red
 MAX_ID = validation.MAX_ID      # largest integer every JSON client reads exactly
 CHART_MAX_POINTS = 4000         # the zoomable chart gets a min/max envelope of this size
 ROOMS_TTL_S = 2                 # below the shortest refresh interval: one fetch per refresh
@@ -80,8 +81,11 @@ UPLOAD_SOURCE, SAMPLE_SOURCE = "Recording file", "Sample recording"
 HIGHLIGHT_CSS = "background-color: #fde8e8"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time on screen (strftime and Vega-Lite alike)
 TREND_BAR_PX = 12
-WHOLE_COLUMNS = ("Room", "MRN", "Records", "Pressure (cmH2O)", "Apnea count", "Breaths")
-DECIMAL_COLUMNS = ("Breath rate (bpm)", "Duration (s)")
+WHOLE_COLUMNS = ("Room", "MRN", "Records", "Pressure (cmH2O)", "Apnea count", "Hypopneas",
+                 "Breaths")
+DECIMAL_COLUMNS = ("Breath rate (bpm)", "Duration (s)", "AHI (/h)")
+#: Event shading of the flow charts: apneas red, hypopneas amber (as in the flow plot).
+EVENT_COLOURS = {"apnea": "#d62728", "hypopnea": "#ff9f1c"}
 RECORDING_FORMAT = ("A CPAP recording is a text file: a header line, then one line per sample "
                     "with 7 comma-separated numbers (time in s and six pressures), 100 samples "
                     "per second.")
@@ -102,7 +106,7 @@ FILTER_CHOICES = ("All rooms", "Needs attention", "Pending command", "No recent 
 #: Compact tile states: (label in the legend, CSS of the tile's button). A tile is a
 #: button keyed ``mon_tile_<state>_<room>`` (the key's class carries the state).
 TILE_STYLES = {
-    "attention": ("needs attention: apneas or a command not applied in time",
+    "attention": ("needs attention: apneas, AHI or a command not applied in time",
                   "border: 3px solid #d62728; background: rgba(214, 39, 40, 0.22);"),
     "stale": ("no data for a while", "border: 3px dashed #6d6d6d; "
                                      "background: rgba(128, 128, 128, 0.25);"),
@@ -113,7 +117,7 @@ TILE_STYLES = {
     "ok": ("data, no alarm", "border: 2px solid #2e7d32; background: rgba(46, 125, 50, 0.12);"),
 }
 TILE_SIZES = {  # (tile width and height in px, room-number font px, text font px)
-    "normal": (166, 54, 22, 15),
+    "normal": (188, 54, 22, 15),
     "small": (118, 38, 15, 11),
 }
 
@@ -290,6 +294,53 @@ def apnea_markdown(count) -> str:
     if count is None:
         return "—"
     return f":red[{int(count)}]" if int(count) >= APNEA_ALERT_COUNT else str(int(count))
+
+
+def ahi_alert(ahi) -> bool:
+    return ahi is not None and math.isfinite(ahi) and ahi >= AHI_ALERT_PER_H
+
+
+def ahi_markdown(ahi) -> str:
+    """AHI (events per hour) for ``st.metric``/Markdown: red from AHI_ALERT_PER_H on."""
+    text = fmt_number(ahi)
+    return f":red[{text}]" if ahi_alert(ahi) else text
+
+
+def ahi_help(record: dict) -> str:
+    """What a record's AHI counts (records stored before hypopneas were counted hold
+    apneas only)."""
+    if record.get("hypopnea_count") is None:
+        return "Apneas per hour (this record was analysed before hypopneas were counted)."
+    return (f"Apneas and hypopneas per hour of recording ({plural(record['hypopnea_count'], 'hypopnea')}); "
+            f"red from {AHI_ALERT_PER_H:g} (moderate).")
+
+
+def render_clinical_metrics(record: dict, where) -> None:
+    """Hypopneas, tidal volume, minute ventilation and leak rate of a record or an analysis
+    (one row of metrics; absent values as —)."""
+    cols = where.columns(4)
+    cols[0].metric("Hypopneas", fmt_number(record.get("hypopnea_count")),
+                   help="Runs of breaths lasting ≥ 10 s with tidal volume ≤ 50 % of the "
+                        "preceding 2 minutes' (flow only, no SpO2).")
+    cols[1].metric("Tidal volume", f"{fmt_number(record.get('tidal_volume_l'), 2)} L",
+                   help="Median inspired volume of a breath.")
+    cols[2].metric("Minute ventilation", f"{fmt_number(record.get('minute_ventilation_lpm'))} L/min",
+                   help="Inspired volume per minute of recording.")
+    cols[3].metric("Leak rate", f"{fmt_number(record.get('leak_rate_lpm'))} L/min",
+                   help="Mean net flow: what does not come back.")
+
+
+def record_alerts(latest: dict | None) -> list[str]:
+    """What in a record needs attention: APNEA_ALERT_COUNT apneas or more, an AHI of
+    AHI_ALERT_PER_H or more."""
+    latest = latest or {}
+    alerts = []
+    apneas = latest.get("apnea_count")
+    if apneas is not None and int(apneas) >= APNEA_ALERT_COUNT:
+        alerts.append(plural(int(apneas), "apnea"))
+    if ahi_alert(latest.get("ahi")):
+        alerts.append(f"AHI {latest['ahi']:.0f}/h")
+    return alerts
 
 
 # --- Input validation (each returns a value or a message naming the field) ----------
@@ -578,7 +629,6 @@ def analyse_recording(sha256: str, _data: bytes) -> dict:
     return {
         "sha256": sha256,
         **fields,
-        "apnea_events": [(float(e.start), float(e.end)) for e in result.apnea_events],
         "skipped_lines": [(int(s.line_number), str(s.reason)) for s in result.skipped_lines],
         "plot_png": png,
         "chart": chart_frame(np.asarray(result.time), np.asarray(result.flow_lpm)),
@@ -588,15 +638,23 @@ def analyse_recording(sha256: str, _data: bytes) -> dict:
 def flow_chart(analysis: dict) -> alt.LayerChart:
     import altair as alt          # here, not at the top: a page without charts never loads it
 
-    """Zoomable (x axis) flow chart with apnea intervals shaded red."""
+    """Zoomable (x axis) flow chart with apneas and hypopneas shaded in their colours
+    (EVENT_COLOURS) and a legend."""
     line = alt.Chart(analysis["chart"]).mark_line(strokeWidth=1).encode(
         x=alt.X("time_s:Q", title="Time (s)", scale=alt.Scale(nice=False, zero=False)),
         y=alt.Y("flow_lpm:Q", title="Flow (L/min)"),
         tooltip=[alt.Tooltip("time_s:Q", format=".2f"), alt.Tooltip("flow_lpm:Q", format=".1f")],
     )
-    events = pd.DataFrame(analysis["apnea_events"], columns=["start_s", "end_s"])
-    shading = alt.Chart(events).mark_rect(color="#d62728", opacity=0.18).encode(
-        x="start_s:Q", x2="end_s:Q")
+    events = pd.DataFrame(analysis["events"], columns=["type", "start_s", "end_s"])
+    shading = alt.Chart(events).mark_rect(opacity=0.22).encode(
+        x="start_s:Q", x2="end_s:Q",
+        color=alt.Color("type:N", title="Event",
+                        scale=alt.Scale(domain=list(EVENT_COLOURS),
+                                        range=list(EVENT_COLOURS.values())),
+                        legend=alt.Legend(orient="top")),
+        tooltip=[alt.Tooltip("type:N", title="Event"),
+                 alt.Tooltip("start_s:Q", title="From (s)", format=".1f"),
+                 alt.Tooltip("end_s:Q", title="To (s)", format=".1f")])
     return alt.layer(shading, line).interactive(bind_y=False).properties(height=260)
 
 
@@ -971,12 +1029,16 @@ def render_analysis(analysis: dict, file_name: str) -> None:
     cols[2].metric("Breaths", analysis["breaths"])
     cols[3].metric("Duration", f"{analysis['duration_s'] / 60:.1f} min")
     cols[4].metric("Leakage", f"{fmt_number(analysis['leakage_l'], 2)} L")
+    cols = st.columns([1, 4])
+    cols[0].metric("AHI", ahi_markdown(analysis["ahi"]), help=ahi_help(analysis))
+    render_clinical_metrics(analysis, cols[1])
     skipped = analysis["skipped_lines"]
     if skipped:
         line, reason = skipped[0]
         st.caption(f"{plural(len(skipped), 'unreadable line')} skipped, e.g. line {line}: "
                    f"{md_escape(reason)}")
-    st.caption(f"Flow of {md_code(file_name)}: breath markers and apnea intervals")
+    st.caption(f"Flow of {md_code(file_name)}: breath markers, apneas (red) and hypopneas "
+               "(amber)")
     st.image(analysis["plot_png"], width="stretch")
     st.caption("Zoomable flow (scroll to zoom, drag to pan, double-click to reset)")
     st.altair_chart(flow_chart(analysis), width="stretch")
@@ -1097,12 +1159,9 @@ def command_overdue(command: dict | None, server_time: str | None) -> bool:
 
 
 def room_alerts(entry: dict, server_time: str | None) -> list[str]:
-    """Why a room needs attention (empty: it does not): apneas, no data, a command not
-    applied in time."""
-    alerts = []
-    apneas = (entry.get("latest") or {}).get("apnea_count")
-    if apneas is not None and int(apneas) >= APNEA_ALERT_COUNT:
-        alerts.append(plural(int(apneas), "apnea"))
+    """Why a room needs attention (empty: it does not): apneas or AHI
+    (:func:`record_alerts`), no data, a command not applied in time."""
+    alerts = record_alerts(entry.get("latest"))
     if is_stale(entry, server_time):
         alerts.append(f"stale > {STALE_AFTER_MIN:g} min")
     command = entry.get("command")
@@ -1121,15 +1180,13 @@ def room_state(entry: dict, server_time: str | None) -> str:
 
 def tile_state(entry: dict, server_time: str | None) -> str:
     """The compact tile's state, a key of TILE_STYLES (the first that applies):
-    ``free``, ``attention`` (apneas, a command overdue), ``stale``, ``pending`` (a command
-    the bedside has not applied yet), ``nodata`` (a patient, no record yet), ``ok``."""
+    ``free``, ``attention`` (apneas or AHI, a command overdue), ``stale``, ``pending`` (a
+    command the bedside has not applied yet), ``nodata`` (a patient, no record yet), ``ok``."""
     if not entry.get("patient"):
         return "free"
     latest = entry.get("latest") or {}
-    apneas = latest.get("apnea_count")
     command = entry.get("command")
-    if (apneas is not None and int(apneas) >= APNEA_ALERT_COUNT) \
-            or command_overdue(command, server_time):
+    if record_alerts(latest) or command_overdue(command, server_time):
         return "attention"
     if is_stale(entry, server_time):
         return "stale"
@@ -1159,8 +1216,8 @@ def age_text(moment: str | None, server_time: str | None) -> str:
 
 def tile_lines(entry: dict, server_time: str | None, size: str) -> tuple[str, str]:
     """A tile's two lines of plain text after the room number: who and the pressure in
-    force, then breath rate, apneas and the age of the latest data (the patient as
-    letters-only initials, or the MRN)."""
+    force, then breath rate, apneas, AHI and
+    the age of the latest data (the patient as letters-only initials, or the MRN)."""
     patient = entry.get("patient")
     if not patient:
         return "free", ""
@@ -1175,10 +1232,13 @@ def tile_lines(entry: dict, server_time: str | None, size: str) -> tuple[str, st
     if not latest:
         return head, "no data yet"
     apneas = latest.get("apnea_count")
-    per_min = "/min" if size == "small" else " bpm"
-    return head, (f"{fmt_number(latest.get('breath_rate_bpm'))}{per_min} · "
-                  f"{apneas if apneas is not None else '—'} apn · "
-                  f"{age_text(latest.get('received_at'), server_time)}")
+    rate = latest.get("breath_rate_bpm")
+    parts = [f"{fmt_number(rate)}{'/min' if size == 'small' else ' bpm'}"]
+    parts += [f"{apneas if apneas is not None else '—'} apn"]
+    if latest.get("ahi") is not None:
+        parts.append(f"AHI {fmt_number(float(latest['ahi']), 0)}")
+    parts.append(age_text(latest.get("received_at"), server_time))
+    return head, " · ".join(parts)
 
 
 def wall_mode(room_count: int) -> str:
@@ -1237,7 +1297,7 @@ def render_card_wall(rooms: list[dict], server_time: str | None) -> None:
     """Every room a detailed card, WALL_COLUMNS a row."""
     st.html(CARD_CSS)                # fixed text only: no user data in HTML
     st.caption(f":red-badge[:material/warning: needs attention] {APNEA_ALERT_COUNT} or more "
-               f"apneas, no data for {STALE_AFTER_MIN:g} min, or a pressure command not "
+               f"apneas, AHI {AHI_ALERT_PER_H:g}/h or more, no data for {STALE_AFTER_MIN:g} min, or a pressure command not "
                f"applied within {COMMAND_OVERDUE_S:g} s · :green-badge[green border] "
                "data, no alarm · :gray-badge[dashed border] no data yet")
     for start in range(0, len(rooms), WALL_COLUMNS):
@@ -1299,9 +1359,12 @@ def render_room_card(entry: dict, server_time: str | None) -> None:
         if latest is None:
             st.markdown("**No data yet** — no CPAP record from this room.")
             return
-        cols = st.columns(2)
+        cols = st.columns(3)
         cols[0].metric("bpm", fmt_number(latest.get("breath_rate_bpm")))
         cols[1].metric("apneas", apnea_markdown(latest.get("apnea_count")))
+        cols[2].metric("AHI", ahi_markdown(latest.get("ahi")),
+                       help=f"Apneas and hypopneas per hour of the latest record; red from "
+                            f"{AHI_ALERT_PER_H:g} (moderate).")
         st.caption(f"Latest record made at {fmt_number(latest.get('cpap_pressure_cmh2o'))} "
                    f"cmH2O · {fmt_time(latest.get('received_at'))}")
 
@@ -1485,13 +1548,16 @@ def render_record_image(base: str, record: dict, title: str, room: int, key: str
                        icon=":material/download:", on_click="ignore")
 
 
-def trend_chart(records: list[dict]) -> alt.LayerChart:
+def trend_chart(records: list[dict]) -> alt.VConcatChart:
+    """Over a patient's records: apneas (bars) and breath rate, and below the AHI with
+    its alert line (AHI_ALERT_PER_H)."""
     import altair as alt
 
     frame = pd.DataFrame([{
         "time": parse_time(r.get("received_at")).astimezone().replace(tzinfo=None),
         "breath_rate_bpm": r.get("breath_rate_bpm"),
         "apnea_count": r.get("apnea_count"),
+        "ahi": r.get("ahi"),
     } for r in records if parse_time(r.get("received_at"))])
     span_s = (frame["time"].max() - frame["time"].min()).total_seconds() if len(frame) else 0
     # the parts of fmt_time's format: the time alone within a day, else date and time
@@ -1511,7 +1577,14 @@ def trend_chart(records: list[dict]) -> alt.LayerChart:
         y=alt.Y("breath_rate_bpm:Q", title="Breath rate (bpm)",
                 axis=alt.Axis(titleColor="#1f77b4")),
         tooltip=[time_tip, alt.Tooltip("breath_rate_bpm:Q", title="Breath rate", format=".1f")])
-    return alt.layer(apneas, rate).resolve_scale(y="independent").properties(height=240)
+    ahi = base.mark_line(point=True, color="#7b1fa2").encode(
+        y=alt.Y("ahi:Q", title="AHI (events/h)", scale=alt.Scale(domainMin=0),
+                axis=alt.Axis(titleColor="#7b1fa2")),
+        tooltip=[time_tip, alt.Tooltip("ahi:Q", title="AHI", format=".1f")])
+    threshold = alt.Chart(pd.DataFrame({"ahi": [AHI_ALERT_PER_H]})).mark_rule(
+        color="#7b1fa2", strokeDash=[4, 3], opacity=0.6).encode(y="ahi:Q")
+    breathing = alt.layer(apneas, rate).resolve_scale(y="independent").properties(height=170)
+    return alt.vconcat(breathing, alt.layer(ahi, threshold).properties(height=110))
 
 
 def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
@@ -1534,7 +1607,7 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
 
     pressure, source = pressure_in_force(entry)
     alerts = room_alerts(entry, server_time)
-    cols = st.columns([1.1, 1.1, 1, 0.9, 1.9])
+    cols = st.columns([1.1, 1.1, 1, 0.9, 0.8, 1.9])
     cols[0].metric("Pressure in force", f"{pressure} cmH2O" if pressure is not None else "—",
                    help=f"Pressure {source}.")
     if latest is None:
@@ -1544,7 +1617,9 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
                        help="The pressure the latest record was made at.")
         cols[2].metric("Breath rate", f"{fmt_number(latest.get('breath_rate_bpm'))} bpm")
         cols[3].metric("Apnea count", apnea_markdown(latest.get("apnea_count")))
-        cols[4].metric("Data time", fmt_time(latest.get("received_at")))
+        cols[4].metric("AHI", ahi_markdown(latest.get("ahi")), help=ahi_help(latest))
+        cols[5].metric("Data time", fmt_time(latest.get("received_at")))
+        render_clinical_metrics(latest, st)
     if alerts:
         st.markdown(f":red-badge[:material/warning: needs attention: {' · '.join(alerts)}]")
     elif latest is not None:
@@ -1662,8 +1737,10 @@ def render_monitoring_station() -> None:
 
 # --- Patients -------------------------------------------------------------------------
 
-def highlight_apnea_rows(frame: pd.DataFrame, column: str = "Apnea count"):
-    """Styler that shades every row whose apnea count is APNEA_ALERT_COUNT or more."""
+def highlight_alert_rows(frame: pd.DataFrame, column: str = "Apnea count",
+                         ahi_column: str = "AHI (/h)"):
+    """Styler that shades every row whose apnea count is APNEA_ALERT_COUNT or more, or
+    whose AHI is AHI_ALERT_PER_H or more."""
     frame = frame.copy()
     formats = {}
     for name in frame.columns:       # None -> NaN so missing numbers show as a dash
@@ -1672,13 +1749,14 @@ def highlight_apnea_rows(frame: pd.DataFrame, column: str = "Apnea count"):
             formats[name] = "{:.0f}" if name in WHOLE_COLUMNS else "{:.1f}"
 
     def row_style(row):
-        alert = pd.notna(row[column]) and row[column] >= APNEA_ALERT_COUNT
+        alert = (pd.notna(row[column]) and row[column] >= APNEA_ALERT_COUNT) or (
+            ahi_column in row and pd.notna(row[ahi_column]) and row[ahi_column] >= AHI_ALERT_PER_H)
         return [HIGHLIGHT_CSS if alert else ""] * len(row)
     return frame.style.apply(row_style, axis=1).format(formats, na_rep="—")
 
 
 PATIENT_COLUMNS = ("Room", "MRN", "Name", "Records", "Pressure (cmH2O)", "Breath rate (bpm)",
-                   "Apnea count", "Latest data")
+                   "Apnea count", "AHI (/h)", "Latest data")
 
 
 def patients_rows(patients: list[dict]) -> list[dict]:
@@ -1693,6 +1771,7 @@ def patients_rows(patients: list[dict]) -> list[dict]:
             "Pressure (cmH2O)": latest.get("cpap_pressure_cmh2o"),
             "Breath rate (bpm)": latest.get("breath_rate_bpm"),
             "Apnea count": latest.get("apnea_count"),
+            "AHI (/h)": latest.get("ahi"),
             "Latest data": fmt_time(latest.get("received_at")) if latest else "—",
         })
     return rows
@@ -1715,10 +1794,13 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         "Pressure (cmH2O)": r.get("cpap_pressure_cmh2o"),
         "Breath rate (bpm)": r.get("breath_rate_bpm"),
         "Apnea count": r.get("apnea_count"),
+        "Hypopneas": r.get("hypopnea_count"),
+        "AHI (/h)": r.get("ahi"),
         "Breaths": r.get("breaths"),
         "Duration (s)": r.get("duration_s"),
     } for r in records], columns=["Time", "Room", "Pressure (cmH2O)", "Breath rate (bpm)",
-                                  "Apnea count", "Breaths", "Duration (s)"])
+                                  "Apnea count", "Hypopneas", "AHI (/h)", "Breaths",
+                                  "Duration (s)"])
 
 
 def render_patients() -> None:
@@ -1733,11 +1815,12 @@ def render_patients() -> None:
         st.info("No patients yet.")
         return
     frame = patients_frame(patients)
-    st.dataframe(highlight_apnea_rows(frame), hide_index=True, width="stretch", placeholder="—")
+    st.dataframe(highlight_alert_rows(frame), hide_index=True, width="stretch", placeholder="—")
     st.download_button("Download CSV", patients_csv(patients),
                        file_name="patients.csv", mime="text/csv", key="pt_csv",
                        icon=":material/download:", on_click="ignore")
-    st.caption(f"Rows with {APNEA_ALERT_COUNT} or more apnea events are highlighted. "
+    st.caption(f"Rows with {APNEA_ALERT_COUNT} or more apnea events or an AHI of "
+               f"{AHI_ALERT_PER_H:g}/h or more are highlighted. "
                "Choose a patient for the history.")
     # one picker, not an expander per patient: a lab's hundreds of patients made the
     # first page load draw hundreds of elements
@@ -1757,7 +1840,7 @@ def render_patients() -> None:
             if not records:
                 st.caption("No CPAP records yet.")
                 return
-            st.dataframe(highlight_apnea_rows(records_frame(records)), hide_index=True,
+            st.dataframe(highlight_alert_rows(records_frame(records)), hide_index=True,
                          width="stretch", placeholder="—")
             try:
                 csv = api_call("GET", f"/api/v1/patients/{mrn}/records.csv", base=base).content

@@ -619,7 +619,11 @@ def test_one_date_format_and_whole_number_apnea_axis(at, api):
         ui.fmt_time(record["received_at"]) + " · 10 cmH2O · 14.0 bpm · 1 apnea")
     (chart,) = [c for c in monitor(at).get("vega_lite_chart") if "apnea_count" in c.proto.spec]
     spec = json.loads(chart.proto.spec)
-    bars, line = spec["layer"]
+    breathing, ahi_panel = spec["vconcat"]
+    bars, line = breathing["layer"]
+    ahi_line, threshold = ahi_panel["layer"]        # the AHI trend under it, with its alert line
+    assert ahi_line["encoding"]["y"]["field"] == "ahi"
+    assert threshold["mark"]["type"] == "rule" and threshold["encoding"]["y"]["field"] == "ahi"
     apnea_axis = bars["encoding"]["y"]["axis"]
     assert apnea_axis["format"] == "d" and apnea_axis["tickMinStep"] == 1     # no 0.5 ticks
     assert bars["encoding"]["y"]["scale"]["domainMin"] == 0
@@ -670,7 +674,7 @@ def test_patients_table_history_and_highlight(at, api):
     assert list(table["MRN"]) == [12, 40] and list(table["Records"]) == [2, 1]
     assert list(table["Apnea count"]) == [0, 4]
     assert any(b.key == "pt_csv" for b in at.get("download_button"))
-    styles = ui.highlight_apnea_rows(ui.patients_frame(
+    styles = ui.highlight_alert_rows(ui.patients_frame(
         requests.get(f"{api}/api/v1/patients", timeout=5).json()["patients"]))
     styled = styles._compute().ctx
     assert ("background-color", "#fde8e8") not in styled.get((0, 0), [])

@@ -160,3 +160,46 @@ def test_a_command_the_bedside_may_still_be_acknowledging_is_not_overdue(age_s, 
     commanded = (now - dt.timedelta(seconds=age_s)).isoformat()
     assert ui.command_overdue({"pressure_cmh2o": 12, "applied": False,
                                "commanded_at": commanded}, NOW) is overdue
+
+
+# --- issue #13: AHI on the wall ---------------------------------------------------------------
+def with_ahi(ahi, hypopneas=1, **kw):
+    room = entry(**kw)
+    room["latest"].update({"ahi": ahi, "hypopnea_count": hypopneas})
+    return room
+
+
+@pytest.mark.parametrize("ahi, state", [(None, "ok"), (14.9, "ok"), (ui.AHI_ALERT_PER_H, "attention"),
+                                        (42.0, "attention")])
+def test_an_ahi_from_the_alert_threshold_needs_attention(ahi, state):
+    room = with_ahi(ahi)
+    assert ui.tile_state(room, NOW) == state
+    assert ui.room_state(room, NOW) == state
+    assert [a for a in ui.room_alerts(room, NOW) if a.startswith("AHI")] == (
+        [f"AHI {ahi:.0f}/h"] if state == "attention" else [])
+
+
+def test_tile_lines_show_the_ahi_next_to_the_apneas():
+    assert ui.tile_lines(with_ahi(18.4, apneas=3), NOW, "normal") == (
+        "AL · 10 cmH2O", "14.2 bpm · 3 apn · AHI 18 · 1 min")
+    assert ui.tile_lines(with_ahi(2.0), NOW, "small")[1] == "14.2/min · 0 apn · AHI 2 · 1 min"
+
+
+def test_the_trend_chart_draws_the_ahi_and_its_alert_line():
+    chart = ui.trend_chart([{"received_at": "2026-11-28T01:00:00Z", "breath_rate_bpm": 14.0,
+                             "apnea_count": 1, "ahi": 3.0},
+                            {"received_at": "2026-11-28T02:00:00Z", "breath_rate_bpm": 15.0,
+                             "apnea_count": 4, "ahi": 21.5}]).to_dict()
+    ahi_line, threshold = chart["vconcat"][1]["layer"]
+    assert ahi_line["encoding"]["y"]["field"] == "ahi"
+    assert [[row.get("ahi") for row in rows] for rows in chart["datasets"].values()] == [
+        [3.0, 21.5], [ui.AHI_ALERT_PER_H]]
+    assert chart["datasets"][threshold["data"]["name"]] == [{"ahi": ui.AHI_ALERT_PER_H}]
+
+
+def test_patient_rows_highlight_an_ahi_from_the_threshold():
+    patients = [{"mrn": 1, "room": 1, "latest": {"apnea_count": 0, "ahi": 20.0}},
+                {"mrn": 2, "room": 2, "latest": {"apnea_count": 0, "ahi": 3.0}}]
+    styles = ui.highlight_alert_rows(ui.patients_frame(patients))._compute().ctx
+    shaded = {row for (row, _), css in styles.items() if ("background-color", "#fde8e8") in css}
+    assert shaded == {0}
