@@ -36,6 +36,7 @@ EXPECTED = {
     ("get", "/patients/{mrn}"): ("read", WARD),
     ("get", "/patients/{mrn}/records"): ("read", WARD),
     ("get", "/patients/{mrn}/records.csv"): ("read", WARD),
+    ("get", "/records/{record_id}"): ("read", WARD),
     ("get", "/records/{record_id}/image"): ("read", WARD),
     ("get", "/rooms"): ("read", WARD),
     ("get", "/rooms/{room}"): ("read", ANY),
