@@ -29,13 +29,16 @@ import zlib
 import numpy as np
 
 import cpap_measurements as cm
-from sleeplab.analysis.reader import CpapFileError, Source, read_chunk  # noqa: F401
+from sleeplab.analysis.reader import CpapFileError, read_chunk
 
 STATE_VERSION = 1
 #: Worst-case delay between a sample and the breaths and events around it becoming final,
 #: s (at 20 blocks/s): the 120 s amplitude window after a block's own must be complete, and
 #: its last block's baseline (the 30 s window after it) too.
 MAX_LAG_S = 230.0
+#: Nothing is final before two amplitude windows and the baseline after them are in (the
+#: offline rules for a shorter recording differ): the first results come this late, s.
+FIRST_RESULTS_S = 275.0
 #: Blocks kept before the oldest one still needed: an inspiration's volume span may begin
 #: a little before its detected start, and the moving average needs its left half.
 MARGIN_BLOCKS = 200
@@ -119,7 +122,7 @@ def _empty_update() -> dict:
 
 
 # --- Entry points --------------------------------------------------------------------------------
-def feed(state: dict | None, chunk: Source, end: bool = False) -> tuple[dict, dict]:
+def feed(state: dict | None, chunk: bytes | str, end: bool = False) -> tuple[dict, dict]:
     """Analyse the next chunk of a night.
 
     Parameters
@@ -127,9 +130,9 @@ def feed(state: dict | None, chunk: Source, end: bool = False) -> tuple[dict, di
     state : dict or None
         What the previous call returned (``None`` or :func:`new_state` for the first
         chunk). Not modified.
-    chunk : bytes, str path or file-like
-        The chunk's lines in the recording format (7 ADC columns); the night's first
-        chunk may start with the header. May be empty.
+    chunk : bytes or str
+        The chunk's lines in the recording format (7 ADC columns; text, not a path); the
+        night's first chunk may start with the header. May be empty.
     end : bool
         The night ends with this chunk: analyse its last samples with the offline rules
         for a recording's end (:func:`finish`). No chunk may follow.
@@ -160,6 +163,8 @@ def feed(state: dict | None, chunk: Source, end: bool = False) -> tuple[dict, di
         raise ValueError(f"state version {state['version']!r} is not {STATE_VERSION}")
     if state["finished"]:
         raise CpapFileError("the night has ended: no chunk can follow its last one")
+    if isinstance(chunk, str):
+        chunk = chunk.encode("utf-8", errors="replace")
     update = _empty_update()
     _open_tail(state)
     samples = read_chunk(chunk, allow_header=state["samples"] == 0, after_s=state["last_time_s"])
@@ -527,4 +532,4 @@ def night_summary(totals: dict) -> dict:
 
 
 __all__ = ["feed", "finish", "new_state", "night_summary", "state_size_bytes", "MAX_LAG_S",
-           "CpapFileError"]
+           "FIRST_RESULTS_S", "CpapFileError"]
