@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-from scipy import ndimage
 
 # The reader's public names, imported from here by the API, the UI, the tests and the
 # benchmarks since before the reader had its own module.
@@ -428,8 +427,21 @@ def smooth(flow_lpm, interval_s: float, window_s: float = SMOOTH_S) -> np.ndarra
     ValueError
         If ``interval_s`` is not positive.
     """
-    return ndimage.uniform_filter1d(np.asarray(flow_lpm, dtype=np.float64),
-                                    _window_samples(window_s, interval_s), mode="nearest")
+    flow_lpm = np.asarray(flow_lpm, dtype=np.float64)
+    size = _window_samples(window_s, interval_s)
+    if size == 1 or len(flow_lpm) == 0:
+        return flow_lpm.copy()
+    # Each value is the sum of its own window (the same window as scipy's uniform_filter1d,
+    # origin 0), not a running sum, whose rounding depends on every value before: the live
+    # analysis (sleeplab.analysis.incremental) smooths a night's recent blocks only and must
+    # get the very same floats.
+    left = size // 2
+    padded = np.pad(flow_lpm, (left, size - 1 - left), mode="edge")
+    total = padded[:len(flow_lpm)].copy()
+    for shift in range(1, size):
+        total += padded[shift:shift + len(flow_lpm)]
+    total /= size
+    return total
 
 
 def above_baseline(flow_lpm, interval_s: float, window_s: float = BASELINE_WINDOW_S) -> np.ndarray:

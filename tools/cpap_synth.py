@@ -25,18 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from cpap_measurements import (ADC_OFFSET, APNEA_GAP_S, CMH2O_PER_ADC, FLOW_M3S_PER_SQRT_ADC,
-                               M3S_TO_LPM, N_COLUMNS)
+from cpap_measurements import APNEA_GAP_S
+from sleeplab.analysis.synth import (  # noqa: F401 (FLOW_LPM_PER_SQRT_ADC: the tests' name)
+    FLOW_LPM_PER_SQRT_ADC, HEADER, SAMPLE_RATE_HZ, adc_columns, inspiration_shape, recording_lines,
+    venturi_adc)
 
-SAMPLE_RATE_HZ = 100.0
-HEADER = ("Time [s],Pressure V1-P2 [ADC],Pressure V1-P1-Ins [ADC],Pressure V1-P1-Exp [ADC], "
-          "Pressure V2-P2 [ADC],Pressure V2-P1-Ins [ADC], Pressure V2-P1-Ins [ADC]")
 SHALLOW_MIN_LPM = 10.0
 MAX_NORMAL_PERIOD_S = 9.0       # keeps ordinary breath-to-breath gaps clear of the 10 s rule
 BAD_LINE_KINDS = ("nan", "bad data", "empty field", "too few columns", "too many columns", "blank")
-FLOW_LPM_PER_SQRT_ADC = FLOW_M3S_PER_SQRT_ADC * M3S_TO_LPM
 
 
 @dataclass
@@ -68,15 +65,6 @@ class SynthConfig:
     start_time_s: float = 1.5
     time_decimals: int = 3
     seed: int = 0
-
-
-def _inspiration_shape(u: np.ndarray, double_hump: bool) -> np.ndarray:
-    shape = np.sin(np.pi * u)
-    if double_hump:
-        # a dip to ~45 % in the middle; the first hump a little higher, so the peak is defined
-        shape = shape * (1 - 0.6 * np.exp(-((u - 0.5) / 0.12) ** 2)) * (1.1 - 0.2 * u)
-        shape /= shape.max()
-    return shape
 
 
 def _event_slots(n_apneas: int, n_hypopneas: int) -> list:
@@ -129,7 +117,7 @@ def synth_breaths(cfg: SynthConfig, rng: np.random.Generator):
             # never below 10 L/min: two ADC steps are ~7 L/min, a smaller breath is lost in quantization
             amp = max(amp * rng.uniform(0.35, 0.5), SHALLOW_MIN_LPM)
         u = fine_u
-        shape = _inspiration_shape(u, cfg.double_hump)
+        shape = inspiration_shape(u, cfg.double_hump)
         peak_t = t + ti * u[np.argmax(shape)]
         if pending_gap is not None:  # shift this breath so its peak is exactly the apnea gap away
             t += pending_gap - (peak_t - peaks[-1])
@@ -141,7 +129,7 @@ def synth_breaths(cfg: SynthConfig, rng: np.random.Generator):
         if t + ti + te > end_t:
             break
         i0, i1, i2 = np.searchsorted(time_s, [t, t + ti, t + ti + te])
-        flow[i0:i1] = amp * _inspiration_shape((time_s[i0:i1] - t) / ti, cfg.double_hump)
+        flow[i0:i1] = amp * inspiration_shape((time_s[i0:i1] - t) / ti, cfg.double_hump)
         exp_amp = amp * ti / te * cfg.expiration_scale  # volume out = volume in
         flow[i1:i2] -= exp_amp * np.sin(np.pi * (time_s[i1:i2] - t - ti) / te)
         peaks.append(peak_t)
@@ -177,28 +165,14 @@ def flow_to_adc(flow_lpm: np.ndarray, cfg: SynthConfig, rng: np.random.Generator
     p1-exp at the ADC offset, expiration on p1-exp with p1-ins at the offset.
     """
     n = len(flow_lpm)
-    dp_adc = (np.abs(flow_lpm) / FLOW_LPM_PER_SQRT_ADC) ** 2
-    p2 = ADC_OFFSET + cfg.cpap_cmh2o / CMH2O_PER_ADC + 40 * np.sin(np.arange(n) / 700.0)
-    p2_noisy = p2 + cfg.noise_adc * rng.standard_normal(n)
-    p1 = p2 + dp_adc + cfg.noise_adc * rng.standard_normal(n)
-    p2_adc = np.rint(p2_noisy)
-    p1_adc = np.rint(p1)
+    p2_adc, p1_adc = venturi_adc(flow_lpm, cfg.cpap_cmh2o, cfg.noise_adc, rng, rng)
     if cfg.spikes_per_min > 0:
         n_spikes = int(cfg.spikes_per_min * n / SAMPLE_RATE_HZ / 60)
         quiet = np.flatnonzero(np.abs(flow_lpm) < 1.0)
         if len(quiet) and n_spikes:
             where = rng.choice(quiet, size=min(n_spikes, len(quiet)), replace=False)
             p1_adc[where] = p2_adc[where] + rng.integers(1, 3, size=len(where))  # 1-2 steps
-    inspiratory = flow_lpm >= 0
-    offset = np.full(n, float(ADC_OFFSET))
-    cols = np.empty((n, N_COLUMNS - 1))
-    cols[:, 0] = p2_adc
-    cols[:, 1] = np.where(inspiratory, p1_adc, offset)
-    cols[:, 2] = np.where(inspiratory, offset, p1_adc)
-    cols[:, 3] = p2_adc + 150
-    cols[:, 4] = np.where(inspiratory, p1_adc + 150, offset)
-    cols[:, 5] = np.where(inspiratory, offset, p1_adc + 150)
-    return np.clip(cols, 0, 16383).astype(np.int64)
+    return adc_columns(flow_lpm, p2_adc, p1_adc)
 
 
 def _hypopnea_truth(breaths: dict) -> list:
@@ -284,11 +258,7 @@ def generate(cfg: SynthConfig | None = None, **overrides):
     if cfg.cardiogenic_lpm:
         phase = rng.uniform(0, 2 * np.pi)
         flow = flow + cfg.cardiogenic_lpm * np.sin(2 * np.pi * cfg.cardiogenic_hz * time_s + phase)
-    adc = flow_to_adc(flow, cfg, rng)
-    frame = pd.DataFrame(adc)
-    frame.insert(0, "t", time_s)
-    text = frame.to_csv(header=False, index=False, float_format=f"%.{cfg.time_decimals}f",
-                        lineterminator="\n")
+    text = recording_lines(time_s, flow_to_adc(flow, cfg, rng), cfg.time_decimals)
     truth = _truth(peaks, time_s)
     truth.update(_clinical_truth(breaths, flow, truth["duration"], truth["apnea_count"]))
     bad = []

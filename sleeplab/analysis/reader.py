@@ -601,19 +601,21 @@ def _parse_content(content: _Content, long_lines: bool) -> _Parsed:
     return _Parsed(columns, line_index, skipped)
 
 
-def _drop_out_of_order(time: np.ndarray, line_index):
+def _drop_out_of_order(time: np.ndarray, line_index, after_s: float = -np.inf,
+                       what: str = "file"):
     """Mask of samples to keep under the time-order rule, and the skipped lines.
 
-    A sample is kept only if its time is later than every sample before it; a repeated
-    time or a step back is skipped and reported. If more than
-    ``MAX_OUT_OF_ORDER_FRACTION`` of the samples would go, the file is refused: that is no
-    clock glitch but e.g. two recordings joined, and dropping half a night quietly is worse.
+    A sample is kept only if its time is later than every sample before it (and than
+    ``after_s``, the last sample of the chunks before, s); a repeated time or a step back
+    is skipped and reported. If more than ``MAX_OUT_OF_ORDER_FRACTION`` of the samples
+    would go, the ``what`` ("file" or "chunk") is refused: that is no clock glitch but e.g.
+    two recordings joined, and dropping half a night quietly is worse.
     """
-    if len(time) < 2 or (time[1:] > time[:-1]).all():  # the usual case, in one pass
+    if len(time) == 0 or (time[0] > after_s and (time[1:] > time[:-1]).all()):  # usual: one pass
         return np.ones(len(time), dtype=bool), []
-    latest = np.maximum.accumulate(time)
-    keep = np.ones(len(time), dtype=bool)
-    keep[1:] = time[1:] > latest[:-1]
+    # latest[i]: the latest time before sample i
+    latest = np.maximum.accumulate(np.concatenate(([after_s], time)))[:-1]
+    keep = time > latest
     n_out = len(time) - int(np.count_nonzero(keep))
     if n_out == 0:
         return keep, []
@@ -622,10 +624,10 @@ def _drop_out_of_order(time: np.ndarray, line_index):
         first = out[0]
         raise CpapFileError(
             f"the time goes back at line {line_index[first] + 1} ({time[first]:.3f} s after "
-            f"{latest[first - 1]:.3f} s) and {n_out} of {len(time)} samples are out of time order; "
-            f"is this several recordings joined into one file?")
+            f"{latest[first]:.3f} s) and {n_out} of {len(time)} samples are out of time order; "
+            f"is this several recordings joined into one {what}?")
     skipped = [SkippedLine(int(line_index[i]) + 1,
-                           f"time not increasing: {time[i]:.3f} s after {latest[i - 1]:.3f} s")
+                           f"time not increasing: {time[i]:.3f} s after {latest[i]:.3f} s")
                for i in out]
     return keep, skipped
 
@@ -695,3 +697,65 @@ def _no_samples_message(skipped: list, n_bad: int) -> str:
                 f"{skipped[0].line_number}: {skipped[0].reason})")
     return (f"no valid samples: every one of the {n_bad} data lines is unusable "
             f"(e.g. line {skipped[0].line_number}: {skipped[0].reason})")
+
+
+def read_chunk(source: Source, allow_header: bool = False, after_s: float | None = None) -> Samples:
+    """Read one streamed piece of a recording: whole sample lines, without the file's rules
+    on a whole night.
+
+    The lines are read as :func:`read_samples` reads a file's (a bad line is skipped and
+    reported), but a chunk may be empty, a header is taken only where ``allow_header`` (the
+    first chunk of a night), and line numbers count from the chunk's first line (1-based).
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or file-like
+        The chunk's lines (recording format, 7 columns).
+    allow_header : bool
+        Whether a first line that is no sample is the recording's header (else it is a
+        skipped bad line).
+    after_s : float, optional
+        Time of the night's last sample so far, s: a sample not later than it is skipped
+        (out of time order, as in a file).
+
+    Returns
+    -------
+    Samples
+        ``time`` [s], ``p2``, ``p1_ins``, ``p1_exp`` [ADC units] and ``skipped_lines``
+        (chunk line numbers); empty arrays for an empty or blank chunk.
+
+    Raises
+    ------
+    CpapFileError
+        Binary content, a line longer than ``MAX_ANY_LINE_BYTES``, lines of which none is a
+        sample (naming one), or more than 1 % of the samples out of time order (naming the
+        first) -- each message names the chunk line.
+    """
+    data = read_bytes(source)
+    if not data.strip():
+        empty = np.zeros(0)
+        return Samples(empty, empty.astype(np.int64), empty.astype(np.int64),
+                       empty.astype(np.int64), [])
+    if _looks_binary(data[:4096]):
+        raise CpapFileError("the chunk is not CPAP text (it contains binary data)")
+    _check_line_lengths(data, len(data))
+    header_lines = 0
+    if allow_header:
+        header_end = data.find(b"\n") + 1 or len(data)
+        header_lines = int(not _scan_chunk(data[:header_end])[2][0])
+    body = data[data.find(b"\n") + 1:] if header_lines else data
+    piece = _parse_piece(body) if body.strip() else _parse_piece(b"")
+    skipped = [SkippedLine(int(i) + header_lines + 1, _reason(piece.data, s, e))
+               for i, s, e in zip(piece.bad_index, piece.bad_starts, piece.bad_ends)]
+    if len(piece.line_index) == 0:
+        if not skipped:  # the header alone
+            return read_chunk(b"")
+        raise CpapFileError("the chunk has " + _no_samples_message(skipped, len(skipped)))
+    time = piece.columns[COL_TIME].astype(np.float64, copy=False)
+    keep, out_of_order = _drop_out_of_order(time, piece.line_index + header_lines,
+                                            -np.inf if after_s is None else after_s, "chunk")
+    columns = [time] + piece.columns[COL_TIME + 1:]
+    if out_of_order:
+        skipped = sorted(skipped + out_of_order)
+        columns = [c[keep] for c in columns]
+    return Samples(*columns, skipped)
