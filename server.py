@@ -30,7 +30,7 @@ from werkzeug.exceptions import (HTTPException, RequestEntityTooLarge, ServiceUn
 from sleeplab.api import accounts
 from sleeplab.analysis import slots as analysis_slots
 from sleeplab.api import auth
-from sleeplab import storage
+from sleeplab import live, storage
 import validation
 from sleeplab.api.auth import ANYONE, MONITOR, STATION, ADMIN, public, reads, writes
 from sleeplab.api.csv_export import csv_text
@@ -524,6 +524,162 @@ def room_audit(room, query: models.AuditQuery):
     with read_guard(query.limit):
         entries = get_storage().audit_trail(number, query.limit)
     return models.AuditList(entries=entries)
+
+
+# -- live nights (issue #14) ----------------------------------------------------------------
+def _night_conflict(message: str, field: str = "sequence") -> ValidationError:
+    return ValidationError(message, field, status=409)
+
+
+def _start_night(store, number: int, chunk: models.StreamChunk) -> dict:
+    """A night's first chunk: the patient is admitted to the room as an upload of their
+    details would (the bedside says who is in the bed), and the night is stored."""
+    if storage.occupant_mrn(store.get_room(number)) != chunk.mrn:
+        store.upload(chunk.mrn, number, actor=actor(), with_record_count=False)
+    return store.create_night(live.new_night(chunk.session_id, number, chunk.mrn,
+                                             storage.utc_now()))
+
+
+def _same_night(night: dict, number: int, chunk: models.StreamChunk) -> None:
+    if night["room"] != number or night["mrn"] != chunk.mrn:
+        # never names the other room or patient (the caller may not be allowed to know)
+        raise _night_conflict(f"session_id {chunk.session_id!r} is another room's or "
+                              "patient's night; start a new session", "session_id")
+
+
+def _replayed(store, night: dict, number: int, chunk: models.StreamChunk, digest: str):
+    """A chunk sent again (a retry): the same content answers the night as it is
+    (stored once); other content under a used sequence number is a conflict."""
+    kept = night["digests"].get(str(chunk.sequence))
+    if kept is not None and kept != digest:
+        raise _night_conflict(f"sequence {chunk.sequence} of this night was already stored "
+                              f"with other samples; the next expected is "
+                              f"{night['next_seq']}")
+    store.save_chunk(chunk.session_id, chunk.sequence, number, chunk.samples,
+                     storage.utc_now(), check_first=True)
+    return models.LiveSummary.model_validate(live.summary(night)), 200, {REPLAY_HEADER: "true"}
+
+
+@api.post("/rooms/<room>/stream")
+@writes(STATION, ADMIN)
+@spec.validate(resp=answers(
+    400, CONFLICT, (413, "samples larger than a chunk may be"),
+    (422, "the samples cannot be analysed (the message names the chunk's line)"),
+    HTTP_201=(models.LiveSummary, "the chunk analysed and stored: the night so far"),
+    HTTP_200=(models.LiveSummary, "the same chunk again (a retry): stored once, nothing "
+                                  "new")))
+def stream_chunk(room, json: models.StreamChunk):
+    """Stream the next chunk of a live night into a room
+    \f
+    The state between chunks lives in the night's document, so any worker takes the next
+    chunk; the chunk is applied by one update conditioned on its sequence being the next
+    (:meth:`storage.Storage.apply_chunk`): two workers racing on one chunk cannot both
+    count it, and breaths and events spanning chunks are counted once."""
+    number = room_param(room)
+    auth.require_room(number)
+    chunk = json
+    store = get_storage()
+    digest = storage.fingerprint(chunk.pressure_cmh2o, chunk.end, chunk.samples)
+    night = store.get_night(chunk.session_id)
+    if night is None:
+        if chunk.sequence != 0:
+            raise _night_conflict(f"no night {chunk.session_id!r} yet: its first chunk is "
+                                  "sequence 0")
+        night = _start_night(store, number, chunk)
+    _same_night(night, number, chunk)
+    if chunk.sequence < night["next_seq"]:
+        return _replayed(store, night, number, chunk, digest)
+    if chunk.sequence > night["next_seq"]:
+        raise _night_conflict(f"sequence {chunk.sequence} is ahead: the next expected is "
+                              f"{night['next_seq']}; send the missing chunks first")
+    if night.get("ended"):
+        raise _night_conflict("this night has ended: start a new session", "session_id")
+    if storage.occupant_mrn(store.get_room(number)) != chunk.mrn:
+        raise occupant_changed(number, chunk.mrn)
+    from sleeplab.analysis import incremental  # the analysis stack loads on first use
+
+    try:
+        state, update = incremental.feed(night["state"], chunk.samples, end=chunk.end)
+    except incremental.CpapFileError as exc:
+        raise ValidationError(f"chunk {chunk.sequence}: {exc}", "samples", status=422) from exc
+    now = storage.utc_now()
+    changes = live.chunk_changes(night, state, update, chunk.pressure_cmh2o, chunk.sequence,
+                                 digest, now, chunk.end,
+                                 has_header=chunk.samples.lstrip()[:1].isalpha())
+    if not store.apply_chunk(chunk.session_id, chunk.sequence, changes):
+        # another worker applied this sequence first: this is its retry
+        return _replayed(store, store.get_night(chunk.session_id), number, chunk, digest)
+    store.save_chunk(chunk.session_id, chunk.sequence, number, chunk.samples, now)
+    summary = live.summary({**night, **changes})
+    store.set_room_live(number, chunk.mrn, summary)
+    return models.LiveSummary.model_validate(summary), 201
+
+
+def existing_night(room: str) -> dict:
+    number, _ = existing_room(room)
+    night = get_storage().room_night(number)
+    if night is None:
+        abort(404, description=f"room {number} has no live night for its patient")
+    return night
+
+
+@api.get("/rooms/<room>/live")
+@reads(*WARD)
+@spec.validate(resp=answers(400, 404, HTTP_200=(models.LiveNight, "the running night")))
+def room_live(room):
+    """The room's running night: metrics so far, events, the last minute of flow"""
+    night = existing_night(room)
+    return models.LiveNight.model_validate({**live.summary(night), "events": night["events"],
+                                            "trace": night["trace"]})
+
+
+@api.get("/rooms/<room>/titration")
+@reads(*WARD)
+@spec.validate(resp=answers(400, 404, HTTP_200=(models.Titration, "one row per pressure")))
+def room_titration(room):
+    """The titration table of the room's night: one row per pressure level in force"""
+    night = existing_night(room)
+    return models.Titration(session_id=night["_id"], room=night["room"], mrn=night["mrn"],
+                            rows=live.titration_rows(night))
+
+
+TITRATION_COLUMNS = tuple(models.TitrationRow.model_fields)
+TITRATION_DECIMALS = {"from_s": 1, "to_s": 1, "minutes": 1, "breath_rate_bpm": 1, "ahi": 1,
+                      "tidal_volume_l": 2, "leak_rate_lpm": 1}
+
+
+@api.get("/rooms/<room>/titration.csv")
+@reads(*WARD)
+@spec.validate(resp=answers(400, 404, HTTP_200=(None, "CSV download of the titration table")))
+def room_titration_csv(room):
+    """The titration table as CSV"""
+    night = existing_night(room)
+    rows = (models.TitrationRow.model_validate(row).model_dump(mode="json")
+            for row in live.titration_rows(night))
+    return Response(csv_text(rows, TITRATION_COLUMNS, TITRATION_DECIMALS), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="room-'
+                                                    f'{night["room"]}-titration.csv"'})
+
+
+@api.get("/nights/<session_id>/recording.txt")
+@reads(*WARD)
+@spec.validate(resp=answers(400, 404, HTTP_200=(None, "the night's samples as one recording "
+                                                      "file (re-analyse it offline)")))
+def night_recording(session_id):
+    """A streamed night as one recording file"""
+    night = get_storage().get_night(validation.session_id(session_id, "session_id"))
+    if night is None:
+        abort(404, description=f"no night {session_id!r}")
+    store = get_storage()
+
+    def lines():
+        if not night.get("has_header"):
+            yield live.RECORDING_HEADER
+        for text in store.night_samples(night["_id"]):
+            yield text if text.endswith("\n") or not text else text + "\n"
+
+    return Response(lines(), mimetype="text/plain", headers={
+        "Content-Disposition": f'attachment; filename="night-{night["_id"]}.txt"'})
 
 
 # -- people's sign-in sessions -------------------------------------------------------------

@@ -248,6 +248,34 @@ def upload_id(value, field: str = "upload_id") -> str | None:
     return value
 
 
+#: A streamed chunk's samples (issue #14): 10 s are ~35 KB; a minute of long lines fits.
+MAX_CHUNK_CHARS = 1024 * 1024
+
+
+def session_id(value, field: str = "session_id") -> str:
+    """A live night's id, chosen by the station (e.g. a UUID): like an upload_id."""
+    if value is None or value == "":
+        raise ValidationError(f"{field} is required", field)
+    return upload_id(value, field)
+
+
+def chunk_samples(value, field: str = "samples") -> str:
+    """A streamed chunk: text of recording lines (the analysis checks the lines)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string of recording lines", field)
+    if len(value) > MAX_CHUNK_CHARS:
+        raise ValidationError(f"{field} must be at most {MAX_CHUNK_CHARS} characters: send "
+                              "the night in smaller chunks", field, status=413)
+    return value
+
+
+def boolean(value, field: str) -> bool:
+    """JSON true or false (no 0/1, no strings)."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{field} must be true or false", field)
+    return value
+
+
 def image_bytes(data: bytes, field: str) -> tuple[bytes, str]:
     """Check raw image bytes: a complete PNG or JPEG of a sane size.
 

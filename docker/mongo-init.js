@@ -19,7 +19,8 @@ if (!apiPassword) {
 }
 
 const WORKING_COLLECTIONS = ["patients", "rooms", "records", "images", "commands",
-                             "uploads", "meta", "users", "sessions"];
+                             "uploads", "meta", "users", "sessions", "live_nights",
+                             "live_chunks"];
 const APPEND_ONLY_COLLECTIONS = ["audit"];
 const WORKING_ACTIONS = ["find", "insert", "update", "remove", "createCollection",
                          "createIndex", "listIndexes"];
@@ -35,6 +36,8 @@ app.createRole({
   privileges: [
     ...privileges(WORKING_COLLECTIONS, WORKING_ACTIONS),
     ...privileges(APPEND_ONLY_COLLECTIONS, APPEND_ONLY_ACTIONS),
+    // the names and options of the collections only: is live_chunks a time-series one?
+    { resource: { db: dbName, collection: "" }, actions: ["listCollections"] },
   ],
   roles: [],
 });

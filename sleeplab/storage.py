@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 
 import pymongo
@@ -78,6 +79,11 @@ WRITE_PROBE_BYTES = 8 * 1024
 RECORD_DETAILS = ("events", "series")
 #: What lists of records read: all but the details.
 RECORD_LIST_FIELDS = {field: 0 for field in RECORD_DETAILS}
+
+#: Raw chunks of live nights: a time-series collection where the server has them
+#: (MongoDB 5+), else a plain one (nx-27017 accepts the option and ignores it).
+CHUNKS_COLLECTION = "live_chunks"
+CHUNK_ZLIB_LEVEL = 1                # recording text shrinks ~4x in well under a millisecond
 
 #: Newest first; ``_id`` (an ObjectId, increasing) breaks ties within a millisecond.
 NEWEST_RECORDS = [("received_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
@@ -227,6 +233,9 @@ class Storage:
         self.uploads = db["uploads"]
         self.users = db["users"]
         self.sessions = db["sessions"]
+        self.nights = db["live_nights"]
+        self.chunks = db[CHUNKS_COLLECTION]
+        self.chunks_timeseries = False
 
     # -- set-up ------------------------------------------------------------------
     def ping(self) -> bool:
@@ -253,8 +262,29 @@ class Storage:
                                    name="room_commanded")
         self.audit.create_index([("room", asc), ("at", desc)], name="room_at")
         self.sessions.create_index([("user", asc)], name="user")
+        self._ensure_chunk_collection()
+        self.nights.create_index([("room", asc), ("started_at", desc)], name="room_started")
         self._backfill_applied()
         self._backfill_stamp_twins()
+
+    def _ensure_chunk_collection(self) -> None:
+        """Create the raw-chunk collection once: time-series when the server can, so
+        ``chunks_timeseries`` says which (the README's live-night section)."""
+        try:
+            if CHUNKS_COLLECTION not in self.db.list_collection_names():
+                self.db.create_collection(CHUNKS_COLLECTION, timeseries={
+                    "timeField": "at", "metaField": "session", "granularity": "seconds"})
+            options = self.chunks.options() or {}
+        except pymongo.errors.CollectionInvalid:  # another worker created it first
+            options = {}
+        except (pymongo.errors.OperationFailure, NotImplementedError, TypeError) as exc:
+            # no time-series here, or no right to list collections (a role without
+            # listCollections), or mongomock: the first insert makes a plain collection
+            log.info("live chunks in a plain collection (%s)", exc)
+            options = {}
+        self.chunks_timeseries = bool(options.get("timeseries"))
+        self.chunks.create_index([("session", pymongo.ASCENDING), ("seq", pymongo.ASCENDING)],
+                                 name="session_seq")
 
     def _backfill_stamp_twins(self) -> None:
         """Documents stored before the integer twins of the guarding stamps get them
@@ -640,7 +670,7 @@ class Storage:
         """Every room with what the wall shows (occupant, latest record, command), in
         numeric order (sorted here: nx-27017 orders integer ``_id`` values as text)."""
         return sorted(self.rooms.find({}, {"patient": 1, "latest": 1, "command": 1,
-                                           "applied": 1}),
+                                           "applied": 1, "live": 1}),
                       key=lambda doc: doc["_id"])
 
     def occupants(self) -> list[dict]:
@@ -720,6 +750,65 @@ class Storage:
             self._rooms_changed()
         return command
 
+
+    # -- live nights (issue #14) -------------------------------------------------
+    def get_night(self, session_id: str) -> dict | None:
+        return self.nights.find_one({"_id": session_id})
+
+    def create_night(self, night: dict) -> dict:
+        """Store a new night (a racing worker's first chunk may have stored it first:
+        the stored one is returned either way)."""
+        if _insert_once(self.nights, night):
+            return night
+        return self.get_night(night["_id"])
+
+    def apply_chunk(self, session_id: str, sequence: int, changes: dict) -> bool:
+        """Set a night's fields after its chunk ``sequence``, only if that chunk is still
+        the next one (one atomic update: of two workers racing on one chunk, one wins)."""
+        return self.nights.update_one({"_id": session_id, "next_seq": exactly(sequence)},
+                                      {"$set": changes}).matched_count == 1
+
+    def save_chunk(self, session_id: str, sequence: int, room: int, samples: str,
+                   now: dt.datetime, check_first: bool = False) -> None:
+        """Keep a chunk's raw samples (compressed). ``check_first``: a retry, which finds
+        the chunk already there unless the first attempt stopped before storing it (a
+        time-series collection has no unique ``_id`` to refuse a second copy)."""
+        if check_first and self.chunks.find_one(
+                {"session": session_id, "seq": exactly(sequence)}, {"_id": 1}):
+            return
+        _insert_once(self.chunks, {
+            "_id": f"{session_id}:{sequence:09d}", "session": session_id, "seq": sequence,
+            "room": room, "at": now,
+            "data": Binary(zlib.compress(samples.encode("utf-8"), CHUNK_ZLIB_LEVEL))})
+
+    def night_samples(self, session_id: str):
+        """The raw samples of a night, chunk by chunk in order (text)."""
+        for doc in self.chunks.find({"session": session_id}, {"data": 1, "seq": 1}
+                                    ).sort("seq", pymongo.ASCENDING):
+            yield zlib.decompress(bytes(doc["data"])).decode("utf-8")
+
+    def set_room_live(self, room: int, mrn: int, summary: dict) -> None:
+        """Put a night's summary on its room for the wall, unless the room has moved on:
+        another patient, a later chunk of the same night, or a newer night."""
+        summary = dict(summary, started_ms=ms(summary["started_at"]))
+        key = {"_id": room, "patient.mrn": exactly(mrn)}
+        for condition in (
+                {"live.session_id": summary["session_id"],
+                 "live.next_sequence": {"$lte": summary["next_sequence"]}},
+                {"live.started_ms": {"$lt": summary["started_ms"]}},
+                {"live": None}):
+            if self.rooms.update_one(dict(key, **condition),
+                                     {"$set": {"live": summary}}).matched_count:
+                self._rooms_changed()
+                return
+
+    def room_night(self, room: int) -> dict | None:
+        """The room's current night: the one on the room for its occupant."""
+        doc = self.get_room(room) or {}
+        live = doc.get("live") or {}
+        if occupant_mrn(doc) is None or live.get("mrn") != occupant_mrn(doc):
+            return None
+        return self.get_night(live["session_id"])
 
     # -- people and their sign-in sessions ---------------------------------------
     def add_user(self, username: str, name: str, role: str, password: dict) -> bool:

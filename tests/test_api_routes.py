@@ -121,8 +121,9 @@ def test_older_upload_never_overwrites_newer_summary(client, prefix, monkeypatch
 def test_room_detail_and_unknown_room(client, prefix):
     post(client, prefix, mrn=8, room=8)
     room = client.get(f"{prefix}/rooms/8").get_json()
-    assert set(room) == {"room", "patient", "latest", "command", "applied"}
+    assert set(room) == {"room", "patient", "latest", "command", "applied", "live"}
     assert room["room"] == 8 and room["latest"]["mrn"] == 8
+    assert room["live"] is None                  # no night streamed
     missing = client.get(f"{prefix}/rooms/99")
     assert missing.status_code == 404
     assert missing.get_json() == {"status": 404, "error": "Not Found",

@@ -37,6 +37,11 @@ EXPECTED = {
     ("get", "/patients/{mrn}/records"): ("read", WARD),
     ("get", "/patients/{mrn}/records.csv"): ("read", WARD),
     ("get", "/records/{record_id}"): ("read", WARD),
+    ("post", "/rooms/{room}/stream"): ("always", UPLOADERS),
+    ("get", "/rooms/{room}/live"): ("read", WARD),
+    ("get", "/rooms/{room}/titration"): ("read", WARD),
+    ("get", "/rooms/{room}/titration.csv"): ("read", WARD),
+    ("get", "/nights/{session_id}/recording.txt"): ("read", WARD),
     ("get", "/records/{record_id}/image"): ("read", WARD),
     ("get", "/rooms"): ("read", WARD),
     ("get", "/rooms/{room}"): ("read", ANY),
@@ -78,13 +83,21 @@ def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {TOKENS[name][2]}"}
 
 
+#: A live night's first chunk (the same body again is a retry: stored once).
+STREAM_BODY = {"mrn": 12, "session_id": "night-auth-0001", "sequence": 0, "pressure_cmh2o": 8,
+               "samples": "".join(f"{i / 100:.2f},3000,3100,3000,3100,0,0\n" for i in range(50))}
+
+
 def seed(client) -> dict:
     """A patient in room 3 with a record, an image and a command; returns the ids."""
     created = client.post("/api/v1/patients", json=upload_body(mrn=12, room=3),
                           headers=bearer("admin-1")).get_json()
     command = client.put("/api/v1/rooms/3/pressure", json={"pressure_cmh2o": 12, "mrn": 12},
                          headers=bearer("admin-1")).get_json()
-    return {"record_id": created["record"]["id"], "command_id": command["id"]}
+    night = client.post("/api/v1/rooms/3/stream", json=STREAM_BODY, headers=bearer("admin-1"))
+    assert night.status_code == 201, night.get_json()
+    return {"record_id": created["record"]["id"], "command_id": command["id"],
+            "session_id": STREAM_BODY["session_id"]}
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["reads-open", "reads-protected"])
@@ -104,7 +117,8 @@ def call(client, method, path, ids, headers):
         kwargs["content_type"] = "multipart/form-data"
     elif method in ("post", "put"):
         body = {"/add_patient": {"patient_mrn": 12, "room_number": 3, "patient_name": "Ada"},
-                "/rooms/{room}/pressure": {"pressure_cmh2o": 13, "mrn": 12}}.get(
+                "/rooms/{room}/pressure": {"pressure_cmh2o": 13, "mrn": 12},
+                "/rooms/{room}/stream": STREAM_BODY}.get(
                     short_path(path), upload_body(mrn=12, room=3))
         if "applied" not in path:
             kwargs["json"] = body

@@ -164,6 +164,10 @@ OptionalTidalVolume = _optional(TidalVolumeValue, check_tidal_volume)
 OptionalMinuteVentilation = _optional(MinuteVentilationValue, check_minute_ventilation)
 OptionalLeakRate = _optional(LeakRateValue, check_leak_rate)
 OptionalEvents = _optional(list[Event], v.events)
+SessionId = _required(UploadIdValue, v.session_id)
+Sequence = _required(CountValue, v.count)
+ChunkSamples = _required(Annotated[str, Field(max_length=v.MAX_CHUNK_CHARS)], v.chunk_samples)
+Flag = _required(bool, v.boolean)
 OptionalSeries = _optional(NightSeries, v.night_series)
 OptionalName = _optional(NameValue, _text(v.MAX_NAME_CHARS))
 OptionalSource = _optional(SourceValue, _text(v.MAX_SOURCE_CHARS))
@@ -367,6 +371,26 @@ class Upload(UploadRules):
     events: OptionalEvents = None
     series: OptionalSeries = None
     flow_image: OptionalImage = None
+
+
+class StreamChunk(RequestModel):
+    """A chunk of a live night from a bedside (issue #14): the next samples of the
+    recording (7 ADC columns; the first chunk may start with the header), the patient,
+    the pressure in force while they were recorded, the night's id and the chunk's
+    sequence number (0, 1, 2, ... with no gap). A repeated chunk (same session, sequence
+    and content) is stored once; another sequence than the next is a 409 naming it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "mrn": 12, "session_id": UPLOAD_ID_EXAMPLE, "sequence": 0, "pressure_cmh2o": 8,
+        "samples": "time,p1_ins,p2_ins,p1_exp,p2_exp,p3,p4\n0.00,3110,2990,3101,2995,0,0\n"}]})
+
+    mrn: PositiveId
+    session_id: SessionId
+    sequence: Sequence
+    pressure_cmh2o: Pressure
+    samples: ChunkSamples
+    end: Flag = Field(False, description="the night ends with this chunk (its last samples "
+                                         "are analysed with the rules for a recording's end)")
 
 
 class LegacyUpload(UploadRules):
@@ -584,6 +608,66 @@ class Occupant(Answer):
     since: Time | None = None
 
 
+class LiveSummary(Answer):
+    """A live night's running metrics (final data only: up to a few minutes behind the
+    last sample; ``final_until_s`` says how far). Times ``*_s`` are the recording's own
+    clock, s; AHI per hour of final data."""
+
+    session_id: str
+    room: PositiveIdValue
+    mrn: PositiveIdValue
+    started_at: Time
+    last_chunk_at: Time | None = None
+    pressure_cmh2o: PressureValue | None = None
+    next_sequence: CountValue
+    ended: bool = False
+    first_time_s: float | None = None
+    last_time_s: float | None = None
+    final_until_s: float | None = None
+    duration_s: float = 0.0
+    breaths: CountValue = 0
+    breath_rate_bpm: float | None = Field(None, description="over the last 5 minutes")
+    apnea_count: CountValue = 0
+    hypopnea_count: CountValue = 0
+    ahi: float | None = Field(None, description="apneas and hypopneas per hour so far")
+    ahi_last_hour: float | None = None
+    events_last_10_min: CountValue = 0
+    leak_rate_lpm: float | None = None
+
+
+class LiveNight(LiveSummary):
+    """``GET /rooms/{room}/live``: the summary, the night's events and the last minute of
+    flow (``[time_s, flow_lpm]`` at 4 Hz) for a strip chart."""
+
+    events: list[Event] = Field(default_factory=list)
+    trace: list[tuple[float, float]] = Field(default_factory=list)
+
+
+class TitrationRow(Answer):
+    pressure_cmh2o: PressureValue
+    from_s: float
+    to_s: float
+    from_at: Time
+    to_at: Time
+    minutes: float
+    breaths: CountValue
+    breath_rate_bpm: float | None = None
+    apneas: CountValue
+    hypopneas: CountValue
+    ahi: float | None = None
+    tidal_volume_l: float | None = Field(None, description="median (to 10 mL)")
+    leak_rate_lpm: float | None = None
+
+
+class Titration(Answer):
+    """One row per pressure level in force during the night: the titration table."""
+
+    session_id: str
+    room: PositiveIdValue
+    mrn: PositiveIdValue
+    rows: list[TitrationRow]
+
+
 class Room(Answer):
     room: PositiveIdValue = Field(validation_alias=AliasChoices("_id", "room"))
     patient: Occupant | None = None
@@ -592,6 +676,8 @@ class Room(Answer):
     applied: Command | None = Field(
         None, description="the occupant's newest command the bedside applied (the pressure "
                           "in force when it is newer than the latest record)")
+    live: LiveSummary | None = Field(None, description="the occupant's live night, if one "
+                                                       "was streamed")
 
     @model_validator(mode="before")
     @classmethod
@@ -602,7 +688,7 @@ class Room(Answer):
         occupant = doc.get("patient") if storage.occupant_mrn(doc) is not None else None
         mrn = occupant["mrn"] if occupant else None
         return {"_id": doc["_id"], "patient": occupant,
-                **{key: doc.get(key) for key in ("latest", "command", "applied")
+                **{key: doc.get(key) for key in ("latest", "command", "applied", "live")
                    if doc.get(key) is not None and doc[key].get("mrn") == mrn}}
 
 
