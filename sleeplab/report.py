@@ -625,7 +625,7 @@ def render_report(segments, fmt: str = "png", title: str | None = None) -> bytes
         The records, in time order (keys in the module docstring). One segment without a
         start is drawn in its file time; several with starts on one clock time axis.
     fmt : {"png", "pdf"}
-        PNG: A4 landscape at REPORT_DPI (150 dpi, 1754 x 1240 px). PDF: one A4 page, vector.
+        PNG: A4 landscape at REPORT_DPI (150 dpi, 1753 x 1240 px). PDF: one A4 page, vector.
     title : str, optional
         Heading; by default "Night report" and the night's clock times.
 
