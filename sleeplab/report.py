@@ -121,7 +121,7 @@ def night_series(result: cm.AnalysisResult) -> dict:
           samples);
         - ``flow_t_s``, ``flow_min_lpm``, ``flow_max_lpm``: min/max envelope of the flow
           (bin start, s; minimum and maximum, L/min) in at most SERIES_FLOW_BINS bins
-          (every sample, min = max, when the recording has fewer than twice as many).
+          (every sample, min = max, when the recording has no more samples than that).
 
         Times are rounded to 0.01 s, flow to 0.1 L/min, rates to 0.01, volumes to 0.001 L;
         NaN and infinities are None.
@@ -136,8 +136,11 @@ def night_series(result: cm.AnalysisResult) -> dict:
     leak_start_s, leak_values = result.leak_rate_series
     leak_lpm = np.full(len(minute_start_s), np.nan)  # a minute without samples has no leak
     leak_lpm[np.searchsorted(minute_start_s, leak_start_s)] = leak_values
-    envelope = cm._envelope(time_s, flow_lpm, SERIES_FLOW_BINS)
-    flow_t_s, low_lpm, high_lpm = envelope if envelope is not None else (time_s, flow_lpm, flow_lpm)
+    if len(flow_lpm) <= SERIES_FLOW_BINS:
+        flow_t_s, low_lpm, high_lpm = time_s, flow_lpm, flow_lpm
+    else:  # _envelope keeps every sample up to twice its bins: halve them for those
+        bins = SERIES_FLOW_BINS if len(flow_lpm) > 2 * SERIES_FLOW_BINS else SERIES_FLOW_BINS // 2
+        flow_t_s, low_lpm, high_lpm = cm._envelope(time_s, flow_lpm, bins)
     return {
         "step_s": float(SERIES_STEP_S),
         "minute_start_s": _rounded(minute_start_s, TIME_DECIMALS),
@@ -461,9 +464,9 @@ def night_totals(segments) -> Segment:
 
 
 TABLE_COLUMNS = ("", "start", "duration", "breaths", "breath\nrate\n/min", "apneas", "hypopneas",
-                 "AHI\n/h", "apnea\nindex\n/h", "tidal\nvolume\nmedian, L", "minute\nventilation\nL/min",
+                 "AHI\n/h", "apnea\nindex\n/h", "median\ntidal vol.\nL", "minute\nventilation\nL/min",
                  "leak\nrate\nL/min", "leakage\nL", "pressure\ncmH2O")
-TABLE_WIDTHS = (0.6, 1.4, 1.3, 0.9, 0.9, 0.9, 1.0, 0.8, 0.9, 1.0, 1.1, 0.9, 1.0, 1.0)
+TABLE_WIDTHS = (0.75, 1.6, 1.45, 0.8, 0.8, 0.8, 1.1, 0.7, 0.8, 0.95, 1.1, 0.8, 0.9, 0.95)
 
 
 def _table_row(name: str, s: Segment, start_text: str) -> list:
@@ -472,7 +475,7 @@ def _table_row(name: str, s: Segment, start_text: str) -> list:
             _fmt(s.breath_rate_bpm, ".1f"), count(s.apnea_count), count(s.hypopnea_count),
             _fmt(s.ahi, ".1f"), _fmt(s.apnea_index, ".1f"), _fmt(s.tidal_volume_l, ".3f"),
             _fmt(s.minute_ventilation_lpm, ".2f"), _fmt(s.leak_rate_lpm, ".2f"),
-            _fmt(s.leakage_l, ".2f"), _fmt(s.pressure_cmh2o, "g")]
+            _fmt(s.leakage_l, ".1f"), _fmt(s.pressure_cmh2o, "g")]
 
 
 def _start_text(p: _Placed, midnight) -> str:

@@ -162,11 +162,21 @@ def test_night_series_minute_without_breaths_is_none():
 
 
 def test_night_series_short_recording_keeps_every_sample():
-    result = cm.analyze(generate(duration_s=20, rate_bpm=15, seed=5)[0])
+    result = cm.analyze(generate(duration_s=12, rate_bpm=15, seed=5)[0])
     series = report.night_series(result)
-    assert len(series["flow_t_s"]) == len(result.time)
+    assert len(series["flow_t_s"]) == len(result.time) <= report.SERIES_FLOW_BINS
     assert series["flow_min_lpm"] == series["flow_max_lpm"]
     assert len(series["minute_start_s"]) == 1
+
+
+@pytest.mark.parametrize("duration_s", [14.0, 16.0, 29.0, 31.0, 90.0])
+def test_night_series_envelope_never_exceeds_its_bins(duration_s):
+    """Around 1500 and 3000 samples (the envelope's own threshold is twice its bins)."""
+    result = cm.analyze(generate(duration_s=duration_s, rate_bpm=15, seed=6)[0])
+    series = report.night_series(result)
+    assert len(series["flow_t_s"]) <= report.SERIES_FLOW_BINS
+    assert min(series["flow_min_lpm"]) == pytest.approx(result.flow_lpm.min(), abs=0.05)
+    assert max(series["flow_max_lpm"]) == pytest.approx(result.flow_lpm.max(), abs=0.05)
 
 
 @pytest.mark.slow
