@@ -13,7 +13,7 @@ The pipeline is a chain of small pure functions composed by :func:`analyze`::
 
 Command line::
 
-    python cpap_measurements.py FILE [--json] [--plot OUT.png]
+    python cpap_measurements.py FILE [--json] [--plot OUT.png] [--report OUT.pdf|OUT.png]
 
 Every unusable input raises :class:`CpapFileError` (a ``ValueError``) whose message is
 meant for a clinician. Lines that cannot be read are skipped, logged and reported in
@@ -90,6 +90,11 @@ PNG_COMPRESS_LEVEL = 2          # zlib level: 6 (default) costs ~3x the time for
 FLOW_PLOT_RANGE_LPM = (-40.0, 60.0)
 FLOW_PLOT_STEP_LPM = 20.0
 PLOT_FONT_PT = 16               # the 1200 px image is shown at half width on the monitor
+#: Shading of each event type in the flow plot and the night report: two clearly distinct hues.
+EVENT_COLOURS = {"apnea": "#d62728", "hypopnea": "#ff9f1c"}
+EVENT_LABELS = {"apnea": "apnea", "hypopnea": "hypopnea"}  # definitions: docs/README-analysis.md
+EVENT_ALPHA = 0.25
+EVENT_MIN_WIDTH_FRACTION = 0.004  # of the time axis: ~5 px, so a short event on a long night shows
 
 
 class BreathDetection(NamedTuple):
@@ -1214,8 +1219,48 @@ def flow_axis_range(flow_lpm: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
-def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int = 450) -> bytes:
-    """Render flow (L/min) against time (s) with breaths and apneas as a PNG.
+def shade_events(ax, events, min_width=0.0, band=(0.0, 1.0), alpha=EVENT_ALPHA,
+                 labelled=True) -> list:
+    """Shade each event's span over the full height of ``ax``, one colour per type.
+
+    One collection per type (with its legend label, only when the type occurs): far
+    cheaper than one ``axvspan`` per event on a night with hundreds of them.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    events : iterable of (type, start, end)
+        :class:`Event` or equal triples; ``type`` is a key of EVENT_COLOURS, ``start`` and
+        ``end`` in the x axis' data units.
+    min_width : float
+        Narrowest span drawn, x data units: a 20 s event on an 8-hour axis would be under
+        one pixel.
+    band : (float, float)
+        Bottom and top of the spans, fractions of the axes' height.
+    alpha : float
+        Opacity.
+    labelled : bool
+        Label the collections for the legend.
+
+    Returns
+    -------
+    list of matplotlib.collections.PolyCollection
+        The collections drawn, labelled ``EVENT_LABELS[type]`` (gid = the type).
+    """
+    drawn = []
+    for kind, colour in EVENT_COLOURS.items():
+        spans = [(start, max(end - start, min_width)) for k, start, end in events if k == kind]
+        if spans:
+            drawn.append(ax.broken_barh(spans, (band[0], band[1] - band[0]),
+                                        transform=ax.get_xaxis_transform(), facecolor=colour,
+                                        alpha=alpha, linewidth=0, gid=kind,
+                                        label=EVENT_LABELS[kind] if labelled else None))
+    return drawn
+
+
+def flow_plot_figure(result: AnalysisResult, width_px: int = 1200, height_px: int = 450):
+    """The flow plot's figure: flow (L/min) against time (s) with breaths, apneas (red)
+    and hypopneas (orange).
 
     Uses matplotlib's object-oriented API on an Agg canvas (no pyplot state, thread safe).
 
@@ -1223,12 +1268,11 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
     ----------
     result : AnalysisResult
     width_px, height_px : int
-        Image size, pixels.
+        Image size, pixels (at 100 dpi).
 
     Returns
     -------
-    bytes
-        PNG image.
+    matplotlib.figure.Figure
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1243,10 +1287,8 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
     if envelope is None:
         ax.plot(result.time, flow_lpm, color=FLOW_COLOUR, linewidth=0.7, label="flow")
     else:  # a filled min/max band draws far faster than a zig-zag line through the extremes
-        ax.fill_between(*envelope, color=FLOW_COLOUR, linewidth=0.5, label="flow (min/max)")
-    for i, event in enumerate(result.apnea_events):
-        ax.axvspan(event.start, event.end, color="#d62728", alpha=0.18,
-                   label="apnea (> 10 s)" if i == 0 else None)
+        ax.fill_between(*envelope, color=FLOW_COLOUR, linewidth=0.5, label="flow")
+    shade_events(ax, result.events, EVENT_MIN_WIDTH_FRACTION * result.duration)
     if len(result.breath_times):
         # at the first sample from each peak on: a peak's time is a block's mean time, at
         # most one sample before it (np.interp into a night of samples costs ~6 ms)
@@ -1259,19 +1301,41 @@ def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int =
     ax.tick_params(labelsize=small_pt)
     # y given: matplotlib then skips measuring every artist to place the title (~6 ms)
     ax.set_title(loc="left", y=1.0, fontsize=PLOT_FONT_PT,
-                 label=f"{result.breaths} breaths, {result.breath_rate_bpm:.1f} /min, "
-                 f"{result.apnea_count} apnea{'s' if result.apnea_count != 1 else ''} "
-                 f"in {result.duration:.0f} s")
+                 label=f"{result.breaths} breaths, {result.breath_rate_bpm:.1f}/min, "
+                 f"{_plural(result.apnea_count, 'apnea')}, "
+                 f"{_plural(result.hypopnea_count, 'hypopnea')}, {result.duration:.0f} s")
     if len(result.time):
         ax.set_xlim(result.time[0], result.time[-1])
     ax.set_ylim(*flow_axis_range(flow_lpm))
     ax.grid(True, linewidth=0.3, alpha=0.5)
     # legend above the axes: inside it would hide peaks at the end of the recording
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=small_pt,
-              frameon=False, handlelength=1.2, columnspacing=1.0)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, fontsize=small_pt,
+              frameon=False, handlelength=1.2, columnspacing=0.8)
     fig.subplots_adjust(left=0.085, right=0.985, bottom=0.16, top=0.88)
+    return fig
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def flow_plot_png(result: AnalysisResult, width_px: int = 1200, height_px: int = 450) -> bytes:
+    """Render :func:`flow_plot_figure` as a PNG.
+
+    Parameters
+    ----------
+    result : AnalysisResult
+    width_px, height_px : int
+        Image size, pixels.
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
     out = io.BytesIO()
-    fig.savefig(out, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    flow_plot_figure(result, width_px, height_px).savefig(
+        out, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return out.getvalue()
 
 
@@ -1295,12 +1359,26 @@ def _summary(result: AnalysisResult) -> str:
     return "\n".join(lines)
 
 
+REPORT_SUFFIXES = (".pdf", ".png")
+
+
+def _report_path(path: str) -> str:
+    """argparse type of ``--report``: the file's extension decides the format."""
+    if not path.lower().endswith(REPORT_SUFFIXES):
+        raise argparse.ArgumentTypeError(f"{path!r} must end in .pdf or .png (the extension "
+                                         "decides the report's format)")
+    return path
+
+
 def main(argv=None) -> int:
-    """Command line: print the metrics of a recording (``--json``), optionally save a plot."""
+    """Command line: print the metrics of a recording (``--json``), optionally save a plot
+    and a night report."""
     parser = argparse.ArgumentParser(description="Analyse a CPAP venturi recording.")
     parser.add_argument("file", help="recording (text, header + 7 comma-separated columns)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="write the flow plot to this PNG file")
+    parser.add_argument("--report", metavar="OUT.pdf|OUT.png", type=_report_path,
+                        help="write the night report (one page) to this PDF or PNG file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
     try:
@@ -1315,6 +1393,11 @@ def main(argv=None) -> int:
     if args.plot:
         with open(args.plot, "wb") as fh:
             fh.write(flow_plot_png(result))
+    if args.report:
+        from sleeplab.report import report_from_result  # it draws with this module's parts
+
+        with open(args.report, "wb") as fh:
+            fh.write(report_from_result(result, fmt=args.report.rsplit(".", 1)[-1].lower()))
     return 0
 
 
