@@ -16,6 +16,7 @@ the OpenAPI document is generated from the same declarations. Route handlers cal
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -269,6 +270,59 @@ def record_image(record_id):
     response.headers["Cache-Control"] = IMAGE_CACHE_CONTROL
     response.set_etag(image.etag)
     return response.make_conditional(request)
+
+
+#: The night report's formats (sleeplab.report.render_report) and their media types.
+REPORT_TYPES = {"pdf": "application/pdf", "png": "image/png"}
+#: A patient's night report holds at most this many of their records (a night has a few).
+MAX_REPORT_RECORDS = 200
+
+
+def report_segment(record: dict) -> dict:
+    """A stored record as a report segment: it started ``duration_s`` before it was
+    received (the station uploads a recording when it ends)."""
+    received = storage.as_utc(record["received_at"])
+    return dict(record, start=received - dt.timedelta(seconds=record.get("duration_s") or 0))
+
+
+def report_response(records: list[dict], fmt: str, title: str, filename: str) -> Response:
+    """A night report of ``records`` (oldest first) as a download. Rendering takes a
+    fraction of a second of CPU: one per worker at a time (a heavy read)."""
+    from sleeplab import report  # the plotting stack loads on first use
+
+    with heavy_read():
+        data = report.render_report([report_segment(r) for r in records], fmt=fmt, title=title)
+    return Response(data, mimetype=REPORT_TYPES[fmt], headers={
+        "Content-Disposition": f'attachment; filename="{filename}.{fmt}"'})
+
+
+@api.get("/records/<record_id>/report.<any(pdf, png):fmt>")
+@reads(*WARD)
+@spec.validate(resp=answers(404, (503, "busy rendering other reports (Retry-After)"),
+                            HTTP_200=(None, "the record's night report: one page, PDF or PNG")))
+def record_report(record_id, fmt):
+    """A record's night report (PDF or PNG)"""
+    record = existing_record(record_id)
+    return report_response([record], fmt, f"Night report — MRN {record['mrn']}, room "
+                                          f"{record['room']}",
+                           f"report-mrn{record['mrn']}-{record_id}")
+
+
+@api.get("/patients/<mrn>/report.<any(pdf, png):fmt>")
+@reads(*WARD)
+@spec.validate(resp=answers(400, 404, (503, "busy rendering other reports (Retry-After)"),
+                            HTTP_200=(None, "the patient's night: their records of the last "
+                                            "`hours` before the newest, one page")))
+def patient_report(mrn, fmt, query: models.ReportQuery):
+    """A patient's night report over their latest records (PDF or PNG)"""
+    number, patient = existing_patient(mrn)
+    records = get_storage().night_records(number, dt.timedelta(hours=query.hours),
+                                          MAX_REPORT_RECORDS)
+    if not records:
+        abort(404, description=f"patient {number} has no records")
+    name = f" ({patient['name']})" if patient.get("name") else ""
+    return report_response(records, fmt, f"Night report — MRN {number}{name}",
+                           f"report-mrn{number}")
 
 
 # -- rooms -----------------------------------------------------------------------

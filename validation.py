@@ -56,6 +56,8 @@ MAX_LIST_LIMIT = 10_000           # ?limit= of records, audit entries, commands,
 LEGACY_MAX_RECORDS = 100          # newest records per patient in GET /get_all_patients
 HEAVY_READ_ROWS = 1000            # a read that may return more rows is "heavy"
 DEFAULT_HEAVY_READ_TIMEOUT_S = 15.0
+#: A patient's night report: their records received this many hours before the newest.
+DEFAULT_REPORT_HOURS, MAX_REPORT_HOURS = 12, 72
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 #: A client-chosen idempotency key, e.g. a UUID4 (36 characters).

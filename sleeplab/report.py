@@ -60,6 +60,8 @@ REPORT_MARGIN_IN = 0.2               # below the table
 TIME_AXIS_IN = 0.5                   # the time axis' tick labels and label, between panels and table
 TABLE_ROW_IN = 0.22
 TABLE_HEADER_ROWS = 3                # the header's lines
+TABLE_MAX_RECORDS = 8                # record rows in the table (a night has a few uploads)
+NIGHT_ROW = "night"                  # the label of the table's totals row
 PNG_COLOURS = 256
 PNG_COMPRESS_LEVEL = 6               # the report is made once per download: size over speed
 NO_DATA = "no data"
@@ -484,14 +486,25 @@ def _start_text(p: _Placed, midnight) -> str:
     return p.segment.start.strftime("%d.%m. %H:%M")
 
 
-def _summary_table(ax, placed, midnight) -> None:
-    ax.axis("off")
+def _table_rows(placed, midnight) -> list[list]:
+    """The summary table's rows: each record (the newest TABLE_MAX_RECORDS when there are
+    more, after a row saying how many earlier ones the night row also counts), then the
+    night's totals when there are several."""
     rows = [_table_row(str(i + 1), p.segment, _start_text(p, midnight)) for i, p in enumerate(placed)]
+    if len(rows) > TABLE_MAX_RECORDS:
+        hidden = len(rows) - TABLE_MAX_RECORDS + 1
+        rows = [["…", f"{hidden} earlier", "records"] + [""] * (len(TABLE_COLUMNS) - 3)] \
+            + rows[hidden:]
     if len(placed) > 1:
-        row = _table_row("night", night_totals([p.segment for p in placed]), _start_text(placed[0], midnight))
+        row = _table_row(NIGHT_ROW, night_totals([p.segment for p in placed]), _start_text(placed[0], midnight))
         pressures = {p.segment.pressure_cmh2o for p in placed}
         row[-1] = _fmt(pressures.pop(), "g") if len(pressures) == 1 else "varies"
         rows.append(row)
+    return rows
+
+
+def _summary_table(ax, rows) -> None:
+    ax.axis("off")
     widths = np.array(TABLE_WIDTHS) / sum(TABLE_WIDTHS)
     # bbox: the table fills its axes, which report_figure sized to its rows
     table = ax.table(cellText=rows or [[MISSING] * len(TABLE_COLUMNS)], colLabels=TABLE_COLUMNS,
@@ -503,7 +516,7 @@ def _summary_table(ax, placed, midnight) -> None:
         cell.set_height(TABLE_HEADER_ROWS if row == 0 else 1)
         if row == 0:
             cell.set_facecolor("#eeeeee")
-        elif row == len(rows) and len(placed) > 1:
+        elif row == len(rows) and rows[-1][0] == NIGHT_ROW:
             cell.get_text().set_fontweight("bold")
     table.set_gid("summary")
 
@@ -545,7 +558,8 @@ def report_figure(segments, title: str | None = None):
     fig = Figure(figsize=REPORT_SIZE_IN, dpi=REPORT_DPI)
     FigureCanvasAgg(fig)
     height_in = REPORT_SIZE_IN[1]
-    table_in = TABLE_ROW_IN * (TABLE_HEADER_ROWS + len(placed) + (len(placed) > 1))
+    rows = _table_rows(placed, midnight)
+    table_in = TABLE_ROW_IN * (TABLE_HEADER_ROWS + max(len(rows), 1))
     table_bottom_in = REPORT_MARGIN_IN
     panels_bottom_in = table_bottom_in + table_in + TIME_AXIS_IN
     grid = fig.add_gridspec(5, 1, height_ratios=(2.4, 1, 1, 1, 0.8), left=LEFT, right=RIGHT,
@@ -600,7 +614,7 @@ def report_figure(segments, title: str | None = None):
     unit = "h:min" if step_s >= 60 else "min:s"
     pressure_ax.set_xlabel(f"clock time (hh:mm{':ss' if step_s < 60 else ''})" if midnight is not None
                            else f"time in the recording ({unit})", fontsize=REPORT_FONT_PT)
-    _summary_table(table_ax, placed, midnight)
+    _summary_table(table_ax, rows)
     fig.text(LEFT, 0.965, title or _default_title(placed, midnight), fontsize=REPORT_FONT_PT + 5,
              fontweight="bold", va="baseline")
     fig.text(LEFT, 0.935, _headline(placed, midnight), fontsize=REPORT_FONT_PT + 2, va="baseline")

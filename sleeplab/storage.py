@@ -629,6 +629,17 @@ class Storage:
         return list(self.records.find({"mrn": exactly(mrn)}, RECORD_LIST_FIELDS)
                     .sort(NEWEST_RECORDS).limit(limit))
 
+    def night_records(self, mrn: int, hours: dt.timedelta, limit: int) -> list[dict]:
+        """A patient's night: their records received within ``hours`` before their newest
+        one (at most ``limit``, the newest), oldest first, with their details."""
+        newest = self.records.find_one({"mrn": exactly(mrn)}, {"received_at": 1},
+                                       sort=NEWEST_RECORDS)
+        if newest is None:
+            return []
+        since = as_utc(newest["received_at"]) - hours
+        return list(self.records.find({"mrn": exactly(mrn), "received_at": {"$gte": since}})
+                    .sort(NEWEST_RECORDS).limit(limit))[::-1]
+
     def get_record(self, record_id: str) -> dict | None:
         """One record with its details (None: no such record, or not an id)."""
         oid = parse_object_id(record_id)

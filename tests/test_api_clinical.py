@@ -3,6 +3,7 @@ recording, record detail, lists, room summary, CSV) and their validation."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
 
@@ -161,3 +162,70 @@ def test_csv_has_the_clinical_columns_rounded(client):
         "hypopnea_count": "2", "apnea_index": "1.6", "ahi": "4.4", "tidal_volume_l": "0.512",
         "minute_ventilation_lpm": "7.26", "leak_rate_lpm": "-3.44"}
     assert "events" not in row and "series" not in row
+
+
+# --- the night report ------------------------------------------------------------------------
+def pdf_pages(data: bytes) -> int:
+    import pypdf
+    return len(pypdf.PdfReader(io.BytesIO(data)).pages)
+
+
+def raw_upload(client, content, mrn="21", pressure="9"):
+    resp = client.post("/api/v1/rooms/4/recordings", content_type="multipart/form-data",
+                       data={"mrn": mrn, "cpap_pressure_cmh2o": pressure,
+                             "file": (io.BytesIO(content), "night.txt")})
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()["record"]
+
+
+def test_a_raw_recording_keeps_its_series_for_the_report(client, app, clinical_night):
+    record = raw_upload(client, clinical_night[0])
+    detail = client.get(f"/api/v1/records/{record['id']}").get_json()
+    assert detail["has_series"] is True
+    with app.app_context():
+        series = storage.get_storage().get_record(record["id"])["series"]
+    assert len(series["minute_start_s"]) == 7 and series["step_s"] == 60.0   # 400 s
+    assert max(series["flow_max_lpm"]) > 30 and min(series["flow_min_lpm"]) < -10
+
+
+@pytest.mark.parametrize("fmt, signature", [("pdf", b"%PDF-"), ("png", b"\x89PNG\r\n\x1a\n")])
+def test_record_and_patient_reports_download(client, clinical_night, fmt, signature):
+    first = raw_upload(client, clinical_night[0], pressure="8")
+    raw_upload(client, clinical_night[0], pressure="10")
+    for path in (f"/api/v1/records/{first['id']}/report.{fmt}", f"/api/v1/patients/21/report.{fmt}"):
+        resp = client.get(path)
+        assert resp.status_code == 200 and resp.data.startswith(signature), path
+        assert resp.headers["Content-Disposition"].startswith("attachment;")
+        assert resp.headers["Content-Disposition"].endswith(f'.{fmt}"')
+        if fmt == "pdf":
+            assert pdf_pages(resp.data) == 1
+
+
+def test_the_patient_report_covers_the_night_before_the_newest_record(client, app, clinical_night):
+    raw_upload(client, clinical_night[0])
+    raw_upload(client, clinical_night[0])
+    with app.app_context():
+        store = storage.get_storage()
+        store.records.update_one({}, {"$set": {"received_at": storage.utc_now()
+                                               - dt.timedelta(hours=20)}})
+        assert len(store.night_records(21, dt.timedelta(hours=12), 200)) == 1
+        assert len(store.night_records(21, dt.timedelta(hours=24), 200)) == 2
+    assert client.get("/api/v1/patients/21/report.pdf?hours=24").status_code == 200
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/api/v1/records/nope/report.pdf", 404), ("/api/v1/records/" + "0" * 24 + "/report.png", 404),
+    ("/api/v1/patients/999/report.pdf", 404), ("/api/v1/records/abc/report.svg", 404),
+    ("/api/v1/patients/21/report.pdf?hours=0", 400), ("/api/v1/patients/21/report.pdf?hours=73", 400),
+    ("/api/v1/patients/21/report.pdf?hours=x", 400),
+])
+def test_report_errors_are_clear(client, clinical_night, path, status):
+    raw_upload(client, clinical_night[0])
+    resp = client.get(path)
+    assert resp.status_code == status and resp.get_json()["message"]
+
+
+def test_a_record_without_series_still_has_a_report(client):
+    record = post(client, **CLINICAL, events=EVENTS).get_json()["record"]
+    resp = client.get(f"/api/v1/records/{record['id']}/report.pdf")
+    assert resp.status_code == 200 and pdf_pages(resp.data) == 1

@@ -37,6 +37,8 @@ EXPECTED = {
     ("get", "/patients/{mrn}/records"): ("read", WARD),
     ("get", "/patients/{mrn}/records.csv"): ("read", WARD),
     ("get", "/records/{record_id}"): ("read", WARD),
+    ("get", "/records/{record_id}/report.{fmt}"): ("read", WARD),
+    ("get", "/patients/{mrn}/report.{fmt}"): ("read", WARD),
     ("post", "/rooms/{room}/stream"): ("always", UPLOADERS),
     ("get", "/rooms/{room}/live"): ("read", WARD),
     ("get", "/rooms/{room}/titration"): ("read", WARD),
@@ -109,7 +111,7 @@ def served(request, tmp_path_factory, make_app):
 
 
 def call(client, method, path, ids, headers):
-    url = path.format(mrn=12, room=3, room_number=3, value=11, **ids)
+    url = path.format(mrn=12, room=3, room_number=3, value=11, fmt="pdf", **ids)
     kwargs = {"headers": headers}
     if (method, short_path(path)) == ("post", "/rooms/{room}/recordings"):
         kwargs["data"] = {"mrn": "12", "cpap_pressure_cmh2o": "10",

@@ -362,3 +362,22 @@ def test_cli_report_needs_pdf_or_png(tmp_path):
     assert proc.returncode == 2
     assert b"must end in .pdf or .png" in proc.stderr and b"Traceback" not in proc.stderr
     assert not (tmp_path / "night.svg").exists()
+
+
+def test_a_night_of_many_records_still_fits_one_page():
+    """A patient with hundreds of uploads in a night (a script posting every minute): the
+    table shows the newest records and how many earlier ones the night row counts."""
+    import datetime as dt
+
+    start = dt.datetime(2026, 11, 27, 22, 0)
+    segments = [{"start": start + dt.timedelta(minutes=i), "duration_s": 50.0, "breaths": 12,
+                 "apnea_count": i % 2, "pressure_cmh2o": 8} for i in range(200)]
+    fig = report.report_figure(segments)
+    table = [ax for ax in fig.axes if ax.tables][0].tables[0]
+    cells = table.get_celld()
+    rows = {row for row, _ in cells}
+    assert len(rows) == 1 + report.TABLE_MAX_RECORDS + 1          # header, records, night
+    assert cells[(1, 1)].get_text().get_text() == f"{200 - report.TABLE_MAX_RECORDS + 1} earlier"
+    assert cells[(max(rows), 0)].get_text().get_text() == "night"
+    assert cells[(max(rows), 5)].get_text().get_text() == "100"     # apneas of all 200
+    assert report.render_report(segments, fmt="pdf").startswith(b"%PDF-")

@@ -492,6 +492,13 @@ class PageQuery(QueryModel):
                         _query_int(1, MAX_PER_PAGE)) = DEFAULT_PER_PAGE
 
 
+class ReportQuery(QueryModel):
+    hours: _required(Annotated[int, Field(ge=1, le=v.MAX_REPORT_HOURS)],
+                     _query_int(1, v.MAX_REPORT_HOURS)) = Field(
+        v.DEFAULT_REPORT_HOURS,
+        description="the night: records received in this many hours before the newest")
+
+
 class StationQuery(QueryModel):
     mrn: OptionalPositiveId = Field(None, description="the bedside station's own patient "
                                                       "(recommended): 409 when another "
@@ -803,6 +810,13 @@ def dump(model: type[BaseModel], doc: dict | None) -> dict | None:
 
 
 # -- one upload pipeline -------------------------------------------------------------------
+def night_series(result) -> dict:
+    """The record's night series (``sleeplab.report.night_series``; the report module
+    and its plotting stack load only where a recording is analysed)."""
+    from sleeplab import report
+    return report.night_series(result)
+
+
 def analysis_fields(result) -> dict:
     """A record's measured fields from an analysis result
     (``cpap_measurements.AnalysisResult``): the one mapping used by the raw-recording
@@ -817,7 +831,8 @@ def analysis_fields(result) -> dict:
             "minute_ventilation_lpm": float(result.minute_ventilation_lpm),
             "leak_rate_lpm": float(result.leak_rate_lpm),
             "events": [{"type": e.type, "start_s": float(e.start_s), "end_s": float(e.end_s)}
-                       for e in result.events]}
+                       for e in result.events],
+            "series": night_series(result)}
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -827,7 +842,7 @@ def finite_or_none(value: float | None) -> float | None:
 #: What a recording's analysis gives (:func:`analysis_fields`): every metric but the
 #: pressure, which the caller gives. Checked as an upload's same fields are (the
 #: raw-recording route: a value out of bounds is an implausible result).
-ANALYSED_FIELDS = METRIC_FIELDS[1:] + ("events",)
+ANALYSED_FIELDS = METRIC_FIELDS[1:] + RECORD_DETAILS
 Analysed = pydantic.create_model(
     "Analysed", __base__=RequestModel,
     **{name: (Upload.model_fields[name].annotation, Upload.model_fields[name])
