@@ -312,3 +312,9 @@ def test_a_pause_of_many_minutes_keeps_the_state_small():
     last_before = np.searchsorted(result.breath_times, result.events[0].start_s)  # the apnea's first peak
     assert set(differ.tolist()) <= {last_before, last_before + 1}
     np.testing.assert_allclose(volume_l, result.breath_table["tidal_volume_l"], rtol=0.01)
+
+
+def test_a_state_of_another_version_is_refused(night):
+    state, _ = inc.feed(None, cut(night, [1000])[0])
+    with pytest.raises(ValueError, match="state version 0 is not 1"):
+        inc.feed({**state, "version": 0}, b"")

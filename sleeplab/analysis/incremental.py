@@ -15,11 +15,12 @@ interpolated between window centres, so a block's entry and exit thresholds are 
 once the window after its own is complete (75-225 s after it). :func:`finish` ends the night:
 the last samples are analysed with the offline rules for a recording's end.
 
-Differences from offline, all at rounding level: running sums (the trapezoid of the leak,
-the volume integrals) start at a chunk or at the kept tail rather than at the file's first
-sample, and the block interval is fixed from the first two minutes rather
-than the whole night (it only sets window sizes in blocks, which are rounded). The file rule
-"more than 1 % of the samples out of time order refuses the file" applies per chunk.
+Differences from offline: at rounding level, running sums (the trapezoid of the leak, the
+volume integrals) start at a chunk or at the kept tail rather than at the file's first
+sample, and the block interval is fixed from the first two minutes rather than the whole
+night (it only sets window sizes in whole blocks). After a pause longer than MAX_CYCLE_S
+the volumes of the breaths either side of it may differ slightly. The file rule "more than
+1 % of the samples out of time order refuses the file" applies per chunk.
 """
 from __future__ import annotations
 
@@ -162,6 +163,8 @@ def feed(state: dict | None, chunk: bytes | str, end: bool = False) -> tuple[dic
         A chunk that is binary, has an over-long line, has lines of which none is a
         sample, or has more than 1 % of its samples out of time order (the message names
         the chunk line); or a chunk after the night's end. The state is then unchanged.
+    ValueError
+        A state of another STATE_VERSION (made by another version of this module).
     """
     state = _copy(state if state is not None else new_state())
     if state["version"] != STATE_VERSION:
