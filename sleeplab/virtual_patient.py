@@ -48,6 +48,8 @@ PAUSE_FRACTION = 0.15              # end-expiratory pause, share of the breath p
 PERIOD_JITTER = 0.06               # relative SD of the breath period
 AMPLITUDE_JITTER = 0.08
 STREAM_PATH = "/api/v1/rooms/{room}/stream"
+OPENAPI_PATH = "/api/v1/openapi.json"
+STREAM_TEMPLATE = "/rooms/{room}/stream"  # how the OpenAPI document names the route
 PRESSURE_PATH = "/api/v1/rooms/{room}/pressure"
 
 
@@ -252,13 +254,25 @@ class Bedside:
                 "pressure_cmh2o": pressure_cmh2o, "samples": chunk}
         answer = self.http.post(self.api + STREAM_PATH.format(room=self.room), json=body,
                                 timeout=self.timeout_s)
-        if answer.status_code in (404, 405) and "stream" not in answer.text:
+        if answer.status_code in (404, 405) and not self.has_stream_route():
             raise StreamUnavailable(f"the server at {self.api} has no streaming route "
                                     f"({STREAM_PATH.format(room=self.room)}) yet")
         if answer.status_code >= 400:
             raise RuntimeError(f"chunk {self.sequence} refused: HTTP {answer.status_code} {answer.text[:300]}")
         self.sequence += 1
         return answer.json() if answer.content else {}
+
+    def has_stream_route(self) -> bool:
+        """Whether the server's OpenAPI document lists the streaming route (a 404 is then
+        about the room or patient, not a missing route)."""
+        answer = self.http.get(self.api + OPENAPI_PATH, timeout=self.timeout_s)
+        if answer.status_code != 200:
+            return False
+        try:
+            paths = answer.json().get("paths", {})
+        except ValueError:
+            return False
+        return any(path.endswith(STREAM_TEMPLATE) for path in paths)
 
     def commanded_pressure(self) -> dict | None:
         """The room's latest pressure command for this patient, or None."""
@@ -317,6 +331,9 @@ def main(argv=None) -> int:
                     if out is None:
                         return 2
                     bedside = None  # keep writing the file
+                except (RuntimeError, OSError) as exc:  # refused, or the server unreachable
+                    print(f"error: room {args.room}: {exc}", file=sys.stderr)
+                    return 1
             first = False
             time.sleep(max(0.0, args.chunk_s / args.speed - (time.monotonic() - began)))
     except KeyboardInterrupt:

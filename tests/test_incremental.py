@@ -294,3 +294,27 @@ def test_smoothing_is_the_centred_moving_average(interval_s):
     size = cm._window_samples(cm.SMOOTH_S, interval_s)
     np.testing.assert_allclose(cm.smooth(flow_lpm, interval_s),
                                ndimage.uniform_filter1d(flow_lpm, size, mode="nearest"), rtol=1e-12, atol=1e-12)
+
+
+def test_a_pause_of_many_minutes_keeps_the_state_small():
+    """The mask off for 15 min: the state does not keep the whole pause; the counts and
+    breath times stay the offline ones (only the breaths either side of the pause may
+    differ in volume)."""
+    content, _ = generate(SynthConfig(duration_s=1500, rate_bpm=15, apnea_gaps_s=(900.0,), seed=4))
+    result = cm.analyze(content)
+    state, breaths, events, sizes = stream(cut(content, [1000]))
+    assert max(sizes) <= MAX_STATE_BYTES
+    np.testing.assert_array_equal([b["peak_s"] for b in breaths], result.breath_times)
+    assert events == offline_events(result)
+    assert [e.type for e in result.events] == ["apnea"] and result.events[0].end_s - result.events[0].start_s >= 900
+    volume_l = np.array([b["tidal_volume_l"] for b in breaths])
+    differ = np.flatnonzero(~np.isclose(volume_l, result.breath_table["tidal_volume_l"], rtol=1e-9))
+    last_before = np.searchsorted(result.breath_times, result.events[0].start_s)  # the apnea's first peak
+    assert set(differ.tolist()) <= {last_before, last_before + 1}
+    np.testing.assert_allclose(volume_l, result.breath_table["tidal_volume_l"], rtol=0.01)
+
+
+def test_a_state_of_another_version_is_refused(night):
+    state, _ = inc.feed(None, cut(night, [1000])[0])
+    with pytest.raises(ValueError, match="state version 0 is not 1"):
+        inc.feed({**state, "version": 0}, b"")

@@ -15,11 +15,12 @@ interpolated between window centres, so a block's entry and exit thresholds are 
 once the window after its own is complete (75-225 s after it). :func:`finish` ends the night:
 the last samples are analysed with the offline rules for a recording's end.
 
-Differences from offline, all at rounding level: running sums (the trapezoid of the leak,
-the volume integrals) start at a chunk or at the kept tail rather than at the file's first
-sample, and the block interval is fixed from the first two minutes rather
-than the whole night (it only sets window sizes in blocks, which are rounded). The file rule
-"more than 1 % of the samples out of time order refuses the file" applies per chunk.
+Differences from offline: at rounding level, running sums (the trapezoid of the leak, the
+volume integrals) start at a chunk or at the kept tail rather than at the file's first
+sample, and the block interval is fixed from the first two minutes rather than the whole
+night (it only sets window sizes in whole blocks). After a pause longer than MAX_CYCLE_S
+the volumes of the breaths either side of it may differ slightly. The file rule "more than
+1 % of the samples out of time order refuses the file" applies per chunk.
 """
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ MARGIN_BLOCKS = 200
 #: The block interval is fixed once this many blocks are in (2 min; the offline median of
 #: all block steps is the same to rounding, and only sets window sizes in whole blocks).
 INTERVAL_BLOCKS = 2400
+#: A breath's row waits for the next two breaths at most this long (s); after a longer
+#: pause (the mask off, a central apnea of minutes) it is made from the cycle so far, so
+#: the state stays small. Only the volume and end of the breaths either side of the pause
+#: can then differ from offline (0.2 % in volume after 15 min mask off, in the tests).
+MAX_CYCLE_S = 300.0
 #: Hypopnea rows kept beyond the reference window, s.
 REFERENCE_MARGIN_S = 1.0
 #: The strip-chart trace in each update: one block in this many (20 Hz -> 4 Hz).
@@ -157,6 +163,8 @@ def feed(state: dict | None, chunk: bytes | str, end: bool = False) -> tuple[dic
         A chunk that is binary, has an over-long line, has lines of which none is a
         sample, or has more than 1 % of its samples out of time order (the message names
         the chunk line); or a chunk after the night's end. The state is then unchanged.
+    ValueError
+        A state of another STATE_VERSION (made by another version of this module).
     """
     state = _copy(state if state is not None else new_state())
     if state["version"] != STATE_VERSION:
@@ -239,6 +247,11 @@ def _end_blocks(state: dict) -> None:
 
 
 # --- Windowed levels (cpap_measurements._windowed, one window at a time) -----------------------
+def _blocks(duration_s: float, interval_s: float) -> int:
+    """Blocks in ``duration_s`` at one block per ``interval_s``."""
+    return cm._window_samples(duration_s, interval_s)
+
+
 def _window_reach(size: int) -> tuple[int, int]:
     """Blocks a centred moving average of ``size`` reaches to the left and the right."""
     return size // 2, size - 1 - size // 2
@@ -400,7 +413,10 @@ def _rows(state: dict, update: dict, tail_time_s, smoothed, end: bool) -> None:
     :func:`cpap_measurements.breath_table` on the kept blocks, from two breaths before."""
     peaks = state["peaks"]
     done = state["rows_done"]
-    ready = len(peaks) if end else len(peaks) - 2
+    # a breath followed by a very long pause (the mask off): rather than keeping its whole
+    # cycle, its row is made now, as for a night ending here
+    stale = bool(peaks) and state["frontier"] - peaks[0][1] > _blocks(MAX_CYCLE_S, state["interval_s"])
+    ready = len(peaks) if end or stale else len(peaks) - 2
     if ready <= done:
         return
     t0 = state["tail_start"]
@@ -414,8 +430,7 @@ def _rows(state: dict, update: dict, tail_time_s, smoothed, end: bool) -> None:
         update["breaths"].append(row)
         state["totals"]["inspired_volume_l"] += row["tidal_volume_l"]
         _hypopnea_step(state, update, row)
-    state["rows_done"] = ready
-    keep_from = max(0, ready - 2)
+    keep_from = len(peaks) if stale else max(0, ready - 2)  # two before the next row's
     state["peaks"] = peaks[keep_from:]
     state["rows_done"] = ready - keep_from
     if end:
