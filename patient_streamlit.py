@@ -700,6 +700,7 @@ MONITOR_DEFAULTS = {
     "mon_filter": FILTER_CHOICES[0],
     "mon_confirm": None,         # {"room", "pressure", "mrn", "name"} awaiting confirmation
     "mon_message": None,         # {"room", "kind", "text"} result of the last command
+    "mon_report": None,          # {"room", "mrn", "pdf", "png"} or {"room", "mrn", "error"}
 }
 
 
@@ -1042,6 +1043,36 @@ def render_analysis(analysis: dict, file_name: str) -> None:
     st.image(analysis["plot_png"], width="stretch")
     st.caption("Zoomable flow (scroll to zoom, drag to pan, double-click to reset)")
     st.altair_chart(flow_chart(analysis), width="stretch")
+    render_report_downloads(analysis, file_name)
+
+
+REPORT_MIMES = {"pdf": "application/pdf", "png": "image/png"}
+
+
+def bedside_report(analysis: dict, fmt: str, pressure_cmh2o: int | None, title: str) -> bytes:
+    """The night report of the recording analysed here (no server needed): the same
+    picture the API draws of a stored record (``sleeplab.report``)."""
+    from sleeplab import report
+
+    return report.render_report([{**analysis, "pressure_cmh2o": pressure_cmh2o}], fmt=fmt,
+                                title=title)
+
+
+def render_report_downloads(analysis: dict, file_name: str) -> None:
+    """PDF and PNG of the night report; drawn only when a button is pressed (a second of
+    CPU each, on a thread apart from the page)."""
+    pressure, _ = parse_pressure(pressure_text())
+    stem = Path(file_name).stem or "recording"
+    title = f"Night report — {file_name}"
+    cols = st.columns([1, 1, 3], vertical_alignment="center")
+    for col, fmt in zip(cols, REPORT_MIMES):
+        col.download_button(
+            f"Night report ({fmt.upper()})", key=f"ps_report_{fmt}",
+            data=functools.partial(bedside_report, analysis, fmt, pressure, title),
+            file_name=f"{stem}-night-report.{fmt}", mime=REPORT_MIMES[fmt],
+            icon=":material/summarize:", on_click="ignore", width="stretch")
+    cols[2].caption("One page: flow with events, breath rate, tidal volume and ventilation, "
+                    "leak, pressure, and the metrics table.")
 
 
 def render_patient_station() -> None:
@@ -1632,6 +1663,7 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
         st.markdown("**Trend over this patient's records**")
         if records:
             st.altair_chart(trend_chart(records), width="stretch")
+            render_night_report(room, mrn)
         else:
             st.caption("No records yet.")
     render_audit(base, room)
@@ -1656,6 +1688,38 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
                        if earlier else "No earlier records for this patient.")
         else:
             render_record_image(base, chosen, "Earlier", room, key=f"mon_dl_earlier_{room}")
+
+
+@safe_callback
+def prepare_night_report(room: int, mrn: int) -> None:
+    """Fetch the patient's night report (PDF and PNG) from the API for download."""
+    report = {"room": room, "mrn": mrn}
+    try:
+        for fmt in REPORT_MIMES:
+            report[fmt] = api_call("GET", f"/api/v1/patients/{mrn}/report.{fmt}").content
+    except ApiError as exc:
+        report = {"room": room, "mrn": mrn, "error": exc.message}
+    st.session_state.mon_report = report
+
+
+def render_night_report(room: int, mrn: int) -> None:
+    """*Night report*: the patient's records of the night on one page (from the API)."""
+    ss = st.session_state
+    prepared = ss.mon_report if (ss.mon_report or {}).get("room") == room \
+        and ss.mon_report.get("mrn") == mrn else None
+    cols = st.columns([1.3, 1, 1], vertical_alignment="center")
+    cols[0].button("Night report", key=f"mon_report_{room}", icon=":material/summarize:",
+                   on_click=prepare_night_report, args=(room, mrn), width="stretch",
+                   help="The records of this patient's night (the 12 hours before the newest) "
+                        "on one page.")
+    if prepared and "error" in prepared:
+        st.warning(f"The night report cannot be made. {prepared['error']}")
+    elif prepared:
+        for col, fmt in zip(cols[1:], REPORT_MIMES):
+            col.download_button(fmt.upper(), prepared[fmt], key=f"mon_report_{fmt}_{room}",
+                                file_name=f"room{room}_mrn{mrn}_night-report.{fmt}",
+                                mime=REPORT_MIMES[fmt], icon=":material/download:",
+                                on_click="ignore", width="stretch")
 
 
 def refresh_header(label: str, key: str, on_click):

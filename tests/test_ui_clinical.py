@@ -74,3 +74,37 @@ def test_monitor_cards_show_the_ahi_red_from_the_threshold(at, api):
     assert metric_values(monitor(at), "AHI") == [":red[20.0]", "4.0", ":red[20.0]"]
     assert card_states(at) == {3: "attention", 7: "ok"}
     assert any("AHI 20/h" in m for m in [e.value for e in monitor(at).markdown])
+
+
+def test_bedside_offers_the_night_report_of_its_recording(at, night):
+    import hashlib
+    import io
+
+    import pypdf
+
+    content, truth = night
+    load_file(at, content)
+    run(at)
+    keys = {b.key for b in at.get("download_button")}
+    assert {"ps_report_pdf", "ps_report_png"} <= keys
+    analysis = ui.analyse_recording(hashlib.sha256(content).hexdigest(), content)
+    pdf = ui.bedside_report(analysis, "pdf", 10, "Night report — night.txt")
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    assert len(reader.pages) == 1
+    text = reader.pages[0].extract_text()
+    assert "Night report — night.txt" in text and "hypopneas" in text
+    assert ui.bedside_report(analysis, "png", 10, "x").startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_monitor_prepares_the_patients_night_report(at, api, night):
+    import io
+
+    requests.post(f"{api}/api/v1/rooms/3/recordings", timeout=30,
+                  data={"mrn": "12", "cpap_pressure_cmh2o": "9"},
+                  files={"file": ("night.txt", io.BytesIO(night[0]))}).raise_for_status()
+    click(at, "mon_refresh")
+    click(at, "mon_report_3")
+    prepared = at.session_state["mon_report"]
+    assert prepared["room"] == 3 and prepared["mrn"] == 12
+    assert prepared["pdf"].startswith(b"%PDF-") and prepared["png"].startswith(b"\x89PNG")
+    assert {"mon_report_pdf_3", "mon_report_png_3"} <= {b.key for b in at.get("download_button")}
