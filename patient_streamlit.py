@@ -36,6 +36,7 @@ import math
 import os
 import re
 import string
+import time
 import uuid
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
@@ -77,7 +78,12 @@ IMAGE_TTL_S = 3600              # images of a record never change
 PATIENTS_PAGE_SIZE = 100
 WALL_COLUMNS = 4
 REFRESH_CHOICES_S = {"5 s": 5, "10 s": 10, "15 s": 15, "30 s": 30, "Paused": None}
-UPLOAD_SOURCE, SAMPLE_SOURCE = "Recording file", "Sample recording"
+UPLOAD_SOURCE, SAMPLE_SOURCE, LIVE_SOURCE = "Recording file", "Sample recording", "Live night"
+VIRTUAL_PATIENT, GROWING_FILE = "Virtual patient", "Recording file being written"
+LIVE_TRACE_S = 60.0             # the bedside's and the monitor's strip chart: the last minute
+LIVE_STALE_S = 60.0             # a live room with no chunk for this long is stale
+LIVE_EVENTS_ALERT = 3           # events in the last 10 minutes that need attention
+LIVE_MAX_CHUNK_S = 60.0         # at most this much of a growing file or a late virtual patient per post
 HIGHLIGHT_CSS = "background-color: #fde8e8"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time on screen (strftime and Vega-Lite alike)
 TREND_BAR_PX = 12
@@ -223,6 +229,10 @@ API_TIMEOUT_S = _env_number("API_TIMEOUT_S", 5, 0.5, 60)
 STALE_AFTER_MIN = _env_number("STALE_AFTER_MIN", 15, 0, 24 * 60)
 PRESSURE_POLL_S = _env_number("PRESSURE_POLL_S", 10, 1, 30)
 MONITOR_REFRESH_S = _env_number("MONITOR_REFRESH_S", 10, 5, 30)
+#: Live night (issue #14): the bedside posts its new samples every LIVE_CHUNK_S (a
+#: virtual patient runs LIVE_SPEED times real time, for demos).
+LIVE_CHUNK_S = _env_number("SLEEPLAB_LIVE_CHUNK_S", 10, 0.05, 60)
+LIVE_SPEED = _env_number("SLEEPLAB_LIVE_SPEED", 1, 1, 360)
 #: A command still not applied after three bedside polls needs someone to look: one poll
 #: puts it in the field, the next acknowledges it (after the page drew the field), so an
 #: applied command takes up to two polls — two were a false alarm on a working bedside.
@@ -691,6 +701,9 @@ PATIENT_DEFAULTS = {
     "ps_link": None,             # (kind, text) status of the last poll
     "ps_digests": {},            # file token -> sha256, so a file is hashed once
     "ps_pending": None,          # {"digest", "upload_id"} of an upload not yet answered
+    "ps_live_source": VIRTUAL_PATIENT,
+    "ps_live_path": "",          # the growing recording file (on the station's computer)
+    "ps_live": None,             # the running live night (see start_live)
 }
 MONITOR_DEFAULTS = {
     "mon_interval": (f"{MONITOR_REFRESH_S:g} s" if f"{MONITOR_REFRESH_S:g} s" in REFRESH_CHOICES_S
@@ -735,6 +748,7 @@ def pressure_text() -> str:
 def reset_patient_station() -> None:
     """Forget the patient: entries, recording, results, lock and pending notices."""
     ss = st.session_state
+    stop_live()                  # a running night ends with its last samples analysed
     field = pressure_key()
     for key, value in PATIENT_DEFAULTS.items():
         if key != "ps_pressure_gen":
@@ -1107,9 +1121,11 @@ def render_patient_station() -> None:
                        "Press Reset for the next patient.")
 
     with right:
-        st.radio("Recording", [UPLOAD_SOURCE, SAMPLE_SOURCE], key="ps_source",
+        st.radio("Recording", [UPLOAD_SOURCE, SAMPLE_SOURCE, LIVE_SOURCE], key="ps_source",
                  horizontal=True)
-        if ss.ps_source == UPLOAD_SOURCE:
+        if ss.ps_source == LIVE_SOURCE:
+            render_live_controls()
+        elif ss.ps_source == UPLOAD_SOURCE:
             st.file_uploader("Choose recording file (text, 7 columns at 100 Hz)",
                              key=f"ps_file_{ss.ps_uploader_gen}")
         else:
@@ -1119,6 +1135,10 @@ def render_patient_station() -> None:
             st.selectbox("Sample file", samples, key="ps_sample", index=None,
                          placeholder="Choose a sample")
 
+    if ss.ps_source == LIVE_SOURCE or ss.ps_live:
+        render_live_night()
+        if ss.ps_source == LIVE_SOURCE:
+            return
     actions = st.container()         # Upload/Reset sit above the (long) analysis results
     chosen = load_chosen_analysis()
     if chosen is not None:
@@ -1132,6 +1152,211 @@ def render_patient_station() -> None:
 
     with actions:
         render_upload_actions()
+
+
+# --- Live night at the bedside (issue #14) ----------------------------------------------
+def live_entries() -> tuple[dict | None, str | None]:
+    """MRN, room and pressure of a live night from the entries (or why not)."""
+    ss = st.session_state
+    mrn, mrn_error = parse_positive_int(ss.ps_mrn, "MRN")
+    room, room_error = parse_positive_int(ss.ps_room, "Room number")
+    pressure, pressure_error = parse_pressure(pressure_text())
+    error = mrn_error or room_error or pressure_error
+    if error is None and pressure is None:
+        error = "enter the CPAP pressure in force"
+    return (None, error) if error else ({"mrn": mrn, "room": room, "pressure": pressure}, None)
+
+
+@safe_callback
+def start_live() -> None:
+    """Start a live night: a new session; the first chunk admits the patient."""
+    ss = st.session_state
+    entries, error = live_entries()
+    if error:
+        ss.ps_live = {"error": f"The live night cannot start: {error}."}
+        return
+    live = {"session_id": uuid.uuid4().hex, "sequence": 0, "mrn": entries["mrn"],
+            "room": entries["room"], "source": ss.ps_live_source, "summary": None,
+            "error": None, "trace": [], "last_post": None, "stopped": False, "offset": 0}
+    if ss.ps_live_source == VIRTUAL_PATIENT:
+        from sleeplab.virtual_patient import VirtualPatient
+        live["patient"] = VirtualPatient(entries["mrn"])
+    else:
+        path = Path(ss.ps_live_path.strip()).expanduser()
+        if not ss.ps_live_path.strip() or not path.is_file():
+            ss.ps_live = {"error": f"The live night cannot start: no file "
+                                   f"{md_code(ss.ps_live_path.strip() or '(none given)')} on "
+                                   "this computer. Give the path of the recording file the "
+                                   "data logger is writing."}
+            return
+        live["path"] = str(path)
+    ss.ps_live = live
+
+
+@safe_callback
+def stop_live() -> None:
+    """End the live night: the last samples are analysed with the end-of-recording rules."""
+    live = st.session_state.ps_live
+    if live and not live.get("stopped") and live.get("session_id"):
+        post_live_chunk(live, "", end=True)
+        live["stopped"] = True
+
+
+def next_live_samples(live: dict, elapsed_s: float) -> str:
+    """The new samples since the last post: the virtual patient's next ``elapsed_s`` ×
+    LIVE_SPEED seconds at the pressure in the field, or the file's new complete lines."""
+    if "patient" in live:
+        duration_s = min(elapsed_s * LIVE_SPEED, LIVE_MAX_CHUNK_S * LIVE_SPEED)
+        pressure, _ = parse_pressure(pressure_text())
+        return live["patient"].next_chunk(duration_s, pressure, header=live["sequence"] == 0)
+    with open(live["path"], "rb") as handle:
+        handle.seek(live["offset"])
+        data = handle.read(8 * 1024 * 1024)
+    complete = data[:data.rfind(b"\n") + 1]        # a line still being written waits
+    live["offset"] += len(complete)
+    return complete.decode("utf-8", errors="replace")
+
+
+def chunk_trace(samples: str) -> list[list[float]]:
+    """[time_s, flow_lpm] of a chunk at ~4 Hz (block means) for the strip chart."""
+    import cpap_measurements as cm
+    from sleeplab.analysis.reader import CpapFileError, read_chunk
+
+    try:
+        chunk = read_chunk(samples.encode("utf-8"), allow_header=True)
+    except CpapFileError:
+        return []
+    if not len(chunk.time):
+        return []
+    flow_lpm = cm.venturi_flow(chunk.p2, chunk.p1_ins, chunk.p1_exp) * cm.M3S_TO_LPM
+    step = 25
+    n = len(flow_lpm) // step * step
+    if n == 0:
+        return []
+    return [[float(t), float(f)] for t, f in zip(chunk.time[:n:step],
+                                                  flow_lpm[:n].reshape(-1, step).mean(axis=1))]
+
+
+def post_live_chunk(live: dict, samples: str, end: bool = False) -> None:
+    """POST one chunk (its sequence is kept until the server answers, so a retry sends
+    the same chunk again and it is stored once)."""
+    pressure, _ = parse_pressure(pressure_text())
+    body = {"mrn": live["mrn"], "session_id": live["session_id"], "sequence": live["sequence"],
+            "pressure_cmh2o": pressure, "samples": samples, "end": end}
+    try:
+        resp = api_call("POST", f"/api/v1/rooms/{live['room']}/stream", retry=True,
+                        side=STATION_SIDE, json=body)
+    except ApiError as exc:
+        live["error"] = (f"Chunk {live['sequence']} not sent: {exc.message}"
+                         + (" The live night stops." if exc.status in (409, 422) else
+                            " It is sent again at the next step."))
+        live["unsent"] = None if exc.status in (409, 422) else samples
+        if exc.status in (409, 422):
+            live["stopped"] = True
+        return
+    live["summary"], live["error"], live["unsent"] = resp.json(), None, None
+    live["sequence"] += 1
+    live["pressure"] = pressure
+    trace = live["trace"] + chunk_trace(samples)
+    live["trace"] = [p for p in trace if p[0] >= trace[-1][0] - LIVE_TRACE_S] if trace else []
+    ss = st.session_state
+    if ss.ps_locked is None:        # the first chunk admitted the patient: link the pressure
+        ss.ps_locked = {"mrn": live["mrn"], "room": live["room"],
+                        "since": live["summary"].get("started_at") or now_iso()}
+
+
+def live_step() -> None:
+    """One step of the live night (the fragment's clock): post what is new."""
+    live = st.session_state.ps_live
+    if not live or live.get("stopped") or not live.get("session_id"):
+        return
+    now = time.monotonic()
+    elapsed_s = LIVE_CHUNK_S if live["last_post"] is None else now - live["last_post"]
+    if elapsed_s < 0.9 * LIVE_CHUNK_S:
+        return
+    if parse_pressure(pressure_text())[0] is None:
+        live["error"] = "No chunk sent: the pressure field does not hold a valid pressure."
+        return
+    samples = live.get("unsent") or next_live_samples(live, elapsed_s)
+    live["last_post"] = now
+    if samples:
+        post_live_chunk(live, samples)
+
+
+def render_live_controls() -> None:
+    ss = st.session_state
+    running = bool(ss.ps_live and ss.ps_live.get("session_id") and not ss.ps_live.get("stopped"))
+    st.radio("Live source", [VIRTUAL_PATIENT, GROWING_FILE], key="ps_live_source",
+             horizontal=True, disabled=running,
+             help="A virtual patient whose apneas and hypopneas depend on the pressure, "
+                  "or a recording file the data logger is still writing (followed as it grows).")
+    if ss.ps_live_source == GROWING_FILE:
+        st.text_input("Recording file on this computer", key="ps_live_path", disabled=running,
+                      placeholder="/data/logger/night.txt")
+    cols = st.columns(2)
+    cols[0].button("Start live night", key="ps_live_start", on_click=start_live,
+                   disabled=running, type="primary", icon=":material/play_arrow:",
+                   width="stretch")
+    cols[1].button("End live night", key="ps_live_stop", on_click=stop_live,
+                   disabled=not running, icon=":material/stop:", width="stretch")
+    st.caption(f"Every {LIVE_CHUNK_S:g} s the new samples go to the server with the pressure "
+               "in the field; a pressure commanded by the monitor comes into the field and "
+               "the following samples carry it.")
+
+
+def render_live_night() -> None:
+    """The running night's metrics and the last minute of flow, on its own clock."""
+    @st.fragment(run_every=LIVE_CHUNK_S)
+    def live_night():
+        guarded(show_live_night)
+
+    live_night()
+
+
+def show_live_night() -> None:
+    live_step()
+    live = st.session_state.ps_live
+    if not live:
+        return
+    if live.get("error"):
+        st.warning(live["error"])
+    summary = live.get("summary")
+    if not summary:
+        if live.get("session_id") and not live.get("stopped"):
+            st.caption("Live night starting: the first samples go to the server now.")
+        return
+    state = "ended" if summary.get("ended") else ("stopped" if live.get("stopped") else "live")
+    st.markdown(f"**Live night, room {summary['room']}** · :{'green' if state == 'live' else 'gray'}"
+                f"-badge[{state}] · {plural(summary['next_sequence'], 'chunk')} sent · "
+                f"{summary['duration_s'] / 60:.1f} min of recording")
+    render_live_metrics(summary, st)
+    trace = pd.DataFrame(live.get("trace") or [], columns=["time_s", "flow_lpm"])
+    if len(trace):
+        st.line_chart(trace, x="time_s", y="flow_lpm", height=180,
+                      x_label="time (s)", y_label="flow (L/min)")
+
+
+def final_lag_text(summary: dict) -> str:
+    last, final = summary.get("last_time_s"), summary.get("final_until_s")
+    if last is None or final is None:
+        return "results are final about 4 minutes after the samples (the analysis' windows)"
+    return f"results final up to {max(last - final, 0) / 60:.1f} min before the last sample"
+
+
+def render_live_metrics(summary: dict, where) -> None:
+    """A live night's running metrics (final data only)."""
+    cols = where.columns(6)
+    cols[0].metric("AHI so far", ahi_markdown(summary.get("ahi")),
+                   help="Apneas and hypopneas per hour of final data.")
+    cols[1].metric("AHI last hour", ahi_markdown(summary.get("ahi_last_hour")))
+    cols[2].metric("Events, 10 min", summary.get("events_last_10_min", 0))
+    cols[3].metric("Apneas · hypopneas",
+                   f"{summary.get('apnea_count', 0)} · {summary.get('hypopnea_count', 0)}")
+    cols[4].metric("Breath rate", f"{fmt_number(summary.get('breath_rate_bpm'))} bpm",
+                   help="Over the last 5 minutes of final data.")
+    cols[5].metric("Leak rate", f"{fmt_number(summary.get('leak_rate_lpm'))} L/min")
+    where.caption(f"Pressure {fmt_number(summary.get('pressure_cmh2o'))} cmH2O · "
+                  + final_lag_text(summary))
 
 
 def render_upload_actions() -> None:
@@ -1156,13 +1381,46 @@ def render_upload_actions() -> None:
 
 # --- Monitoring Station ---------------------------------------------------------------
 
+def running_night(entry: dict) -> dict | None:
+    """The room's live night while it runs (an ended night leaves the record view)."""
+    live = entry.get("live")
+    return live if live and not live.get("ended") else None
+
+
+def live_age_s(live: dict, server_time: str | None) -> float | None:
+    then, now = parse_time(live.get("last_chunk_at")), parse_time(server_time)
+    return None if then is None or now is None else max((now - then).total_seconds(), 0.0)
+
+
+def live_stale(live: dict, server_time: str | None) -> bool:
+    """A live night whose chunks stopped coming (LIVE_STALE_S on the server's clock)."""
+    age_s = live_age_s(live, server_time)
+    return age_s is not None and age_s > LIVE_STALE_S
+
+
+def live_alerts(live: dict | None, server_time: str | None) -> list[str]:
+    """What in a running night needs attention: AHI of the last hour, events in the last
+    10 minutes, chunks that stopped coming."""
+    if not live:
+        return []
+    alerts = []
+    if ahi_alert(live.get("ahi_last_hour")):
+        alerts.append(f"AHI {live['ahi_last_hour']:.0f}/h last hour")
+    if (live.get("events_last_10_min") or 0) >= LIVE_EVENTS_ALERT:
+        alerts.append(f"{live['events_last_10_min']} events in 10 min")
+    if live_stale(live, server_time):
+        alerts.append(f"live data stopped {age_text(live.get('last_chunk_at'), server_time)} ago")
+    return alerts
+
+
 def is_stale(entry: dict, server_time: str | None) -> bool:
     """True when the room has sent nothing (data or patient details) for STALE_AFTER_MIN.
 
     Measured against the server's clock, so a client with a wrong clock still judges right.
     """
     moments = [parse_time((entry.get("latest") or {}).get("received_at")),
-               parse_time((entry.get("patient") or {}).get("since"))]
+               parse_time((entry.get("patient") or {}).get("since")),
+               parse_time((entry.get("live") or {}).get("last_chunk_at"))]
     moments = [m for m in moments if m is not None]
     reference = parse_time(server_time) or datetime.now(timezone.utc)
     return not moments or (reference - max(moments)).total_seconds() > STALE_AFTER_MIN * 60
@@ -1192,7 +1450,7 @@ def command_overdue(command: dict | None, server_time: str | None) -> bool:
 def room_alerts(entry: dict, server_time: str | None) -> list[str]:
     """Why a room needs attention (empty: it does not): apneas or AHI
     (:func:`record_alerts`), no data, a command not applied in time."""
-    alerts = record_alerts(entry.get("latest"))
+    alerts = record_alerts(entry.get("latest")) + live_alerts(running_night(entry), server_time)
     if is_stale(entry, server_time):
         alerts.append(f"stale > {STALE_AFTER_MIN:g} min")
     command = entry.get("command")
@@ -1206,7 +1464,7 @@ def room_state(entry: dict, server_time: str | None) -> str:
     """``attention``, ``nodata`` (no CPAP record yet) or ``ok``: a key of CARD_STYLES."""
     if room_alerts(entry, server_time):
         return "attention"
-    return "ok" if entry.get("latest") else "nodata"
+    return "ok" if entry.get("latest") or running_night(entry) else "nodata"
 
 
 def tile_state(entry: dict, server_time: str | None) -> str:
@@ -1217,13 +1475,17 @@ def tile_state(entry: dict, server_time: str | None) -> str:
         return "free"
     latest = entry.get("latest") or {}
     command = entry.get("command")
-    if record_alerts(latest) or command_overdue(command, server_time):
+    live = running_night(entry)
+    if live and live_stale(live, server_time):
+        return "stale"
+    if record_alerts(latest) or live_alerts(live, server_time) \
+            or command_overdue(command, server_time):
         return "attention"
     if is_stale(entry, server_time):
         return "stale"
     if command and not command.get("applied"):
         return "pending"
-    return "ok" if latest else "nodata"
+    return "ok" if latest or live else "nodata"
 
 
 def initials(name: str | None) -> str:
@@ -1260,6 +1522,12 @@ def tile_lines(entry: dict, server_time: str | None, size: str) -> tuple[str, st
                if command and not command.get("applied") else "")
     unit = "" if size == "small" else " cmH2O"
     head = f"{who} · {pressure if pressure is not None else '—'}{pending}{unit}"
+    live = running_night(entry)
+    if live:
+        return head, (f"AHI {fmt_number(live.get('ahi'), 0)} · 1h "
+                      f"{fmt_number(live.get('ahi_last_hour'), 0)} · "
+                      f"{live.get('events_last_10_min', 0)} ev/10m · "
+                      f"{age_text(live.get('last_chunk_at'), server_time)}")
     if not latest:
         return head, "no data yet"
     apneas = latest.get("apnea_count")
@@ -1360,6 +1628,11 @@ def pressure_in_force(entry: dict) -> tuple[int | None, str]:
     applied = command if command and command.get("applied") else entry.get("applied")
     recorded = parse_time(latest.get("received_at"))
     applied_at = parse_time((applied or {}).get("applied_at"))
+    live = running_night(entry)
+    streamed_at = parse_time((live or {}).get("last_chunk_at"))
+    if streamed_at is not None and live.get("pressure_cmh2o") is not None and all(
+            streamed_at > moment for moment in (recorded, applied_at) if moment is not None):
+        return live["pressure_cmh2o"], f"of the live night's last samples ({fmt_time(live['last_chunk_at'])})"
     if applied_at is not None and (recorded is None or applied_at > recorded):
         return applied["pressure_cmh2o"], f"commanded, applied {fmt_time(applied['applied_at'])}"
     if latest.get("cpap_pressure_cmh2o") is not None:
@@ -1387,8 +1660,15 @@ def render_room_card(entry: dict, server_time: str | None) -> None:
         pressure, source = pressure_in_force(entry)
         if pressure is not None:
             st.metric("Pressure in force", f"{pressure} cmH2O", help=f"Pressure {source}.")
+        live = running_night(entry)
+        if live:
+            st.markdown(f":green-badge[live] AHI {fmt_number(live.get('ahi'))} so far · "
+                        f"{fmt_number(live.get('ahi_last_hour'))} last hour · "
+                        f"{live.get('events_last_10_min', 0)} events in 10 min · last samples "
+                        f"{age_text(live.get('last_chunk_at'), server_time)} ago")
         if latest is None:
-            st.markdown("**No data yet** — no CPAP record from this room.")
+            if not live:
+                st.markdown("**No data yet** — no CPAP record from this room.")
             return
         cols = st.columns(3)
         cols[0].metric("bpm", fmt_number(latest.get("breath_rate_bpm")))
@@ -1656,6 +1936,9 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
     elif latest is not None:
         st.markdown(":green-badge[live]")
 
+    if running_night(entry) or entry.get("live"):
+        render_room_live(base, room, server_time)
+
     left, right = st.columns([2, 3], gap="large")
     with left:
         render_pressure_command(entry)
@@ -1688,6 +1971,85 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
                        if earlier else "No earlier records for this patient.")
         else:
             render_record_image(base, chosen, "Earlier", room, key=f"mon_dl_earlier_{room}")
+
+
+@st.cache_data(ttl=ROOMS_TTL_S, show_spinner=False)
+def fetch_live(base: str, room: int) -> tuple[dict, list[dict]]:
+    """A room's running night and its titration rows (two requests)."""
+    return (api_json("GET", f"/api/v1/rooms/{room}/live", base=base),
+            api_json("GET", f"/api/v1/rooms/{room}/titration", base=base)["rows"])
+
+
+def event_timeline(night: dict, rows: list[dict]):
+    """The night's events (apneas red, hypopneas amber) over time with the pressure
+    levels drawn as steps: where the events stop is the pressure that works."""
+    import altair as alt
+
+    events = pd.DataFrame(night.get("events") or [], columns=["type", "start_s", "end_s"])
+    events["start_min"], events["end_min"] = events["start_s"] / 60.0, events["end_s"] / 60.0
+    steps = pd.DataFrame([{"t_min": r["from_s"] / 60.0, "pressure_cmh2o": r["pressure_cmh2o"]}
+                          for r in rows]
+                         + ([{"t_min": rows[-1]["to_s"] / 60.0,
+                              "pressure_cmh2o": rows[-1]["pressure_cmh2o"]}] if rows else []),
+                         columns=["t_min", "pressure_cmh2o"])
+    x = alt.X("t_min:Q", title="Recording time (min)")
+    pressure = alt.Chart(steps).mark_line(interpolate="step-after", color="#444444").encode(
+        x=x, y=alt.Y("pressure_cmh2o:Q", title="CPAP (cmH2O)", scale=alt.Scale(zero=False)),
+        tooltip=[alt.Tooltip("pressure_cmh2o:Q", title="Pressure")])
+    marks = alt.Chart(events).mark_rect(opacity=0.5).encode(
+        x=alt.X("start_min:Q", title="Recording time (min)"), x2="end_min:Q",
+        color=alt.Color("type:N", title="Event",
+                        scale=alt.Scale(domain=list(EVENT_COLOURS),
+                                        range=list(EVENT_COLOURS.values())),
+                        legend=alt.Legend(orient="top")),
+        tooltip=[alt.Tooltip("type:N"), alt.Tooltip("start_min:Q", format=".1f", title="From (min)")])
+    return alt.layer(marks, pressure).properties(height=170)
+
+
+TITRATION_COLUMNS = {"pressure_cmh2o": "Pressure (cmH2O)", "minutes": "Minutes",
+                     "breaths": "Breaths", "breath_rate_bpm": "Breath rate (bpm)",
+                     "apneas": "Apneas", "hypopneas": "Hypopneas", "ahi": "AHI (/h)",
+                     "tidal_volume_l": "Tidal volume (L)", "leak_rate_lpm": "Leak (L/min)"}
+
+
+def titration_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame([{**{label: r.get(key) for key, label in TITRATION_COLUMNS.items()},
+                           "From": fmt_time(r.get("from_at")), "To": fmt_time(r.get("to_at"))}
+                          for r in rows],
+                         columns=["From", "To", *TITRATION_COLUMNS.values()])
+    return frame.round({"Minutes": 1, "Breath rate (bpm)": 1, "AHI (/h)": 1,
+                        "Tidal volume (L)": 2, "Leak (L/min)": 1})
+
+
+def render_room_live(base: str, room: int, server_time: str | None) -> None:
+    """The room's live night: metrics, the last minute of flow, the events with the
+    pressure steps, and the titration table."""
+    try:
+        night, rows = fetch_live(base, room)
+    except ApiError as exc:
+        if exc.status != 404:
+            st.warning(f"The live night of room {room} cannot be loaded. {exc.message}")
+        return
+    state = "ended" if night.get("ended") else (
+        "stale" if live_stale(night, server_time) else "live")
+    st.markdown(f"**Live night** · :{'green' if state == 'live' else 'gray'}-badge[{state}] · "
+                f"started {fmt_time(night.get('started_at'))} · last samples "
+                f"{age_text(night.get('last_chunk_at'), server_time)} ago")
+    render_live_metrics(night, st)
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        st.markdown("**Flow, last minute**")
+        trace = pd.DataFrame(night.get("trace") or [], columns=["time_s", "flow_lpm"])
+        if len(trace):
+            st.line_chart(trace, x="time_s", y="flow_lpm", height=170,
+                          x_label="time (s)", y_label="flow (L/min)")
+        else:
+            st.caption("No samples yet.")
+    with right:
+        st.markdown("**Events and pressure over the night**")
+        st.altair_chart(event_timeline(night, rows), width="stretch")
+    st.markdown("**Titration: one row per pressure**")
+    st.dataframe(titration_frame(rows), hide_index=True, width="stretch", placeholder="—")
 
 
 @safe_callback
