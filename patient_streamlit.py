@@ -1237,12 +1237,17 @@ def chunk_trace(samples: str) -> list[list[float]]:
                                                   flow_lpm[:n].reshape(-1, step).mean(axis=1))]
 
 
-def post_live_chunk(live: dict, samples: str, end: bool = False) -> None:
-    """POST one chunk (its sequence is kept until the server answers, so a retry sends
-    the same chunk again and it is stored once)."""
-    pressure, _ = parse_pressure(pressure_text())
+def post_live_chunk(live: dict, samples: str, end: bool = False,
+                    pressure: int | None = None) -> None:
+    """POST one chunk at ``pressure`` (default: the field's). Its sequence is kept until
+    the server answers, so a retry sends the same chunk again and it is stored once."""
+    if pressure is None:
+        pressure, _ = parse_pressure(pressure_text())
     body = {"mrn": live["mrn"], "session_id": live["session_id"], "sequence": live["sequence"],
             "pressure_cmh2o": pressure, "samples": samples, "end": end}
+    name, _ = parse_name(st.session_state.ps_name)
+    if name and live["sequence"] == 0:
+        body["name"] = name
     try:
         resp = api_call("POST", f"/api/v1/rooms/{live['room']}/stream", retry=True,
                         side=STATION_SIDE, json=body)
@@ -1250,7 +1255,7 @@ def post_live_chunk(live: dict, samples: str, end: bool = False) -> None:
         live["error"] = (f"Chunk {live['sequence']} not sent: {exc.message}"
                          + (" The live night stops." if exc.status in (409, 422) else
                             " It is sent again at the next step."))
-        live["unsent"] = None if exc.status in (409, 422) else samples
+        live["unsent"] = None if exc.status in (409, 422) else (samples, pressure)
         if exc.status in (409, 422):
             live["stopped"] = True
         return
@@ -1277,10 +1282,16 @@ def live_step() -> None:
     if parse_pressure(pressure_text())[0] is None:
         live["error"] = "No chunk sent: the pressure field does not hold a valid pressure."
         return
-    samples = live.get("unsent") or next_live_samples(live, elapsed_s)
     live["last_post"] = now
+    if live.get("unsent"):                     # the same chunk, as it was first sent
+        post_live_chunk(live, *live["unsent"][:1], pressure=live["unsent"][1])
+        return
+    samples = next_live_samples(live, elapsed_s)
     if samples:
+        linked = st.session_state.ps_locked is not None
         post_live_chunk(live, samples)
+        if not linked and st.session_state.ps_locked is not None:
+            st.rerun()   # the whole page: the pressure link (and its poll) starts now
 
 
 def render_live_controls() -> None:
@@ -1952,7 +1963,8 @@ def render_room_detail(base: str, entry: dict, server_time: str | None) -> None:
     render_audit(base, room)
 
     if latest is None:
-        st.info("No CPAP data from this room yet.")
+        if not entry.get("live"):
+            st.info("No CPAP data from this room yet.")
         return
     earlier = [r for r in records if r.get("id") != latest.get("id")]
     labels = {r["id"]: record_label(r) for r in earlier}

@@ -589,7 +589,7 @@ def _start_night(store, number: int, chunk: models.StreamChunk) -> dict:
     """A night's first chunk: the patient is admitted to the room as an upload of their
     details would (the bedside says who is in the bed), and the night is stored."""
     if storage.occupant_mrn(store.get_room(number)) != chunk.mrn:
-        store.upload(chunk.mrn, number, actor=actor(), with_record_count=False)
+        store.upload(chunk.mrn, number, name=chunk.name, actor=actor(), with_record_count=False)
     return store.create_night(live.new_night(chunk.session_id, number, chunk.mrn,
                                              storage.utc_now()))
 

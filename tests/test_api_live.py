@@ -166,8 +166,13 @@ def test_a_session_is_bound_to_its_room_and_patient(client, night):
 
 
 def test_the_first_chunk_admits_the_patient(client, night):
-    send(client, chunks_of(night[0])[0], 0, mrn=77, room=5)
-    assert client.get("/api/v1/rooms/5").get_json()["patient"]["mrn"] == 77
+    resp = client.post("/api/v1/rooms/5/stream", json={
+        "mrn": 77, "name": "Night Owl", "session_id": SESSION, "sequence": 0,
+        "pressure_cmh2o": 8, "samples": chunks_of(night[0])[0]})
+    assert resp.status_code == 201
+    occupant = client.get("/api/v1/rooms/5").get_json()["patient"]
+    assert (occupant["mrn"], occupant["name"]) == (77, "Night Owl")
+    assert client.get("/api/v1/patients/77").get_json()["patient"]["name"] == "Night Owl"
 
 
 @pytest.mark.parametrize("body, field", [

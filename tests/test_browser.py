@@ -49,6 +49,8 @@ VIEWPORT = {"width": 1440, "height": 1000}
 POLL_S = 2          # the station's pressure poll in this test (production default 10 s)
 MONITOR_REFRESH_S = 5   # the wall's auto-refresh, also live in every bedside session
 COMMANDS = 50       # commands in a row at one bedside page (issue: at least 50)
+LIVE_CHUNK_S = 1    # the live night: a chunk every second ...
+LIVE_SPEED = 60     # ... of a minute of the virtual patient (an hour of night in a minute)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -94,7 +96,8 @@ def stack(local_mongo, tmp_path):
         ui_env = dict(env, API_URL=api_url, PRESSURE_POLL_S=str(POLL_S),
                       MONITOR_REFRESH_S=str(MONITOR_REFRESH_S),
                       SLEEPLAB_STATION_TOKEN=STATION_TOKEN,
-                      SLEEPLAB_MONITOR_TOKEN=MONITOR_TOKEN)
+                      SLEEPLAB_MONITOR_TOKEN=MONITOR_TOKEN,
+                      SLEEPLAB_LIVE_CHUNK_S=str(LIVE_CHUNK_S), SLEEPLAB_LIVE_SPEED=str(LIVE_SPEED))
         ui_env.pop("API_TOKENS_FILE")
         ui = start([str(BIN / "streamlit"), "run", "patient_streamlit.py",
                     "--server.address", "127.0.0.1", "--server.port", str(ui_port),
@@ -201,6 +204,10 @@ def test_patient_to_monitor_and_back(stack):
             apnea = station.get_by_test_id("stMetric").filter(has_text="Apnea count") \
                 .get_by_test_id("stMetricValue")
             expect(apnea).to_have_text("4")
+            for label in ("AHI", "Hypopneas", "Tidal volume", "Minute ventilation", "Leak rate"):
+                expect(station.get_by_test_id("stMetric").filter(has_text=label).first
+                       ).to_be_visible()                        # issue #13's measures
+            expect(station.get_by_role("button", name="Night report (PDF)")).to_be_visible()
             red, green, blue = apnea.evaluate(
                 "e => getComputedStyle(e.querySelector('span') || e).color"
                 ".match(/\\d+/g).slice(0, 3).map(Number)")
@@ -547,5 +554,100 @@ def test_the_wall_shows_a_hundred_rooms_on_one_screen_and_a_tile_opens_its_room(
             expect(monitor.get_by_text("Room 42 — MRN 60042")).to_be_visible(timeout=20_000)
             expect(monitor.get_by_label("New pressure for room 42 (cmH2O, 4–25)")
                    ).to_be_visible()
+        finally:
+            browser.close()
+
+
+def test_live_titration_night_in_the_browser(stack):
+    """Issue #14 end to end: a bedside page streams its virtual patient into room 3 below
+    the patient's optimal pressure; the monitor page sees the events, commands a higher
+    pressure through the UI; the bedside carries it, the titration table gets its row and
+    the events stop there."""
+    import math
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from sleeplab.virtual_patient import VirtualPatient
+
+    mrn = 5003
+    optimum = VirtualPatient(mrn).optimal_pressure_cmh2o
+    start_cmh2o, higher_cmh2o = 6, min(math.ceil(optimum) + 1, 25)
+
+    def night() -> dict:
+        resp = requests.get(f"{stack['api']}/api/v1/rooms/3/live", timeout=5, headers=AS_MONITOR)
+        return resp.json() if resp.status_code == 200 else {}
+
+    def rows() -> list[dict]:
+        resp = requests.get(f"{stack['api']}/api/v1/rooms/3/titration", timeout=5,
+                            headers=AS_MONITOR)
+        return resp.json()["rows"] if resp.status_code == 200 else []
+
+    def wait_for(check, timeout_s: float, what: str):
+        deadline = time.monotonic() + timeout_s
+        while not (found := check()):
+            assert time.monotonic() < deadline, f"{what} not seen in {timeout_s:g} s"
+            time.sleep(1)
+        return found
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            bedside = browser.new_page(viewport=VIEWPORT)
+            bedside.goto(stack["ui"])
+            idle(bedside)
+            station = bedside.get_by_role("tabpanel", name="Patient Station")
+            commit(station.get_by_label("Patient name"), "Night Owl")
+            commit(station.get_by_label("MRN (medical record number)"), str(mrn))
+            commit(station.get_by_label("Room number"), "3")
+            commit(station.get_by_label("CPAP pressure (cmH2O, 4–25)"), str(start_cmh2o))
+            idle(bedside)
+            station.get_by_text("Live night", exact=True).click()
+            idle(bedside)
+            station.get_by_role("button", name="Start live night").click()
+            expect(station.get_by_text("Live night, room 3")).to_be_visible(timeout=30_000)
+            # below the optimum the patient is obstructed: events come (final ~4 min late)
+            wait_for(lambda: (night().get("apnea_count", 0) + night().get("hypopnea_count", 0)) >= 3,
+                     180, "three events below the optimal pressure")
+
+            monitor_page = browser.new_page(viewport=VIEWPORT)
+            monitor_page.goto(stack["ui"])
+            idle(monitor_page)
+            monitor_page.get_by_role("tab", name="Monitoring Station").click()
+            monitor = monitor_page.get_by_role("tabpanel", name="Monitoring Station")
+            idle(monitor_page)
+            expect(monitor.get_by_text("Room 3 — MRN 5003")).to_be_visible(timeout=30_000)
+            expect(monitor.get_by_text("Titration: one row per pressure")).to_be_visible(
+                timeout=30_000)
+            expect(monitor.get_by_test_id("stMetric").filter(has_text="AHI so far").first
+                   ).to_be_visible()
+            commit(monitor.get_by_label("New pressure for room 3 (cmH2O, 4–25)"),
+                   str(higher_cmh2o))
+            idle(monitor_page)
+            monitor.get_by_role("button", name="Send…").click()
+            monitor.get_by_role("button", name="Confirm").click()
+            expect(monitor.get_by_text(f"{higher_cmh2o} cmH2O sent for MRN {mrn}")).to_be_visible(
+                timeout=20_000)
+
+            # the bedside's field takes the command, its next chunks carry it
+            expect(station.get_by_label("CPAP pressure (cmH2O, 4–25)")).to_have_value(
+                str(higher_cmh2o), timeout=60_000)
+            table = wait_for(lambda: [r for r in rows() if r["pressure_cmh2o"] == higher_cmh2o
+                                      and r["minutes"] >= 20 and (night().get("final_until_s") or 0)
+                                      >= r["from_s"] + 20 * 60] and rows(),
+                             240, f"20 final minutes at {higher_cmh2o} cmH2O")
+            low, high = table[0], table[-1]
+            assert (low["pressure_cmh2o"], high["pressure_cmh2o"]) == (start_cmh2o, higher_cmh2o)
+            assert low["ahi"] >= 10, low                    # obstructed below the optimum
+            late = [e for e in night()["events"] if e["start_s"] >= high["from_s"] + 120]
+            assert len(late) <= 1, late                     # the events stopped at the new pressure
+            assert high["ahi"] < 5, high
+
+            monitor.get_by_role("button", name="Refresh now").click()
+            idle(monitor_page)
+            expect(monitor.get_by_text(f"{higher_cmh2o}", exact=True).first).to_be_visible()
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            screenshot(monitor_page, "live-night.png")
+            station.get_by_role("button", name="End live night").click()
+            wait_for(lambda: night().get("ended"), 30, "the night's end")
         finally:
             browser.close()

@@ -385,6 +385,8 @@ class StreamChunk(RequestModel):
         "samples": "time,p1_ins,p2_ins,p1_exp,p2_exp,p3,p4\n0.00,3110,2990,3101,2995,0,0\n"}]})
 
     mrn: PositiveId
+    name: OptionalName = Field(None, description="the patient's name, stored when the first "
+                                                 "chunk admits them")
     session_id: SessionId
     sequence: Sequence
     pressure_cmh2o: Pressure
