@@ -446,8 +446,8 @@ def _analyse_recording(cpap_measurements, stream) -> tuple[dict, bytes, dict]:
         stream.seek(0)
         path = stream
     result = cpap_measurements.analyze(path)
-    return (result.to_dict(), cpap_measurements.flow_plot_png(result),
-            models.analysis_fields(result))
+    metrics = result.to_dict()
+    return metrics, cpap_measurements.flow_plot_png(result), models.analysis_fields(result, metrics)
 
 
 def hold_analysis_slot(size_bytes: int | None) -> None:

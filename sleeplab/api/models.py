@@ -819,21 +819,22 @@ def night_series(result) -> dict:
     return report.night_series(result)
 
 
-def analysis_fields(result) -> dict:
+#: A record's field for each key of the analysis' ``AnalysisResult.to_dict()`` it keeps.
+RECORD_FIELD_OF = {"breath_rate_bpm": "breath_rate_bpm", "apnea_count": "apnea_count",
+                   "breaths": "breaths", "duration": "duration_s", "ahi": "ahi",
+                   "leakage": "leakage_l", "hypopnea_count": "hypopnea_count",
+                   "apnea_index": "apnea_index", "tidal_volume_l": "tidal_volume_l",
+                   "minute_ventilation_lpm": "minute_ventilation_lpm",
+                   "leak_rate_lpm": "leak_rate_lpm", "events": "events"}
+
+
+def analysis_fields(result, metrics: dict | None = None) -> dict:
     """A record's measured fields from an analysis result
-    (``cpap_measurements.AnalysisResult``): the one mapping used by the raw-recording
-    route and by the patient station's upload. Non-finite values stay (NaN): the
-    validation refuses them as implausible."""
-    return {"breath_rate_bpm": float(result.breath_rate_bpm),
-            "apnea_count": int(result.apnea_count), "breaths": int(result.breaths),
-            "duration_s": float(result.duration), "ahi": float(result.ahi),
-            "leakage_l": float(result.leakage), "hypopnea_count": int(result.hypopnea_count),
-            "apnea_index": float(result.apnea_index),
-            "tidal_volume_l": float(result.tidal_volume_l),
-            "minute_ventilation_lpm": float(result.minute_ventilation_lpm),
-            "leak_rate_lpm": float(result.leak_rate_lpm),
-            "events": [{"type": e.type, "start_s": float(e.start_s), "end_s": float(e.end_s)}
-                       for e in result.events],
+    (``cpap_measurements.AnalysisResult``; ``metrics``: its ``to_dict()`` when the caller
+    has it): the one mapping used by the raw-recording route and by the patient station's
+    upload. Non-finite values stay (NaN): the validation refuses them as implausible."""
+    metrics = metrics if metrics is not None else result.to_dict()
+    return {**{field: metrics[key] for key, field in RECORD_FIELD_OF.items()},
             "series": night_series(result)}
 
 
