@@ -123,7 +123,7 @@ TILE_STYLES = {
     "ok": ("data, no alarm", "border: 2px solid #2e7d32; background: rgba(46, 125, 50, 0.12);"),
 }
 TILE_SIZES = {  # (tile width and height in px, room-number font px, text font px)
-    "normal": (188, 54, 22, 15),
+    "normal": (166, 54, 22, 13),
     "small": (118, 38, 15, 11),
 }
 
@@ -131,7 +131,7 @@ TILE_SIZES = {  # (tile width and height in px, room-number font px, text font p
 def wall_css() -> str:
     """CSS of the tile wall and its legend (fixed text only: no user data in CSS/HTML)."""
     css = ['.slw-wall {display: flex; flex-wrap: wrap; gap: 4px; font-family: var(--st-font);}',
-           '.slw-tile {box-sizing: border-box; margin: 0; padding: 1px 6px; cursor: pointer; '
+           '.slw-tile {box-sizing: border-box; margin: 0; padding: 1px 5px; cursor: pointer; '
            'text-align: left; line-height: 1.2; border-radius: 6px; color: inherit; '
            'background: transparent; font: inherit;}',
            '.slw-tile:hover {filter: brightness(0.93);} '
@@ -1506,16 +1506,17 @@ def initials(name: str | None) -> str:
     return "".join(word[0].upper() for word in words[:3])
 
 
-def age_text(moment: str | None, server_time: str | None) -> str:
-    """How long ago, on the server's clock: ``45 s``, ``12 min``, ``3 h``, ``2 d``."""
+def age_text(moment: str | None, server_time: str | None, compact: bool = False) -> str:
+    """How long ago, on the server's clock: ``45 s``, ``12 min``, ``3 h``, ``2 d``
+    (``compact``, for a tile: ``45s``, ``12m``, ``3h``, ``2d``)."""
     then, now = parse_time(moment), parse_time(server_time) or datetime.now(timezone.utc)
     if then is None:
         return "—"
     age_s = max((now - then).total_seconds(), 0)
     for unit_s, unit in ((86400, "d"), (3600, "h"), (60, "min")):
         if age_s >= unit_s:
-            return f"{age_s // unit_s:.0f} {unit}"
-    return f"{age_s:.0f} s"
+            return f"{age_s // unit_s:.0f}{unit[0] if compact else ' ' + unit}"
+    return f"{age_s:.0f}{'s' if compact else ' s'}"
 
 
 def tile_lines(entry: dict, server_time: str | None, size: str) -> tuple[str, str]:
@@ -1538,16 +1539,18 @@ def tile_lines(entry: dict, server_time: str | None, size: str) -> tuple[str, st
         return head, (f"AHI {fmt_number(live.get('ahi'), 0)} · 1h "
                       f"{fmt_number(live.get('ahi_last_hour'), 0)} · "
                       f"{live.get('events_last_10_min', 0)} ev/10m · "
-                      f"{age_text(live.get('last_chunk_at'), server_time)}")
+                      f"{age_text(live.get('last_chunk_at'), server_time, compact=True)}")
     if not latest:
         return head, "no data yet"
     apneas = latest.get("apnea_count")
     rate = latest.get("breath_rate_bpm")
-    parts = [f"{fmt_number(rate)}{'/min' if size == 'small' else ' bpm'}"]
+    # whole breaths a minute: the line must fit a tile of 100 on one screen (the card and
+    # the detail show the decimal)
+    parts = [f"{fmt_number(rate, 0)}/min"]
     parts += [f"{apneas if apneas is not None else '—'} apn"]
     if latest.get("ahi") is not None:
         parts.append(f"AHI {fmt_number(float(latest['ahi']), 0)}")
-    parts.append(age_text(latest.get("received_at"), server_time))
+    parts.append(age_text(latest.get("received_at"), server_time, compact=True))
     return head, " · ".join(parts)
 
 

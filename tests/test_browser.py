@@ -530,7 +530,8 @@ def test_the_wall_shows_a_hundred_rooms_on_one_screen_and_a_tile_opens_its_room(
         requests.post(f"{stack['api']}/api/v1/patients", timeout=30, headers=as_(SEED_TOKEN),
                       json={"mrn": 60_000 + room, "room": room, "name": f"Bed {room}",
                             "cpap_pressure_cmh2o": 10, "breath_rate_bpm": 14.0,
-                            "apnea_count": 3 if room == 7 else 0}).raise_for_status()
+                            "apnea_count": 3 if room == 7 else 0,
+                            "ahi": 12.4 + room % 7, "hypopnea_count": 2}).raise_for_status()
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(admit, range(1, WALL_ROOMS + 1)))
@@ -547,6 +548,14 @@ def test_the_wall_shows_a_hundred_rooms_on_one_screen_and_a_tile_opens_its_room(
             assert "slw-attention" in page.locator('.slw-tile[data-room="7"]').get_attribute(
                 "class")
             assert "slw-ok" in page.locator('.slw-tile[data-room="8"]').get_attribute("class")
+            # AHI 15.4 (room 3: 12.4 + 3) is red from the threshold on, 14.4 (room 2) is not
+            assert "slw-attention" in page.locator('.slw-tile[data-room="3"]').get_attribute("class")
+            assert "slw-ok" in page.locator('.slw-tile[data-room="2"]').get_attribute("class")
+            # the longest line (breath rate, apneas, AHI, age) fits its tile: nothing cut off
+            cut = page.evaluate("""() => [...document.querySelectorAll('.slw-tile div')]
+                .filter(d => d.scrollWidth > d.clientWidth + 1)
+                .map(d => [d.textContent, d.scrollWidth, d.clientWidth])""")
+            assert not cut, cut[:3]
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / "wall-100.png"))
             page.locator('.slw-tile[data-room="42"]').click()

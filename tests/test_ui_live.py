@@ -43,7 +43,7 @@ def test_a_running_night_on_the_wall(live, state, alert):
 
 def test_a_live_tile_shows_the_nights_ahi_events_and_age():
     assert ui.tile_lines(live_entry(), NOW, "normal") == (
-        "AL · 9 cmH2O", "AHI 12 · 1h 8 · 1 ev/10m · 5 s")
+        "AL · 9 cmH2O", "AHI 12 · 1h 8 · 1 ev/10m · 5s")
     assert ui.pressure_in_force(live_entry())[0] == 9
 
 

@@ -45,6 +45,8 @@ def test_initials_are_letters_only(name, expected):
     ("2026-11-28T03:00:05+00:00", "0 s"), (None, "—")])
 def test_age_is_measured_on_the_server_clock(moment, expected):
     assert ui.age_text(moment, NOW) == expected
+    assert ui.age_text(moment, NOW, compact=True) == (
+        expected if expected == "—" else expected.replace(" min", "m").replace(" ", ""))
 
 
 @pytest.mark.parametrize("room, expected", [
@@ -63,7 +65,7 @@ def test_tile_state(room, expected):
 
 def test_tile_lines_show_who_pressure_rate_apneas_and_age():
     assert ui.tile_lines(entry(room=12, apneas=3), NOW, "normal") == (
-        "AL · 10 cmH2O", "14.2 bpm · 3 apn · 1 min")
+        "AL · 10 cmH2O", "14/min · 3 apn · 1m")
     assert ui.tile_lines(entry(name=None, latest=False), NOW, "small") == (
         "MRN 40 · —", "no data yet")
     assert ui.tile_lines(entry(mrn=None, latest=False), NOW, "small") == (
@@ -71,7 +73,7 @@ def test_tile_lines_show_who_pressure_rate_apneas_and_age():
     # pending: in force is what was applied before (here nothing: the record's 10)
     pending = ui.tile_lines(entry(room=7, command={
         "pressure_cmh2o": 12, "applied": False, "commanded_at": NOW}), NOW, "small")
-    assert pending == ("AL · 10→12", "14.2/min · 0 apn · 1 min")
+    assert pending == ("AL · 10→12", "14/min · 0 apn · 1m")
 
 
 def tiles(at) -> list[tuple[str, int]]:
@@ -181,8 +183,8 @@ def test_an_ahi_from_the_alert_threshold_needs_attention(ahi, state):
 
 def test_tile_lines_show_the_ahi_next_to_the_apneas():
     assert ui.tile_lines(with_ahi(18.4, apneas=3), NOW, "normal") == (
-        "AL · 10 cmH2O", "14.2 bpm · 3 apn · AHI 18 · 1 min")
-    assert ui.tile_lines(with_ahi(2.0), NOW, "small")[1] == "14.2/min · 0 apn · AHI 2 · 1 min"
+        "AL · 10 cmH2O", "14/min · 3 apn · AHI 18 · 1m")
+    assert ui.tile_lines(with_ahi(2.0), NOW, "small")[1] == "14/min · 0 apn · AHI 2 · 1m"
 
 
 def test_the_trend_chart_draws_the_ahi_and_its_alert_line():
