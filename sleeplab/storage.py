@@ -46,6 +46,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import pymongo
 from bson import Binary, ObjectId
@@ -76,8 +77,10 @@ WRITE_PROBE_BYTES = 8 * 1024
 #: room summaries nor read with lists of records (an 8-hour night's series and events are
 #: tens of KB; the wall reads every room's summary).
 RECORD_DETAILS = ("events", "series")
-#: What lists of records read: all but the details.
-RECORD_LIST_FIELDS = {field: 0 for field in RECORD_DETAILS}
+#: What lists of records read: all but the details. Read-only, each query gets a copy
+#: (:func:`record_list_fields`): mongomock adds ``_id`` to the projection it is given,
+#: which made this one an inclusion (bare ids) for nx-27017 in the same process.
+RECORD_LIST_FIELDS = MappingProxyType({field: 0 for field in RECORD_DETAILS})
 
 #: Newest first; ``_id`` (an ObjectId, increasing) breaks ties within a millisecond.
 NEWEST_RECORDS = [("received_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
@@ -390,7 +393,8 @@ class Storage:
             self._check_same_upload(plan, mrn, room, digest)
             replay = True
             if plan.get("done") is not None:  # complete: answer it, write nothing
-                record = (self.records.find_one({"_id": plan["record_id"]})
+                record = (self.records.find_one({"_id": plan["record_id"]},
+                                                record_list_fields())
                           if plan.get("record_id") else None)
                 return UploadResult(self.get_patient(mrn), record, False, replay=True)
         created, record, patient = self._carry_out(plan, name, metrics, image,
@@ -596,7 +600,7 @@ class Storage:
 
     def patient_records(self, mrn: int, limit: int) -> list[dict]:
         """A patient's ``limit`` newest records, newest first (no images)."""
-        return list(self.records.find({"mrn": exactly(mrn)}, RECORD_LIST_FIELDS)
+        return list(self.records.find({"mrn": exactly(mrn)}, record_list_fields())
                     .sort(NEWEST_RECORDS).limit(limit))
 
     def get_record(self, record_id: str) -> dict | None:
@@ -781,6 +785,11 @@ class OccupantChanged(Exception):
 def occupant_mrn(room_doc: dict | None) -> int | None:
     """The MRN of the patient occupying a room document (None: no room, or free)."""
     return ((room_doc or {}).get("patient") or {}).get("mrn")
+
+
+def record_list_fields() -> dict:
+    """The projection of a record in lists and answers (a new dict: see RECORD_LIST_FIELDS)."""
+    return dict(RECORD_LIST_FIELDS)
 
 
 def record_summary(record: dict) -> dict:
