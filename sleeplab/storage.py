@@ -122,6 +122,11 @@ def not_newer(stamp_field: str, now: dt.datetime) -> dict:
     return {STAMP_TWINS[stamp_field]: {"$lte": ms(now)}}
 
 
+def older(stamp_field: str, now: dt.datetime) -> dict:
+    """Filter: the document's ``stamp_field`` is older than ``now`` (strictly)."""
+    return {STAMP_TWINS[stamp_field]: {"$lt": ms(now)}}
+
+
 def as_utc(value):
     """A datetime from the database as an aware UTC datetime (mongomock returns naive)."""
     if isinstance(value, dt.datetime):
@@ -429,13 +434,14 @@ class Storage:
         ``resumed``: completing the plan of an earlier, interrupted attempt.
         Returns (created, the record or None, the patient document after the upload).
 
-        The usual upload (a known patient, a room holding nothing newer) makes nine
-        round trips: image, record, one guarded update each of the patient and the
-        room (values and latest summary together), the patient read back, the other
-        rooms showing them, the rooms version, the audit entry and the record count.
-        When a guard of the combined update fails (a new patient or room, a newer
-        upload got in first) the values and the summary go in separately, each under
-        its own guard, as they always did.
+        The usual upload (a known patient with a name, staying in the room that shows
+        them, nothing newer there) makes seven round trips (:meth:`_upload_staying`):
+        image, record, the room's guarded update, the patient's guarded update (its
+        document before, atomically), the other rooms showing them, the rooms version
+        and the audit entry; ``POST /api/v1/patients`` adds the record count. Otherwise
+        (a new patient or room, a move, no name, a newer upload got in first, a resumed
+        plan) the patient is updated before the room and read back after it: each value
+        and summary under its own guard when a combined guard fails.
         """
         mrn, room, now, key = plan["mrn"], plan["room"], plan["at"], plan["_id"]
         values = {"room": room, "updated": {"at": now, "ms": ms(now)}}
@@ -455,6 +461,10 @@ class Storage:
                       **metrics, "has_image": image is not None}
             _insert_once(self.records, record)
             summary = record_summary(record)  # summaries follow their record
+            if name is not None and not resumed:
+                staying = self._upload_staying(plan, name, values, record, summary)
+                if staying is not None:
+                    return staying
         fields = {"_id": 0, "name": 1, "room": 1, "latest": 1, "created_by": 1}
         replaced = None if summary is None else self.patients.find_one_and_update(
             {"mrn": mrn, **not_newer("updated.at", now), **not_newer("latest.received_at", now)},
@@ -507,18 +517,71 @@ class Storage:
         # Read after our room's update (the race _vacate_other_rooms relies on), and the
         # answer's patient document too.
         current = self.patients.find_one({"mrn": mrn}, {"_id": 0}) or {"mrn": mrn}
-        self._vacate_other_rooms(mrn, current.get("room"), now, plan["who"])
+        current = self._vacate_other_rooms(current, now, plan["who"])
         self._rooms_changed()
         self._audit_upload(plan, name, created, record, before)
         return created, record, current
 
-    def _vacate_other_rooms(self, mrn: int, current: int | None, now, who: dict) -> None:
-        """One patient occupies one room: ``current``, the one their patient document
-        names (the newest upload wins; read after this upload's room update). Any other
-        room still showing them is marked free; its occupant's ``since`` is kept, so a
-        newer admission is never overwritten."""
-        for doc in self.rooms.find({"patient.mrn": mrn, "_id": {"$ne": current}},
-                                   {"patient": 1}):
+    def _upload_staying(self, plan: dict, name: str, values: dict, record: dict,
+                        summary: dict) -> tuple[bool, dict, dict] | None:
+        """The usual upload in two guarded updates, the room's first: a known patient
+        whose room already shows them, no newer upload of them stored. None (nothing
+        else written) when that is not the case: :meth:`_carry_out` goes on as for
+        any upload (its updates are repeatable).
+
+        The patient's update comes after the room's, so the document it returns (as it
+        was just before, atomically) is the read after our room's update that
+        :meth:`_vacate_other_rooms` needs: its guard is strict (older than ours), so
+        when it matches, no upload of this patient as new as ours has updated them yet,
+        and the patient's document now is that one with our values.
+        """
+        mrn, room, now = plan["mrn"], plan["room"], plan["at"]
+        occupant = {"mrn": mrn, "name": name, "since": now, "ms": ms(now)}
+        if not self.rooms.update_one(
+                {"_id": room, "patient.mrn": mrn, **not_newer("patient.since", now),
+                 **not_newer("latest.received_at", now)},
+                {"$set": {"room": room, "patient": occupant, "latest": summary}}
+        ).matched_count:
+            return None
+        replaced = self.patients.find_one_and_update(
+            {"mrn": mrn, **older("updated.at", now), **older("latest.received_at", now)},
+            {"$set": {**values, "latest": summary}}, projection={"_id": 0},
+            return_document=ReturnDocument.BEFORE)
+        if replaced is None:
+            return None
+        current = self._vacate_other_rooms({**replaced, **values, "latest": summary}, now,
+                                           plan["who"])
+        self._rooms_changed()
+        # Not resumed: only an earlier attempt of this plan could have created them.
+        self._audit_upload(plan, name, False, record, {
+            "name": replaced.get("name"), "room": replaced.get("room"),
+            "latest": audit_record(replaced.get("latest"))})
+        return False, record, current
+
+    def _vacate_other_rooms(self, patient: dict, now, who: dict) -> dict:
+        """One patient occupies one room: the one their patient document names (the
+        newest upload wins). ``patient`` is that document as read after this upload's
+        room update; any other room still showing them is marked free; its occupant's
+        ``since`` is kept, so a newer admission is never overwritten. Returns the
+        document the decision was made on.
+
+        Only rooms admitted no later than the document's stamp: a room admitted later
+        was written by an upload newer than the read, which may have moved the patient
+        there meanwhile (it frees the other rooms itself once it has updated the
+        patient). A room admitted in that very millisecond may be such an upload's
+        too (the guards let the last of equal stamps win): the patient is read once
+        more, after the search, and that read decides.
+        """
+        mrn = patient["mrn"]
+        for reread in (False, True):
+            stamp_ms = (patient.get("updated") or {}).get("ms")
+            admitted = {} if stamp_ms is None else {"patient.ms": {"$lte": stamp_ms}}
+            others = list(self.rooms.find({"patient.mrn": mrn, "_id": {"$ne": patient.get("room")},
+                                           **admitted}, {"patient": 1}))
+            if reread or all(doc["patient"].get("ms") != stamp_ms for doc in others):
+                break
+            patient = self.patients.find_one({"mrn": mrn}, {"_id": 0}) or patient
+        for doc in others:
             since = doc["patient"].get("since")
             freed = self.rooms.update_one(
                 {"_id": doc["_id"], "patient.mrn": mrn, "patient.since": since},
@@ -527,7 +590,8 @@ class Storage:
             ).modified_count
             if freed:
                 self._cancel_pending(doc["_id"], mrn, now, who,
-                                     f"the patient moved to room {current}")
+                                     f"the patient moved to room {patient.get('room')}")
+        return patient
 
     def _cancel_pending(self, room: int, mrn: int, now, who: dict, reason: str) -> None:
         """End the unapplied commands of a patient who left ``room`` (audited), so no
