@@ -8,7 +8,9 @@ Collections (see docs/README-api.md):
 
 - ``patients``  one per MRN (unique), with a denormalised ``latest`` record summary.
 - ``rooms``     one per room (``_id`` = room number): the latest occupant, the latest
-  record summary and the latest pressure command, so the monitor wall is one query.
+  record summary and the latest pressure command, so the monitor wall is one query;
+  and the rooms version (``_id`` 0, no room's number), bumped after every change of a
+  room, in the same round trip as an upload's room update.
 - ``records``   one document per CPAP upload (never updated: no growing arrays).
 - ``images``    flow images (BSON binary), ``_id`` = the record's id; read only on request.
 - ``commands``  pressure commands per room.
@@ -52,7 +54,7 @@ import pymongo
 from bson import Binary, ObjectId
 from bson.errors import InvalidId
 from flask import current_app, g
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 DEFAULT_URI = "mongodb://127.0.0.1:27017/sleeplab"
@@ -89,6 +91,12 @@ NEWEST_AUDIT = [("at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 
 #: Who acted when no token is configured (open mode) or the caller is unknown.
 ANONYMOUS = {"name": "anonymous", "role": None, "address": None}
+
+#: The ``_id`` of the rooms version's document in ``rooms`` (room numbers start at 1).
+ROOMS_VERSION_ID = 0
+
+#: MongoDB's duplicate key error code (an insert of a planned ``_id`` already stored).
+DUPLICATE_KEY = 11000
 
 #: The audit entries an upload may write, each with an id planned up front.
 AUDIT_SLOTS = ("patient", "room_from", "room_to", "record")
@@ -286,7 +294,7 @@ class Storage:
         afterwards every room has the field), so the wall never has to ask each room's
         command history for the pressure in force."""
         for room in self.rooms.find({}, {"patient": 1, "applied": 1}):
-            if "applied" in room:
+            if "applied" in room or room["_id"] == ROOMS_VERSION_ID:
                 continue
             mrn = occupant_mrn(room)
             applied = None if mrn is None else self.commands.find_one(
@@ -300,18 +308,19 @@ class Storage:
                old=None, new=None, entry_id: ObjectId | None = None) -> None:
         """Append one audit entry (the collection is only ever inserted into). With
         ``entry_id`` (planned by an upload) a repeated attempt does not add it again."""
-        actor = actor or ANONYMOUS
-        who = {"name": actor.get("name") or "anonymous", "role": actor.get("role")}
-        # A signed-in person's user name and the UI screen, only when known (older
-        # entries and static tokens have neither).
-        who.update({k: actor[k] for k in ("user", "via") if actor.get(k)})
+        self._append_audit([audit_entry(actor, action, room, mrn, now, old, new, entry_id)])
+
+    def _append_audit(self, entries: list[dict]) -> None:
+        """Insert audit entries in one round trip; those an earlier attempt of the same
+        upload wrote already (same planned ``_id``) are left as they are."""
+        if not entries:
+            return
         try:
-            self.audit.insert_one({
-                "_id": entry_id or ObjectId(), "room": room, "mrn": mrn, "at": now,
-                "action": action, "who": who,
-                "address": actor.get("address"), "old": old, "new": new})
-        except DuplicateKeyError:
-            pass  # an earlier attempt of the same upload wrote this entry
+            self.audit.insert_many(entries, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            if any(error.get("code") != DUPLICATE_KEY
+                   for error in exc.details.get("writeErrors", ())):
+                raise
 
     def audit_trail(self, room: int, limit: int) -> list[dict]:
         """A room's audit entries, newest first."""
@@ -435,10 +444,11 @@ class Storage:
         Returns (created, the record or None, the patient document after the upload).
 
         The usual upload (a known patient with a name, staying in the room that shows
-        them, nothing newer there) makes seven round trips (:meth:`_upload_staying`):
-        image, record, the room's guarded update, the patient's guarded update (its
-        document before, atomically), the other rooms showing them, the rooms version
-        and the audit entry; ``POST /api/v1/patients`` adds the record count. Otherwise
+        them, nothing newer there) makes six round trips (:meth:`_upload_staying`):
+        image, record, the room's guarded update with the rooms version's bump, the
+        patient's guarded update (its document before, atomically), the other rooms
+        showing them and the audit entry; ``POST /api/v1/patients`` adds the record
+        count. Otherwise
         (a new patient or room, a move, no name, a newer upload got in first, a resumed
         plan) the patient is updated before the room and read back after it: each value
         and summary under its own guard when a combined guard fails.
@@ -537,11 +547,13 @@ class Storage:
         """
         mrn, room, now = plan["mrn"], plan["room"], plan["at"]
         occupant = {"mrn": mrn, "name": name, "since": now, "ms": ms(now)}
-        if not self.rooms.update_one(
-                {"_id": room, "patient.mrn": mrn, **not_newer("patient.since", now),
-                 **not_newer("latest.received_at", now)},
-                {"$set": {"room": room, "patient": occupant, "latest": summary}}
-        ).matched_count:
+        # The rooms version is bumped by the same command, after the room's update.
+        written = self.rooms.bulk_write([UpdateOne(
+            {"_id": room, "patient.mrn": mrn, **not_newer("patient.since", now),
+             **not_newer("latest.received_at", now)},
+            {"$set": {"room": room, "patient": occupant, "latest": summary}}),
+            rooms_version_bump()])
+        if written.matched_count + written.upserted_count == 1:  # the version's only
             return None
         replaced = self.patients.find_one_and_update(
             {"mrn": mrn, **older("updated.at", now), **older("latest.received_at", now)},
@@ -551,7 +563,6 @@ class Storage:
             return None
         current = self._vacate_other_rooms({**replaced, **values, "latest": summary}, now,
                                            plan["who"])
-        self._rooms_changed()
         # Not resumed: only an earlier attempt of this plan could have created them.
         self._audit_upload(plan, name, False, record, {
             "name": replaced.get("name"), "room": replaced.get("room"),
@@ -572,7 +583,7 @@ class Storage:
         too (the guards let the last of equal stamps win): the patient is read once
         more, after the search, and that read decides.
         """
-        mrn = patient["mrn"]
+        mrn, freed_any = patient["mrn"], False
         for reread in (False, True):
             stamp_ms = (patient.get("updated") or {}).get("ms")
             admitted = {} if stamp_ms is None else {"patient.ms": {"$lte": stamp_ms}}
@@ -589,8 +600,11 @@ class Storage:
                                       "ms": ms(since), "left": {"mrn": mrn, "at": now}}}}
             ).modified_count
             if freed:
+                freed_any = True
                 self._cancel_pending(doc["_id"], mrn, now, who,
                                      f"the patient moved to room {patient.get('room')}")
+        if freed_any:
+            self._rooms_changed()
         return patient
 
     def _cancel_pending(self, room: int, mrn: int, now, who: dict, reason: str) -> None:
@@ -608,24 +622,31 @@ class Storage:
 
     def _audit_upload(self, plan: dict, name, created: bool, record: dict | None,
                       before: dict | None) -> None:
+        """An upload's audit entries (patient created or changed, room changed, record
+        added), all in one round trip."""
         mrn, room, now, who = plan["mrn"], plan["room"], plan["at"], plan["who"]
         ids = plan["audit_ids"]
+        entries = []
         if created:
-            self._audit(who, "patient_created", room, mrn, now,
-                        new={"mrn": mrn, "name": name, "room": room}, entry_id=ids["patient"])
+            entries.append(audit_entry(who, "patient_created", room, mrn, now,
+                                       new={"mrn": mrn, "name": name, "room": room},
+                                       entry_id=ids["patient"]))
         elif before is not None:  # (None: our values lost to a newer upload's: no change)
             if name != before.get("name"):
-                self._audit(who, "name_changed", room, mrn, now, old=before.get("name"),
-                            new=name, entry_id=ids["patient"])
+                entries.append(audit_entry(who, "name_changed", room, mrn, now,
+                                           old=before.get("name"), new=name,
+                                           entry_id=ids["patient"]))
             if room != before.get("room"):
                 for slot, where in (("room_from", before.get("room")), ("room_to", room)):
                     if where is not None:  # in both rooms' trails
-                        self._audit(who, "room_changed", where, mrn, now,
-                                    old=before.get("room"), new=room, entry_id=ids[slot])
+                        entries.append(audit_entry(who, "room_changed", where, mrn, now,
+                                                   old=before.get("room"), new=room,
+                                                   entry_id=ids[slot]))
         if record is not None:
-            self._audit(who, "record_added", room, mrn, now,
-                        old=before.get("latest") if before else None,
-                        new=audit_record(record), entry_id=ids["record"])
+            entries.append(audit_entry(who, "record_added", room, mrn, now,
+                                       old=before.get("latest") if before else None,
+                                       new=audit_record(record), entry_id=ids["record"]))
+        self._append_audit(entries)
 
     def get_patient(self, mrn: int) -> dict | None:
         """A patient with ``record_count`` counted from its records."""
@@ -698,18 +719,18 @@ class Storage:
     # -- rooms -------------------------------------------------------------------
     def _rooms_changed(self) -> None:
         """Bump the rooms version after a change (lets readers cache the wall)."""
-        self.meta.update_one({"_id": "rooms"}, {"$inc": {"version": 1}}, upsert=True)
+        self.rooms.bulk_write([rooms_version_bump()])
 
     def rooms_version(self) -> int:
         """A number that changes whenever a room document changes (one tiny read)."""
-        return int((self.meta.find_one({"_id": "rooms"}) or {}).get("version", 0))
+        return int((self.rooms.find_one({"_id": ROOMS_VERSION_ID}) or {}).get("version", 0))
 
     def list_rooms(self) -> list[dict]:
         """Every room with what the wall shows (occupant, latest record, command), in
         numeric order (sorted here: nx-27017 orders integer ``_id`` values as text)."""
-        return sorted(self.rooms.find({}, {"patient": 1, "latest": 1, "command": 1,
-                                           "applied": 1}),
-                      key=lambda doc: doc["_id"])
+        return sorted((doc for doc in self.rooms.find({}, {"patient": 1, "latest": 1,
+                                                           "command": 1, "applied": 1})
+                       if doc["_id"] != ROOMS_VERSION_ID), key=lambda doc: doc["_id"])
 
     def occupants(self) -> list[dict]:
         """Every room that has a patient (free rooms left out): ``{"_id", "patient"}``."""
@@ -851,6 +872,12 @@ def occupant_mrn(room_doc: dict | None) -> int | None:
     return ((room_doc or {}).get("patient") or {}).get("mrn")
 
 
+def rooms_version_bump() -> UpdateOne:
+    """The write that bumps the rooms version (a new one each time: drivers and mongomock
+    may change what they are given)."""
+    return UpdateOne({"_id": ROOMS_VERSION_ID}, {"$inc": {"version": 1}}, upsert=True)
+
+
 def record_list_fields() -> dict:
     """The projection of a record in lists and answers (a new dict: see RECORD_LIST_FIELDS)."""
     return dict(RECORD_LIST_FIELDS)
@@ -862,6 +889,19 @@ def record_summary(record: dict) -> dict:
     summary["id"] = str(record["_id"])
     summary["ms"] = ms(record.get("received_at"))
     return summary
+
+
+def audit_entry(actor: dict | None, action: str, room: int, mrn: int | None, now,
+                old=None, new=None, entry_id: ObjectId | None = None) -> dict:
+    """One audit entry: who (``actor``: name, role, address; a signed-in person's user
+    name and the UI screen when known), when, where, what, old and new value."""
+    actor = actor or ANONYMOUS
+    who = {"name": actor.get("name") or "anonymous", "role": actor.get("role")}
+    # (older entries and static tokens have neither user nor via)
+    who.update({k: actor[k] for k in ("user", "via") if actor.get(k)})
+    return {"_id": entry_id or ObjectId(), "room": room, "mrn": mrn, "at": now,
+            "action": action, "who": who, "address": actor.get("address"), "old": old,
+            "new": new}
 
 
 def audit_record(record: dict | None) -> dict | None:

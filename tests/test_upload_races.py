@@ -37,9 +37,9 @@ def store(request):
     client.close()
 
 
-def upload_at(monkeypatch, store, moment, room):
+def upload_at(monkeypatch, store, moment, room, upload_id=None):
     monkeypatch.setattr(storage_module, "utc_now", lambda: moment)
-    return store.upload(MRN, room, name="Ada", metrics=METRICS)
+    return store.upload(MRN, room, name="Ada", metrics=METRICS, upload_id=upload_id)
 
 
 def occupant(store, room):
@@ -68,3 +68,27 @@ def test_a_move_during_another_upload_leaves_the_patient_in_the_room_it_names(
     named = store.get_patient(MRN)["room"]
     shown_in = [room for room in (HOME, OTHER, NEW_ROOM) if occupant(store, room) == MRN]
     assert shown_in == [named]
+
+
+class Interrupted(Exception):
+    """The worker died in the middle of writing an upload's audit entries."""
+
+
+def test_a_retry_after_part_of_the_audit_entries_adds_only_the_missing_ones(monkeypatch,
+                                                                           store):
+    original = store._append_audit
+
+    def first_entry_then_die(entries):
+        original(entries[:1])
+        raise Interrupted
+
+    monkeypatch.setattr(store, "_append_audit", first_entry_then_die)
+    with pytest.raises(Interrupted):
+        upload_at(monkeypatch, store, T0, HOME, upload_id="retry-0001")
+    monkeypatch.setattr(store, "_append_audit", original)
+    again = upload_at(monkeypatch, store, T0 + dt.timedelta(seconds=5), HOME,
+                      upload_id="retry-0001")
+
+    assert again.replay and again.record["_id"] == store.records.find_one()["_id"]
+    trail = store.audit_trail(HOME, 10)
+    assert sorted(entry["action"] for entry in trail) == ["patient_created", "record_added"]
