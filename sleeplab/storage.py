@@ -448,10 +448,10 @@ class Storage:
         image, record, the room's guarded update with the rooms version's bump, the
         patient's guarded update (its document before, atomically), the other rooms
         showing them and the audit entry; ``POST /api/v1/patients`` adds the record
-        count. Otherwise
-        (a new patient or room, a move, no name, a newer upload got in first, a resumed
-        plan) the patient is updated before the room and read back after it: each value
-        and summary under its own guard when a combined guard fails.
+        count. Otherwise (a new patient or room, a move, no name, a newer or as new
+        upload of the patient got in first, a resumed plan) the patient is updated before
+        the room and read back after it: each value and summary under its own guard
+        when a combined guard fails.
         """
         mrn, room, now, key = plan["mrn"], plan["room"], plan["at"], plan["_id"]
         values = {"room": room, "updated": {"at": now, "ms": ms(now)}}
@@ -535,9 +535,9 @@ class Storage:
     def _upload_staying(self, plan: dict, name: str, values: dict, record: dict,
                         summary: dict) -> tuple[bool, dict, dict] | None:
         """The usual upload in two guarded updates, the room's first: a known patient
-        whose room already shows them, no newer upload of them stored. None (nothing
-        else written) when that is not the case: :meth:`_carry_out` goes on as for
-        any upload (its updates are repeatable).
+        whose room already shows them, no upload of them as new stored. None when that
+        is not the case: :meth:`_carry_out` goes on as for any upload (what was written
+        here, the room's update or a version bump, is repeatable).
 
         The patient's update comes after the room's, so the document it returns (as it
         was just before, atomically) is the read after our room's update that
