@@ -8,7 +8,9 @@ Collections (see docs/README-api.md):
 
 - ``patients``  one per MRN (unique), with a denormalised ``latest`` record summary.
 - ``rooms``     one per room (``_id`` = room number): the latest occupant, the latest
-  record summary and the latest pressure command, so the monitor wall is one query.
+  record summary and the latest pressure command, so the monitor wall is one query;
+  and the rooms version (``_id`` 0, no room's number), bumped after every change of a
+  room, in the same round trip as an upload's room update.
 - ``records``   one document per CPAP upload (never updated: no growing arrays).
 - ``images``    flow images (BSON binary), ``_id`` = the record's id; read only on request.
 - ``commands``  pressure commands per room.
@@ -47,12 +49,13 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import pymongo
 from bson import Binary, ObjectId
 from bson.errors import InvalidId
 from flask import current_app, g
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 DEFAULT_URI = "mongodb://127.0.0.1:27017/sleeplab"
@@ -77,8 +80,10 @@ WRITE_PROBE_BYTES = 8 * 1024
 #: room summaries nor read with lists of records (an 8-hour night's series and events are
 #: tens of KB; the wall reads every room's summary).
 RECORD_DETAILS = ("events", "series")
-#: What lists of records read: all but the details.
-RECORD_LIST_FIELDS = {field: 0 for field in RECORD_DETAILS}
+#: What lists of records read: all but the details. Read-only, each query gets a copy
+#: (:func:`record_list_fields`): mongomock adds ``_id`` to the projection it is given,
+#: which made this one an inclusion (bare ids) for nx-27017 in the same process.
+RECORD_LIST_FIELDS = MappingProxyType({field: 0 for field in RECORD_DETAILS})
 
 #: Raw chunks of live nights: a time-series collection where the server has them
 #: (MongoDB 5+), else a plain one (nx-27017 accepts the option and ignores it).
@@ -92,6 +97,12 @@ NEWEST_AUDIT = [("at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 
 #: Who acted when no token is configured (open mode) or the caller is unknown.
 ANONYMOUS = {"name": "anonymous", "role": None, "address": None}
+
+#: The ``_id`` of the rooms version's document in ``rooms`` (room numbers start at 1).
+ROOMS_VERSION_ID = 0
+
+#: MongoDB's duplicate key error code (an insert of a planned ``_id`` already stored).
+DUPLICATE_KEY = 11000
 
 #: The audit entries an upload may write, each with an id planned up front.
 AUDIT_SLOTS = ("patient", "room_from", "room_to", "record")
@@ -123,6 +134,11 @@ def ms(moment: dt.datetime | None) -> int | None:
 def not_newer(stamp_field: str, now: dt.datetime) -> dict:
     """Filter: the document's ``stamp_field`` is not newer than ``now`` (exactly)."""
     return {STAMP_TWINS[stamp_field]: {"$lte": ms(now)}}
+
+
+def older(stamp_field: str, now: dt.datetime) -> dict:
+    """Filter: the document's ``stamp_field`` is older than ``now`` (strictly)."""
+    return {STAMP_TWINS[stamp_field]: {"$lt": ms(now)}}
 
 
 def as_utc(value):
@@ -308,7 +324,7 @@ class Storage:
         afterwards every room has the field), so the wall never has to ask each room's
         command history for the pressure in force."""
         for room in self.rooms.find({}, {"patient": 1, "applied": 1}):
-            if "applied" in room:
+            if "applied" in room or room["_id"] == ROOMS_VERSION_ID:
                 continue
             mrn = occupant_mrn(room)
             applied = None if mrn is None else self.commands.find_one(
@@ -322,18 +338,19 @@ class Storage:
                old=None, new=None, entry_id: ObjectId | None = None) -> None:
         """Append one audit entry (the collection is only ever inserted into). With
         ``entry_id`` (planned by an upload) a repeated attempt does not add it again."""
-        actor = actor or ANONYMOUS
-        who = {"name": actor.get("name") or "anonymous", "role": actor.get("role")}
-        # A signed-in person's user name and the UI screen, only when known (older
-        # entries and static tokens have neither).
-        who.update({k: actor[k] for k in ("user", "via") if actor.get(k)})
+        self._append_audit([audit_entry(actor, action, room, mrn, now, old, new, entry_id)])
+
+    def _append_audit(self, entries: list[dict]) -> None:
+        """Insert audit entries in one round trip; those an earlier attempt of the same
+        upload wrote already (same planned ``_id``) are left as they are."""
+        if not entries:
+            return
         try:
-            self.audit.insert_one({
-                "_id": entry_id or ObjectId(), "room": room, "mrn": mrn, "at": now,
-                "action": action, "who": who,
-                "address": actor.get("address"), "old": old, "new": new})
-        except DuplicateKeyError:
-            pass  # an earlier attempt of the same upload wrote this entry
+            self.audit.insert_many(entries, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            if any(error.get("code") != DUPLICATE_KEY
+                   for error in exc.details.get("writeErrors", ())):
+                raise
 
     def audit_trail(self, room: int, limit: int) -> list[dict]:
         """A room's audit entries, newest first."""
@@ -420,7 +437,8 @@ class Storage:
             self._check_same_upload(plan, mrn, room, digest)
             replay = True
             if plan.get("done") is not None:  # complete: answer it, write nothing
-                record = (self.records.find_one({"_id": plan["record_id"]})
+                record = (self.records.find_one({"_id": plan["record_id"]},
+                                                record_list_fields())
                           if plan.get("record_id") else None)
                 return UploadResult(self.get_patient(mrn), record, False, replay=True)
         created, record, patient = self._carry_out(plan, name, metrics, image,
@@ -455,13 +473,15 @@ class Storage:
         ``resumed``: completing the plan of an earlier, interrupted attempt.
         Returns (created, the record or None, the patient document after the upload).
 
-        The usual upload (a known patient, a room holding nothing newer) makes nine
-        round trips: image, record, one guarded update each of the patient and the
-        room (values and latest summary together), the patient read back, the other
-        rooms showing them, the rooms version, the audit entry and the record count.
-        When a guard of the combined update fails (a new patient or room, a newer
-        upload got in first) the values and the summary go in separately, each under
-        its own guard, as they always did.
+        The usual upload (a known patient with a name, staying in the room that shows
+        them, nothing newer there) makes six round trips (:meth:`_upload_staying`):
+        image, record, the room's guarded update with the rooms version's bump, the
+        patient's guarded update (its document before, atomically), the other rooms
+        showing them and the audit entry; ``POST /api/v1/patients`` adds the record
+        count. Otherwise (a new patient or room, a move, no name, a newer or as new
+        upload of the patient got in first, a resumed plan) the patient is updated before
+        the room and read back after it: each value and summary under its own guard
+        when a combined guard fails.
         """
         mrn, room, now, key = plan["mrn"], plan["room"], plan["at"], plan["_id"]
         values = {"room": room, "updated": {"at": now, "ms": ms(now)}}
@@ -481,6 +501,10 @@ class Storage:
                       **metrics, "has_image": image is not None}
             _insert_once(self.records, record)
             summary = record_summary(record)  # summaries follow their record
+            if name is not None and not resumed:
+                staying = self._upload_staying(plan, name, values, record, summary)
+                if staying is not None:
+                    return staying
         fields = {"_id": 0, "name": 1, "room": 1, "latest": 1, "created_by": 1}
         replaced = None if summary is None else self.patients.find_one_and_update(
             {"mrn": mrn, **not_newer("updated.at", now), **not_newer("latest.received_at", now)},
@@ -533,18 +557,72 @@ class Storage:
         # Read after our room's update (the race _vacate_other_rooms relies on), and the
         # answer's patient document too.
         current = self.patients.find_one({"mrn": mrn}, {"_id": 0}) or {"mrn": mrn}
-        self._vacate_other_rooms(mrn, current.get("room"), now, plan["who"])
+        current = self._vacate_other_rooms(current, now, plan["who"])
         self._rooms_changed()
         self._audit_upload(plan, name, created, record, before)
         return created, record, current
 
-    def _vacate_other_rooms(self, mrn: int, current: int | None, now, who: dict) -> None:
-        """One patient occupies one room: ``current``, the one their patient document
-        names (the newest upload wins; read after this upload's room update). Any other
-        room still showing them is marked free; its occupant's ``since`` is kept, so a
-        newer admission is never overwritten."""
-        for doc in self.rooms.find({"patient.mrn": mrn, "_id": {"$ne": current}},
-                                   {"patient": 1}):
+    def _upload_staying(self, plan: dict, name: str, values: dict, record: dict,
+                        summary: dict) -> tuple[bool, dict, dict] | None:
+        """The usual upload in two guarded updates, the room's first: a known patient
+        whose room already shows them, no upload of them as new stored. None when that
+        is not the case: :meth:`_carry_out` goes on as for any upload (what was written
+        here, the room's update or a version bump, is repeatable).
+
+        The patient's update comes after the room's, so the document it returns (as it
+        was just before, atomically) is the read after our room's update that
+        :meth:`_vacate_other_rooms` needs: its guard is strict (older than ours), so
+        when it matches, no upload of this patient as new as ours has updated them yet,
+        and the patient's document now is that one with our values.
+        """
+        mrn, room, now = plan["mrn"], plan["room"], plan["at"]
+        occupant = {"mrn": mrn, "name": name, "since": now, "ms": ms(now)}
+        # The rooms version is bumped by the same command, after the room's update.
+        written = self.rooms.bulk_write([UpdateOne(
+            {"_id": room, "patient.mrn": mrn, **not_newer("patient.since", now),
+             **not_newer("latest.received_at", now)},
+            {"$set": {"room": room, "patient": occupant, "latest": summary}}),
+            rooms_version_bump()])
+        if written.matched_count + written.upserted_count == 1:  # the version's only
+            return None
+        replaced = self.patients.find_one_and_update(
+            {"mrn": mrn, **older("updated.at", now), **older("latest.received_at", now)},
+            {"$set": {**values, "latest": summary}}, projection={"_id": 0},
+            return_document=ReturnDocument.BEFORE)
+        if replaced is None:
+            return None
+        current = self._vacate_other_rooms({**replaced, **values, "latest": summary}, now,
+                                           plan["who"])
+        # Not resumed: only an earlier attempt of this plan could have created them.
+        self._audit_upload(plan, name, False, record, {
+            "name": replaced.get("name"), "room": replaced.get("room"),
+            "latest": audit_record(replaced.get("latest"))})
+        return False, record, current
+
+    def _vacate_other_rooms(self, patient: dict, now, who: dict) -> dict:
+        """One patient occupies one room: the one their patient document names (the
+        newest upload wins). ``patient`` is that document as read after this upload's
+        room update; any other room still showing them is marked free; its occupant's
+        ``since`` is kept, so a newer admission is never overwritten. Returns the
+        document the decision was made on.
+
+        Only rooms admitted no later than the document's stamp: a room admitted later
+        was written by an upload newer than the read, which may have moved the patient
+        there meanwhile (it frees the other rooms itself once it has updated the
+        patient). A room admitted in that very millisecond may be such an upload's
+        too (the guards let the last of equal stamps win): the patient is read once
+        more, after the search, and that read decides.
+        """
+        mrn, freed_any = patient["mrn"], False
+        for reread in (False, True):
+            stamp_ms = (patient.get("updated") or {}).get("ms")
+            admitted = {} if stamp_ms is None else {"patient.ms": {"$lte": stamp_ms}}
+            others = list(self.rooms.find({"patient.mrn": mrn, "_id": {"$ne": patient.get("room")},
+                                           **admitted}, {"patient": 1}))
+            if reread or all(doc["patient"].get("ms") != stamp_ms for doc in others):
+                break
+            patient = self.patients.find_one({"mrn": mrn}, {"_id": 0}) or patient
+        for doc in others:
             since = doc["patient"].get("since")
             freed = self.rooms.update_one(
                 {"_id": doc["_id"], "patient.mrn": mrn, "patient.since": since},
@@ -552,8 +630,12 @@ class Storage:
                                       "ms": ms(since), "left": {"mrn": mrn, "at": now}}}}
             ).modified_count
             if freed:
+                freed_any = True
                 self._cancel_pending(doc["_id"], mrn, now, who,
-                                     f"the patient moved to room {current}")
+                                     f"the patient moved to room {patient.get('room')}")
+        if freed_any:
+            self._rooms_changed()
+        return patient
 
     def _cancel_pending(self, room: int, mrn: int, now, who: dict, reason: str) -> None:
         """End the unapplied commands of a patient who left ``room`` (audited), so no
@@ -570,24 +652,31 @@ class Storage:
 
     def _audit_upload(self, plan: dict, name, created: bool, record: dict | None,
                       before: dict | None) -> None:
+        """An upload's audit entries (patient created or changed, room changed, record
+        added), all in one round trip."""
         mrn, room, now, who = plan["mrn"], plan["room"], plan["at"], plan["who"]
         ids = plan["audit_ids"]
+        entries = []
         if created:
-            self._audit(who, "patient_created", room, mrn, now,
-                        new={"mrn": mrn, "name": name, "room": room}, entry_id=ids["patient"])
+            entries.append(audit_entry(who, "patient_created", room, mrn, now,
+                                       new={"mrn": mrn, "name": name, "room": room},
+                                       entry_id=ids["patient"]))
         elif before is not None:  # (None: our values lost to a newer upload's: no change)
             if name != before.get("name"):
-                self._audit(who, "name_changed", room, mrn, now, old=before.get("name"),
-                            new=name, entry_id=ids["patient"])
+                entries.append(audit_entry(who, "name_changed", room, mrn, now,
+                                           old=before.get("name"), new=name,
+                                           entry_id=ids["patient"]))
             if room != before.get("room"):
                 for slot, where in (("room_from", before.get("room")), ("room_to", room)):
                     if where is not None:  # in both rooms' trails
-                        self._audit(who, "room_changed", where, mrn, now,
-                                    old=before.get("room"), new=room, entry_id=ids[slot])
+                        entries.append(audit_entry(who, "room_changed", where, mrn, now,
+                                                   old=before.get("room"), new=room,
+                                                   entry_id=ids[slot]))
         if record is not None:
-            self._audit(who, "record_added", room, mrn, now,
-                        old=before.get("latest") if before else None,
-                        new=audit_record(record), entry_id=ids["record"])
+            entries.append(audit_entry(who, "record_added", room, mrn, now,
+                                       old=before.get("latest") if before else None,
+                                       new=audit_record(record), entry_id=ids["record"]))
+        self._append_audit(entries)
 
     def get_patient(self, mrn: int) -> dict | None:
         """A patient with ``record_count`` counted from its records."""
@@ -626,7 +715,7 @@ class Storage:
 
     def patient_records(self, mrn: int, limit: int) -> list[dict]:
         """A patient's ``limit`` newest records, newest first (no images)."""
-        return list(self.records.find({"mrn": exactly(mrn)}, RECORD_LIST_FIELDS)
+        return list(self.records.find({"mrn": exactly(mrn)}, record_list_fields())
                     .sort(NEWEST_RECORDS).limit(limit))
 
     def night_records(self, mrn: int, hours: dt.timedelta, limit: int) -> list[dict]:
@@ -671,18 +760,19 @@ class Storage:
     # -- rooms -------------------------------------------------------------------
     def _rooms_changed(self) -> None:
         """Bump the rooms version after a change (lets readers cache the wall)."""
-        self.meta.update_one({"_id": "rooms"}, {"$inc": {"version": 1}}, upsert=True)
+        self.rooms.bulk_write([rooms_version_bump()])
 
     def rooms_version(self) -> int:
         """A number that changes whenever a room document changes (one tiny read)."""
-        return int((self.meta.find_one({"_id": "rooms"}) or {}).get("version", 0))
+        return int((self.rooms.find_one({"_id": ROOMS_VERSION_ID}) or {}).get("version", 0))
 
     def list_rooms(self) -> list[dict]:
         """Every room with what the wall shows (occupant, latest record, command), in
         numeric order (sorted here: nx-27017 orders integer ``_id`` values as text)."""
-        return sorted(self.rooms.find({}, {"patient": 1, "latest": 1, "command": 1,
-                                           "applied": 1, "live": 1}),
-                      key=lambda doc: doc["_id"])
+        return sorted((doc for doc in self.rooms.find({}, {"patient": 1, "latest": 1,
+                                                           "command": 1, "applied": 1,
+                                                           "live": 1})
+                       if doc["_id"] != ROOMS_VERSION_ID), key=lambda doc: doc["_id"])
 
     def occupants(self) -> list[dict]:
         """Every room that has a patient (free rooms left out): ``{"_id", "patient"}``."""
@@ -883,12 +973,36 @@ def occupant_mrn(room_doc: dict | None) -> int | None:
     return ((room_doc or {}).get("patient") or {}).get("mrn")
 
 
+def rooms_version_bump() -> UpdateOne:
+    """The write that bumps the rooms version (a new one each time: drivers and mongomock
+    may change what they are given)."""
+    return UpdateOne({"_id": ROOMS_VERSION_ID}, {"$inc": {"version": 1}}, upsert=True)
+
+
+def record_list_fields() -> dict:
+    """The projection of a record in lists and answers (a new dict: see RECORD_LIST_FIELDS)."""
+    return dict(RECORD_LIST_FIELDS)
+
+
 def record_summary(record: dict) -> dict:
     """The copy of a record kept in its room and patient documents (id as a string)."""
     summary = {k: v for k, v in record.items() if k != "_id" and k not in RECORD_DETAILS}
     summary["id"] = str(record["_id"])
     summary["ms"] = ms(record.get("received_at"))
     return summary
+
+
+def audit_entry(actor: dict | None, action: str, room: int, mrn: int | None, now,
+                old=None, new=None, entry_id: ObjectId | None = None) -> dict:
+    """One audit entry: who (``actor``: name, role, address; a signed-in person's user
+    name and the UI screen when known), when, where, what, old and new value."""
+    actor = actor or ANONYMOUS
+    who = {"name": actor.get("name") or "anonymous", "role": actor.get("role")}
+    # (older entries and static tokens have neither user nor via)
+    who.update({k: actor[k] for k in ("user", "via") if actor.get(k)})
+    return {"_id": entry_id or ObjectId(), "room": room, "mrn": mrn, "at": now,
+            "action": action, "who": who, "address": actor.get("address"), "old": old,
+            "new": new}
 
 
 def audit_record(record: dict | None) -> dict | None:

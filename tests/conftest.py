@@ -5,9 +5,22 @@ for the whole test session, on a free port with its own data dir and pid file.
 """
 from __future__ import annotations
 
+import mongomock.collection
 import pytest
 
 from tools.local_mongo import LocalMongo, free_port
+
+_mongomock_add_update = mongomock.collection.BulkOperationBuilder.add_update
+
+
+def _add_update(self, *args, sort=None, **kwargs):
+    """mongomock 4.3 predates the ``sort`` that pymongo 4.20 hands a bulk update (the
+    storage never sorts one: always None)."""
+    assert sort is None
+    return _mongomock_add_update(self, *args, **kwargs)
+
+
+mongomock.collection.BulkOperationBuilder.add_update = _add_update
 
 
 #: Access-control settings a developer may have exported; tests set their own.

@@ -261,7 +261,7 @@ def test_images_are_stored_apart_from_records(app, client):
     record = db.records.find_one()
     assert "flow_image" not in record and "data" not in record
     assert bytes(db.images.find_one({"_id": record["_id"]})["data"]) == PNG
-    room = db.rooms.find_one()
+    room = db.rooms.find_one({"_id": 3})  # (the collection also holds the rooms version)
     assert "data" not in str(room["latest"])
 
 
@@ -326,7 +326,11 @@ def test_rooms_wall_cache_sees_changes_from_other_workers(monkeypatch):
     assert worker_a.get("/api/rooms").get_json()["rooms"][1]["command"]["id"] == cmd["id"]
     worker_b.post(f"/api/v1/rooms/2/pressure/{cmd['id']}/applied")
     assert worker_a.get("/api/rooms").get_json()["rooms"][1]["command"]["applied"] is True
-    assert len(calls) == 4
+    # A record of a patient staying in their room (its room update bumps the version)
+    worker_b.post("/api/v1/patients", json=upload_body(mrn=1, room=1, pressure=17))
+    assert worker_a.get("/api/rooms").get_json()["rooms"][0]["latest"][
+        "cpap_pressure_cmh2o"] == 17
+    assert len(calls) == 5
 
 
 @pytest.mark.parametrize("environ, debug", [

@@ -198,7 +198,7 @@ def test_audit_collection_is_insert_only():
     """The storage layer only ever inserts into and reads from ``audit``."""
     source = inspect.getsource(storage)
     uses = set(re.findall(r"self\.audit\.(\w+)", source))
-    assert uses == {"insert_one", "find", "create_index"}
+    assert uses == {"insert_many", "find", "create_index"}
     indexes = mongomock.MongoClient().db
     storage.Storage(indexes).ensure_indexes()
     assert indexes["audit"].index_information()["room_at"]["key"] == [("room", 1), ("at", -1)]
