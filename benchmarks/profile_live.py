@@ -23,7 +23,6 @@ import server
 from benchmarks.profile_upload import Timers, instrument, table, uninstrument
 from sleeplab import live
 from sleeplab.analysis import incremental
-from sleeplab.api import models
 from sleeplab.virtual_patient import VirtualPatient
 from tools.local_mongo import LocalMongo, free_port
 
@@ -33,8 +32,7 @@ CHUNK_S = 10.0
 #: The live path's own steps (besides profile_upload's database round trips).
 STEPS = ((incremental, "feed", "analyse the chunk (incremental.feed)"),
          (live, "chunk_changes", "the night's new fields (live.chunk_changes)"),
-         (live, "summary", "the summary (live.summary)"),
-         (models.StreamChunk, "model_validate", "validate the body (pydantic)"))
+         (live, "summary", "the summary (live.summary)"))
 
 
 def chunks(n: int, pressure_cmh2o: int = 8):
