@@ -684,7 +684,7 @@ def room_live(room):
     """The room's running night: metrics so far, events, the last minute of flow"""
     night = existing_night(room)
     return models.LiveNight.model_validate({**live.summary(night), "events": night["events"],
-                                            "trace": night["trace"]})
+                                            "trace": live.trace_points(night)})
 
 
 @api.get("/rooms/<room>/titration")

@@ -20,6 +20,8 @@ import bisect
 import datetime as dt
 import math
 
+import numpy as np
+
 import cpap_measurements as cm
 import validation as v
 
@@ -33,7 +35,9 @@ RATE_WINDOW_S = 300.0
 RECENT_EVENTS_S = 600.0
 #: "AHI over the last hour" (of final data).
 LAST_HOUR_S = 3600.0
-#: Tidal volumes of a level are counted in bins of this width (L) for its median.
+#: Tidal volumes of a level are counted in bins of this width (L) for its median. Only the
+#: bins with a count are stored ({"index": count}): the night's document is rewritten with
+#: every chunk, and on nx-27017 each array element costs (500 zeros per level did).
 TIDAL_BIN_L = 0.01
 TIDAL_BINS = 500                    # up to 5 L; a larger volume counts in the last bin
 #: A night holds at most this many pressure levels (a titration has tens) and events.
@@ -49,7 +53,7 @@ def new_night(session_id: str, room: int, mrn: int, now: dt.datetime) -> dict:
     """The document of a night before its first chunk."""
     return {"_id": session_id, "room": room, "mrn": mrn, "started_at": now, "next_seq": 0,
             "state": None, "totals": None, "levels": [], "events": [], "recent_breaths_s": [],
-            "trace": [], "first_time_s": None, "last_time_s": None, "last_chunk_at": None,
+            "trace_f8": b"", "first_time_s": None, "last_time_s": None, "last_chunk_at": None,
             "digests": {}, "ended": False, "has_header": None}
 
 
@@ -62,7 +66,25 @@ def _level_index(levels: list[dict], time_s: float) -> int:
 def _new_level(pressure_cmh2o: int, from_s: float) -> dict:
     return {"pressure_cmh2o": pressure_cmh2o, "from_s": from_s, "to_s": from_s,
             "duration_s": 0.0, "breaths": 0, "apneas": 0, "hypopneas": 0,
-            "inspired_volume_l": 0.0, "leakage_l": 0.0, "tidal_bins": [0] * TIDAL_BINS}
+            "inspired_volume_l": 0.0, "leakage_l": 0.0, "tidal_bins": {}}
+
+
+def _tidal_bins(bins: dict | list) -> dict:
+    """A level's counted bins as ``{"index": count}`` (a copy; a night stored before the
+    bins were sparse has a list of TIDAL_BINS counts)."""
+    if isinstance(bins, list):
+        return {str(index): n for index, n in enumerate(bins) if n}
+    return dict(bins)
+
+
+def trace_points(night: dict) -> list[list[float]]:
+    """The night's strip chart, ``[time_s, flow_lpm]`` pairs. Stored as float64 pairs in
+    one binary field (``trace_f8``): 240 small arrays cost the database more than the rest
+    of the document."""
+    packed = night.get("trace_f8")
+    if packed is None:                              # a night stored as pairs
+        return [list(point) for point in night.get("trace") or []]
+    return np.frombuffer(bytes(packed), dtype="<f8").reshape(-1, 2).tolist()
 
 
 def chunk_changes(night: dict, state: dict, update: dict, pressure_cmh2o: int, sequence: int,
@@ -79,7 +101,7 @@ def chunk_changes(night: dict, state: dict, update: dict, pressure_cmh2o: int, s
     chunk_start_s = night["last_time_s"] if night["last_time_s"] is not None \
         else state["first_time_s"]
     chunk_end_s = state["last_time_s"]
-    levels = [dict(level, tidal_bins=list(level["tidal_bins"])) for level in night["levels"]]
+    levels = [dict(level, tidal_bins=_tidal_bins(level["tidal_bins"])) for level in night["levels"]]
     if chunk_end_s is not None:
         if not levels or levels[-1]["pressure_cmh2o"] != pressure_cmh2o:
             if len(levels) >= MAX_LEVELS:
@@ -94,8 +116,8 @@ def chunk_changes(night: dict, state: dict, update: dict, pressure_cmh2o: int, s
         level = levels[_level_index(levels, breath["start_s"])]
         level["breaths"] += 1
         level["inspired_volume_l"] += breath["tidal_volume_l"]
-        level["tidal_bins"][min(max(int(breath["tidal_volume_l"] / TIDAL_BIN_L), 0),
-                                TIDAL_BINS - 1)] += 1
+        key = str(min(max(int(breath["tidal_volume_l"] / TIDAL_BIN_L), 0), TIDAL_BINS - 1))
+        level["tidal_bins"][key] = level["tidal_bins"].get(key, 0) + 1
     for event in update["events"]:
         level = levels[_level_index(levels, event["start_s"])]
         level["apneas" if event["type"] == "apnea" else "hypopneas"] += 1
@@ -107,14 +129,15 @@ def chunk_changes(night: dict, state: dict, update: dict, pressure_cmh2o: int, s
     recent = night["recent_breaths_s"] + [b["start_s"] for b in update["breaths"]]
     if final_until_s is not None:
         recent = [t for t in recent if t >= final_until_s - RECENT_BREATHS_S]
-    trace = night["trace"] + [list(point) for point in update["trace"]]
+    trace = trace_points(night) + [list(point) for point in update["trace"]]
     if trace:
         trace = [p for p in trace if p[0] >= trace[-1][0] - TRACE_WINDOW_S]
     digests = {k: d for k, d in night["digests"].items()
                if int(k) > sequence - DIGESTS_KEPT}
     digests[str(sequence)] = digest
     return {"next_seq": sequence + 1, "state": state, "totals": dict(totals), "levels": levels,
-            "events": events, "recent_breaths_s": recent, "trace": trace,
+            "events": events, "recent_breaths_s": recent,
+            "trace_f8": np.asarray(trace, dtype="<f8").reshape(-1, 2).tobytes(),
             "first_time_s": state["first_time_s"], "last_time_s": chunk_end_s,
             "last_chunk_at": now, "digests": digests, "ended": ended,
             "has_header": night["has_header"] if sequence else has_header,
@@ -159,12 +182,13 @@ def summary(night: dict) -> dict:
     }
 
 
-def _median_from_bins(bins: list[int]) -> float | None:
-    count = sum(bins)
+def _median_from_bins(bins: dict | list) -> float | None:
+    counted = sorted((int(index), n) for index, n in _tidal_bins(bins).items())
+    count = sum(n for _, n in counted)
     if not count:
         return None
     half, seen = count / 2.0, 0
-    for index, n in enumerate(bins):
+    for index, n in counted:
         seen += n
         if seen >= half:
             return round((index + 0.5) * TIDAL_BIN_L, 3)

@@ -25,6 +25,7 @@ import uuid
 
 import numpy as np
 
+from validation import PRESSURE_MAX_CMH2O, PRESSURE_MIN_CMH2O
 from sleeplab.analysis.synth import (HEADER, SAMPLE_RATE_HZ, adc_columns, inspiration_shape,
                                      recording_lines, venturi_adc)
 
@@ -51,6 +52,7 @@ STREAM_PATH = "/api/v1/rooms/{room}/stream"
 OPENAPI_PATH = "/api/v1/openapi.json"
 STREAM_TEMPLATE = "/rooms/{room}/stream"  # how the OpenAPI document names the route
 PRESSURE_PATH = "/api/v1/rooms/{room}/pressure"
+HALF_SAMPLE_S = 0.5 / SAMPLE_RATE_HZ
 
 
 def event_rate_per_h(pressure_cmh2o: float, optimal_pressure_cmh2o: float) -> float:
@@ -247,11 +249,12 @@ class Bedside:
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
-    def post_chunk(self, chunk: str, pressure_cmh2o: float) -> dict:
-        """POST one chunk; the answer's JSON. Raises StreamUnavailable on 404/405 from a
-        server without the route, RuntimeError with the server's message on another error."""
+    def post_chunk(self, chunk: str, pressure_cmh2o: int, end: bool = False) -> dict:
+        """POST one chunk (``end``: the night's last); the answer's JSON. Raises
+        StreamUnavailable on 404/405 from a server without the route, RuntimeError with the
+        server's message on another error."""
         body = {"mrn": self.mrn, "session_id": self.session_id, "sequence": self.sequence,
-                "pressure_cmh2o": pressure_cmh2o, "samples": chunk}
+                "pressure_cmh2o": int(pressure_cmh2o), "samples": chunk, "end": end}
         answer = self.http.post(self.api + STREAM_PATH.format(room=self.room), json=body,
                                 timeout=self.timeout_s)
         if answer.status_code in (404, 405) and not self.has_stream_route():
@@ -280,9 +283,31 @@ class Bedside:
                                params={"mrn": self.mrn}, timeout=self.timeout_s)
         return answer.json() if answer.status_code == 200 else None
 
-    def acknowledge(self, command_id: str) -> None:
-        self.http.post(self.api + PRESSURE_PATH.format(room=self.room) + f"/{command_id}/applied",
-                       timeout=self.timeout_s)
+    def acknowledge(self, command_id: str) -> str | None:
+        """Confirm a command is applied from the next chunk on; None when the server took
+        the confirmation, else why not (e.g. the command was cancelled: do not apply it)."""
+        answer = self.http.post(self.api + PRESSURE_PATH.format(room=self.room)
+                                + f"/{command_id}/applied", timeout=self.timeout_s)
+        if answer.status_code == 200:
+            return None
+        try:
+            return answer.json().get("message") or f"HTTP {answer.status_code}"
+        except ValueError:
+            return f"HTTP {answer.status_code}"
+
+    def follow_command(self, pressure_cmh2o: int) -> int:
+        """The pressure for the next chunk: a new command for this patient, confirmed to
+        the server, else ``pressure_cmh2o`` as it is."""
+        command = self.commanded_pressure()
+        if not command or command.get("applied") or command.get("cancelled"):
+            return pressure_cmh2o
+        refused = self.acknowledge(command["id"])
+        if refused:
+            print(f"room {self.room}: command {command['id']} not applied: {refused}",
+                  file=sys.stderr, flush=True)
+            return pressure_cmh2o
+        print(f"pressure now {command['pressure_cmh2o']} cmH2O (commanded)", flush=True)
+        return int(command["pressure_cmh2o"])
 
 
 def main(argv=None) -> int:
@@ -294,7 +319,9 @@ def main(argv=None) -> int:
     parser.add_argument("--token", help="API token (Authorization: Bearer)")
     parser.add_argument("--chunk-s", type=float, default=10.0, help="seconds of recording per chunk")
     parser.add_argument("--speed", type=float, default=1.0, help="times real time (e.g. 10 for a quick demo)")
-    parser.add_argument("--pressure", type=float, default=6.0, help="starting pressure, cmH2O")
+    parser.add_argument("--pressure", type=int, default=6,
+                        help=f"starting pressure, whole cmH2O ({PRESSURE_MIN_CMH2O}-"
+                             f"{PRESSURE_MAX_CMH2O}, as the API takes it)")
     parser.add_argument("--optimal-pressure", type=float, help="the patient's optimum (default: drawn 9-14 cmH2O)")
     parser.add_argument("--seed", type=int, help="patient seed (default: the MRN)")
     parser.add_argument("--out", help="also append the recording to this file (a growing file)")
@@ -304,28 +331,32 @@ def main(argv=None) -> int:
         parser.error("give --api, --out or both")
     if not (args.chunk_s > 0 and args.speed > 0):
         parser.error("--chunk-s and --speed must be positive")
+    if not PRESSURE_MIN_CMH2O <= args.pressure <= PRESSURE_MAX_CMH2O:
+        parser.error(f"--pressure must be {PRESSURE_MIN_CMH2O} to {PRESSURE_MAX_CMH2O} cmH2O")
     patient = VirtualPatient(args.mrn if args.seed is None else args.seed, args.optimal_pressure)
     bedside = Bedside(args.api, args.room, args.mrn, args.token) if args.api else None
     pressure_cmh2o = args.pressure
     print(f"room {args.room}, patient {args.mrn}: optimal pressure "
-          f"{patient.optimal_pressure_cmh2o:.1f} cmH2O, starting at {pressure_cmh2o:g}", flush=True)
+          f"{patient.optimal_pressure_cmh2o:.1f} cmH2O, starting at {pressure_cmh2o}", flush=True)
     out = open(args.out, "a", encoding="ascii") if args.out else None
     first = True
     try:
-        while args.duration_s is None or patient.time_s - patient.start_time_s < args.duration_s:
+        while True:
             began = time.monotonic()
-            chunk = patient.next_chunk(args.chunk_s, pressure_cmh2o, header=first)
+            left_s = None if args.duration_s is None else \
+                args.duration_s - (patient.time_s - patient.start_time_s)
+            if left_s is not None and left_s < HALF_SAMPLE_S:
+                break
+            last = left_s is not None and left_s <= args.chunk_s + HALF_SAMPLE_S
+            chunk = patient.next_chunk(args.chunk_s if left_s is None else min(args.chunk_s, left_s),
+                                       pressure_cmh2o, header=first)
             if out is not None:
                 out.write(chunk)
                 out.flush()
             if bedside is not None:
                 try:
-                    bedside.post_chunk(chunk, pressure_cmh2o)
-                    command = bedside.commanded_pressure()
-                    if command and not command.get("applied") and not command.get("cancelled"):
-                        pressure_cmh2o = float(command["pressure_cmh2o"])
-                        bedside.acknowledge(command["id"])
-                        print(f"pressure now {pressure_cmh2o:g} cmH2O (commanded)", flush=True)
+                    bedside.post_chunk(chunk, pressure_cmh2o, end=last)
+                    pressure_cmh2o = bedside.follow_command(pressure_cmh2o)
                 except StreamUnavailable as exc:
                     print(f"not available yet: {exc}", file=sys.stderr)
                     if out is None:

@@ -109,6 +109,53 @@ def test_titration_table_has_a_row_per_pressure(client, night):
     assert rows[0]["minutes"] == f"{low['minutes']:.1f}"
 
 
+def array_elements(value) -> int:
+    """How many array elements a stored document holds, nested ones included (what a
+    rewrite of the document costs nx-27017 most for)."""
+    if isinstance(value, dict):
+        return sum(array_elements(v) for v in value.values())
+    if isinstance(value, list):
+        return len(value) + sum(array_elements(v) for v in value)
+    return 0
+
+
+def stored_night(app) -> dict:
+    with app.app_context():
+        from sleeplab.storage import get_storage
+        return get_storage().get_night(SESSION)
+
+
+def test_the_night_document_stays_small_as_levels_come(app, night):
+    """It is rewritten with every chunk: a level's tidal bins keep only counted bins and
+    the strip chart is one binary field (not 500 zeros per level and 240 small arrays)."""
+    client = app.test_client()
+    stream(client, night[0], pressures=lambda i: 6 + i // 24)           # 3 levels
+    doc = stored_night(app)
+    assert len(doc["levels"]) == 3
+    assert array_elements(doc) < 800
+    got = client.get("/api/v1/rooms/3/live").get_json()
+    assert 0 < len(got["trace"]) <= 4 * 60 + 1 and got["trace"][-1][0] <= got["last_time_s"]
+    assert all(t1 - t0 == pytest.approx(0.25, abs=0.011)
+               for (t0, _), (t1, _) in zip(got["trace"], got["trace"][1:]))
+
+
+def test_a_night_stored_in_the_first_form_still_reads():
+    """Nights stored before the compact form (tidal bins as 500 counts, the trace as
+    pairs) give the same table and strip chart."""
+    from sleeplab import live
+
+    bins = [0] * live.TIDAL_BINS
+    bins[40], bins[45], bins[60] = 2, 1, 2          # 0.40 L x2, 0.45, 0.60 L x2
+    level = {"pressure_cmh2o": 8, "from_s": 0.0, "to_s": 60.0, "duration_s": 60.0,
+             "breaths": 5, "apneas": 0, "hypopneas": 0, "inspired_volume_l": 2.3,
+             "leakage_l": 2.0, "tidal_bins": bins}
+    import datetime as dt
+    old = {"_id": SESSION, "started_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+           "first_time_s": 0.0, "levels": [level], "trace": [[59.5, 1.0], [59.75, -2.0]]}
+    assert live.titration_rows(old)[0]["tidal_volume_l"] == 0.455
+    assert live.trace_points(old) == [[59.5, 1.0], [59.75, -2.0]]
+
+
 def test_a_retried_chunk_is_stored_once(client, night):
     parts = chunks_of(night[0])
     assert send(client, parts[0], 0).status_code == 201

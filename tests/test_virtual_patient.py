@@ -208,3 +208,117 @@ def test_cli_needs_a_destination(capsys):
     with pytest.raises(SystemExit):
         vp.main(["--room", "3", "--mrn", "3003"])
     assert "--api, --out or both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pressure, message", [
+    ("6.5", "argument --pressure: invalid int value: '6.5'"),
+    ("30", "--pressure must be 4 to 25 cmH2O")])
+def test_cli_pressure_is_whole_cmh2o_as_the_api_takes_it(tmp_path, capsys, pressure, message):
+    """The API takes integer pressures from 4 to 25: another would be refused with every chunk."""
+    with pytest.raises(SystemExit):
+        vp.main(["--room", "3", "--mrn", "3003", "--out", str(tmp_path / "night.txt"),
+                 "--duration-s", "10", "--pressure", pressure])
+    assert message in capsys.readouterr().err
+
+
+class CancelledCommand(StreamRouteNoRoom):
+    """A server with a command for the patient that is cancelled when the station
+    confirms it (its patient left the room meanwhile): the station must not apply it."""
+
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if self.path.endswith("/applied"):
+            self.answer(409, b'{"status": 409, "error": "Conflict", "message": '
+                             b'"this command was cancelled (patient left); do not apply it"}')
+        else:
+            type(self).bodies.append(body)
+            self.answer(201, b"{}")
+
+    def do_GET(self):  # noqa: N802
+        if self.path.startswith("/api/v1/rooms/3/pressure"):
+            self.answer(200, b'{"id": "c1", "pressure_cmh2o": 14, "applied": false, '
+                             b'"cancelled": null}')
+        else:
+            super().do_GET()
+
+
+def test_cli_does_not_apply_a_command_the_server_refuses_to_confirm(capsys):
+    import json
+
+    server = serve(CancelledCommand)
+    try:
+        code = vp.main(["--room", "3", "--mrn", "3003", "--api",
+                        f"http://127.0.0.1:{server.server_address[1]}", "--duration-s", "30",
+                        "--speed", "1000", "--pressure", "7"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    bodies = [json.loads(b) for b in CancelledCommand.bodies]
+    assert code == 0 and len(bodies) == 3
+    assert [b["pressure_cmh2o"] for b in bodies] == [7, 7, 7]
+    assert [b["end"] for b in bodies] == [False, False, True]
+    assert "not applied: this command was cancelled" in capsys.readouterr().err
+
+
+# --- end to end: nx-27017, the API under gunicorn, the command line --------------------------------
+E2E_ROOM, E2E_MRN = 3, 3003
+E2E_OPTIMUM_CMH2O = 10.0
+E2E_BELOW_CMH2O, E2E_ABOVE_CMH2O = 6, 11
+E2E_BELOW_S = 360.0                 # simulated: 6 min obstructed, then the command
+E2E_NIGHT_S = 1500.0                # 25 min in all
+
+
+def test_virtual_patient_end_to_end_a_command_stops_the_events(local_mongo):
+    """The CLI streams room 3 below the optimum; the monitor commands a pressure above it
+    (PUT /rooms/3/pressure); the CLI confirms and applies it, the following chunks carry
+    it: the titration table gets its second row, where the events stop."""
+    import time
+    import uuid
+
+    import requests
+
+    from tools.api_process import ApiServer
+
+    with ApiServer(local_mongo.uri(database=f"t{uuid.uuid4().hex[:12]}")) as api, \
+            requests.Session() as http:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "sleeplab.virtual_patient", "--room", str(E2E_ROOM),
+             "--mrn", str(E2E_MRN), "--api", api.url, "--pressure", str(E2E_BELOW_CMH2O),
+             "--optimal-pressure", str(E2E_OPTIMUM_CMH2O), "--duration-s", str(E2E_NIGHT_S),
+             "--speed", "300"],  # as fast as the API answers
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            live_url = f"{api.url}/api/v1/rooms/{E2E_ROOM}/live"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                live = http.get(live_url, timeout=10)
+                if live.status_code == 200 and live.json()["last_time_s"] >= E2E_BELOW_S:
+                    break
+                assert cli.poll() is None, cli.communicate()
+                time.sleep(0.05)
+            command = http.put(f"{api.url}/api/v1/rooms/{E2E_ROOM}/pressure", timeout=10,
+                               json={"mrn": E2E_MRN, "pressure_cmh2o": E2E_ABOVE_CMH2O})
+            assert command.status_code == 201, command.text
+            out, err = cli.communicate(timeout=120)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        assert cli.returncode == 0, err
+        assert f"pressure now {E2E_ABOVE_CMH2O} cmH2O (commanded)" in out
+        applied = http.get(f"{api.url}/api/v1/rooms/{E2E_ROOM}/pressure",
+                           params={"mrn": E2E_MRN}, timeout=10).json()
+        assert applied["applied"] is True and applied["pressure_cmh2o"] == E2E_ABOVE_CMH2O
+        live = http.get(live_url, timeout=10).json()
+        rows = http.get(f"{api.url}/api/v1/rooms/{E2E_ROOM}/titration", timeout=10).json()["rows"]
+    assert live["ended"] is True and live["pressure_cmh2o"] == E2E_ABOVE_CMH2O
+    assert live["duration_s"] == pytest.approx(E2E_NIGHT_S, abs=0.02)
+    assert [row["pressure_cmh2o"] for row in rows] == [E2E_BELOW_CMH2O, E2E_ABOVE_CMH2O]
+    below, above = rows
+    assert below["to_s"] == above["from_s"] and below["from_s"] == 0.0
+    assert below["minutes"] >= E2E_BELOW_S / 60 and above["minutes"] >= 10
+    assert below["ahi"] >= 15 and below["apneas"] + below["hypopneas"] >= 3
+    assert above["ahi"] < 5
