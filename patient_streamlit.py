@@ -1003,7 +1003,8 @@ def acknowledge_command(room: int) -> None:
     ss.ps_notice = (f"The monitoring station set the CPAP pressure to {pressure} cmH2O "
                     f"(commanded at {fmt_time(pending.get('commanded_at'))}, applied at "
                     f"{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}). "
-                    "The next upload uses this pressure.")
+                    + ("The live night's next samples carry this pressure."
+                       if live_running() else "The next upload uses this pressure."))
     st.toast(f"New CPAP pressure: {pressure} cmH2O", icon=":material/air:")
 
 
@@ -1294,9 +1295,14 @@ def live_step() -> None:
             st.rerun()   # the whole page: the pressure link (and its poll) starts now
 
 
+def live_running() -> bool:
+    live = st.session_state.ps_live
+    return bool(live and live.get("session_id") and not live.get("stopped"))
+
+
 def render_live_controls() -> None:
     ss = st.session_state
-    running = bool(ss.ps_live and ss.ps_live.get("session_id") and not ss.ps_live.get("stopped"))
+    running = live_running()
     st.radio("Live source", [VIRTUAL_PATIENT, GROWING_FILE], key="ps_live_source",
              horizontal=True, disabled=running,
              help="A virtual patient whose apneas and hypopneas depend on the pressure, "

@@ -92,6 +92,7 @@ def test_bedside_streams_a_virtual_patient_and_carries_a_commanded_pressure(
         run(at)
     rows = requests.get(f"{api}/api/v1/rooms/3/titration", timeout=5).json()["rows"]
     assert [r["pressure_cmh2o"] for r in rows] == [6, 14]        # the following chunks carry it
+    assert "next samples carry this pressure" in at.session_state["ps_notice"]
     history = requests.get(f"{api}/api/v1/rooms/3/pressure/history", timeout=5).json()
     assert history["commands"][0]["applied"] is True
 
