@@ -86,6 +86,8 @@ def instrument(timers: Timers) -> None:
     for operation in DB_OPERATIONS:
         timers.wrap(pymongo.collection.Collection, operation,
                     lambda self, *a, op=operation: f"db {self.name}.{op}")
+    timers.wrap(pymongo.MongoClient, "bulk_write",
+                "db bulkWrite (one command: image, record, room, rooms version)")
     timers.wrap(pymongo.cursor.Cursor, "_refresh",
                 lambda self: f"db {self.collection.name}.find (reading the cursor)")
     for owner, name, step in STEPS:
@@ -153,6 +155,7 @@ STEPS = ((openapi, "json_body", "parse the JSON body"),
 _ORIGINALS = {(pymongo.collection.Collection, op): getattr(pymongo.collection.Collection, op)
               for op in DB_OPERATIONS}
 _ORIGINALS[(pymongo.cursor.Cursor, "_refresh")] = pymongo.cursor.Cursor._refresh
+_ORIGINALS[(pymongo.MongoClient, "bulk_write")] = pymongo.MongoClient.bulk_write
 _ORIGINALS.update({(owner, name): getattr(owner, name) for owner, name, _ in STEPS})
 _ORIGINALS[(models.RequestModel, "from_body")] = models.RequestModel.__dict__["from_body"]
 

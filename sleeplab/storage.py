@@ -43,6 +43,7 @@ document as a string or an integer.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -55,7 +56,7 @@ import pymongo
 from bson import Binary, ObjectId
 from bson.errors import InvalidId
 from flask import current_app, g
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 DEFAULT_URI = "mongodb://127.0.0.1:27017/sleeplab"
@@ -223,6 +224,41 @@ def upload_digest(mrn: int, room: int, name: str | None, given: dict | None,
     """The one recipe of an upload's digest: who, where, the values the caller gave and
     the SHA-256 of the content it sent (an image, or a raw recording)."""
     return fingerprint(mrn, room, name, given, content_sha256)
+
+
+def client_bulk_write(db, writes: list[tuple[object, object]]):
+    """Writes to several collections, in order, in one round trip (MongoDB 8.0's
+    client-level ``bulkWrite``; nx-27017 has it too). ``writes``: (collection, model)
+    pairs, each model a function of ``namespace`` giving a pymongo write model, e.g.
+    ``functools.partial(InsertOne, doc)``. Returns the verbose
+    :class:`pymongo.results.ClientBulkWriteResult`, or None when the server or client has
+    no such command (mongomock, MongoDB before 8.0): the caller then writes one
+    collection at a time. A failed write stops the ones after it and raises."""
+    client = db.client
+    if not (isinstance(client, pymongo.MongoClient) and getattr(client, CLIENT_BULK_FLAG, True)):
+        return None
+    models = [model(namespace=f"{db.name}.{collection.name}") for collection, model in writes]
+    try:
+        return client.bulk_write(models, ordered=True, verbose_results=True)
+    except pymongo.errors.InvalidOperation:  # raised before sending: a server before 8.0
+        setattr(client, CLIENT_BULK_FLAG, False)
+        return None
+    except pymongo.errors.OperationFailure as exc:
+        # The command refused as a whole, before any write: the role has no bulkWrite
+        # right (MongoDB grants it apart), or the server does not know the command.
+        if getattr(exc, "error", None) is not None:  # ClientBulkWriteException
+            exc = exc.error
+        if getattr(exc, "code", None) not in CLIENT_BULK_REFUSED_CODES:
+            raise
+        log.warning("one-round-trip uploads off: the database refused bulkWrite (%s)", exc)
+        setattr(client, CLIENT_BULK_FLAG, False)
+        return None
+
+
+#: Unauthorized, CommandNotFound, CommandNotSupported: bulkWrite refused before writing.
+CLIENT_BULK_REFUSED_CODES = frozenset({13, 59, 115})
+#: Set (False) on a client once its server turned the client-level bulkWrite down.
+CLIENT_BULK_FLAG = "_sleeplab_client_bulk"
 
 
 def _insert_once(collection, doc: dict) -> bool:
@@ -490,21 +526,22 @@ class Storage:
         record = summary = None
         if metrics is not None:
             record_id = plan["record_id"]
-            if image is not None:
-                data, content_type = image
-                # The image goes in first: a record never points at a missing image.
-                _insert_once(self.images, {
-                    "_id": record_id, "data": Binary(data), "content_type": content_type,
-                    "size": len(data), "etag": hashlib.sha256(data).hexdigest()[:32],
-                })
+            image_doc = None if image is None else {
+                "_id": record_id, "data": Binary(image[0]), "content_type": image[1],
+                "size": len(image[0]), "etag": hashlib.sha256(image[0]).hexdigest()[:32]}
             record = {"_id": record_id, "mrn": mrn, "room": room, "received_at": now,
                       **metrics, "has_image": image is not None}
-            _insert_once(self.records, record)
             summary = record_summary(record)  # summaries follow their record
             if name is not None and not resumed:
-                staying = self._upload_staying(plan, name, values, record, summary)
+                staying = self._upload_staying(plan, name, values, record, summary,
+                                               image_doc)
                 if staying is not None:
                     return staying
+            else:
+                # The image goes in first: a record never points at a missing image.
+                if image_doc is not None:
+                    _insert_once(self.images, image_doc)
+                _insert_once(self.records, record)
         fields = {"_id": 0, "name": 1, "room": 1, "latest": 1, "created_by": 1}
         replaced = None if summary is None else self.patients.find_one_and_update(
             {"mrn": mrn, **not_newer("updated.at", now), **not_newer("latest.received_at", now)},
@@ -563,11 +600,15 @@ class Storage:
         return created, record, current
 
     def _upload_staying(self, plan: dict, name: str, values: dict, record: dict,
-                        summary: dict) -> tuple[bool, dict, dict] | None:
-        """The usual upload in two guarded updates, the room's first: a known patient
-        whose room already shows them, no upload of them as new stored. None when that
-        is not the case: :meth:`_carry_out` goes on as for any upload (what was written
-        here, the room's update or a version bump, is repeatable).
+                        summary: dict, image_doc: dict | None
+                        ) -> tuple[bool, dict, dict] | None:
+        """The usual upload: the image, the record, the room's guarded update and the
+        rooms version's bump in one round trip (in that order: a record never points at
+        a missing image, a room never at a missing record), then the patient's guarded
+        update: a known patient whose room already shows them, no upload of them as new
+        stored. None when that is not the case (the image and record are stored):
+        :meth:`_carry_out` goes on as for any upload (what was written here, the room's
+        update or a version bump, is repeatable).
 
         The patient's update comes after the room's, so the document it returns (as it
         was just before, atomically) is the read after our room's update that
@@ -577,13 +618,32 @@ class Storage:
         """
         mrn, room, now = plan["mrn"], plan["room"], plan["at"]
         occupant = {"mrn": mrn, "name": name, "since": now, "ms": ms(now)}
-        # The rooms version is bumped by the same command, after the room's update.
-        written = self.rooms.bulk_write([UpdateOne(
-            {"_id": room, "patient.mrn": mrn, **not_newer("patient.since", now),
-             **not_newer("latest.received_at", now)},
-            {"$set": {"room": room, "patient": occupant, "latest": summary}}),
-            rooms_version_bump()])
-        if written.matched_count + written.upserted_count == 1:  # the version's only
+        room_filter = {"_id": room, "patient.mrn": mrn, **not_newer("patient.since", now),
+                       **not_newer("latest.received_at", now)}
+        room_update = {"$set": {"room": room, "patient": occupant, "latest": summary}}
+        # Last, a count of the other rooms showing them, after our room's update: an
+        # update that changes nothing (it sets the MRN it matched on).
+        others_filter = {"patient.mrn": mrn, "_id": {"$nin": [room, ROOMS_VERSION_ID]}}
+        writes = [(self.records, functools.partial(InsertOne, record)),
+                  (self.rooms, functools.partial(UpdateOne, room_filter, room_update)),
+                  (self.rooms, rooms_version_bump),
+                  (self.rooms, functools.partial(UpdateMany, others_filter,
+                                                 {"$set": {"patient.mrn": mrn}}))]
+        if image_doc is not None:
+            writes.insert(0, (self.images, functools.partial(InsertOne, image_doc)))
+        written = client_bulk_write(self.db, writes)
+        if written is not None:
+            room_matched = written.update_results[len(writes) - 3].matched_count
+            shown_elsewhere = written.update_results[len(writes) - 1].matched_count
+        else:  # one collection at a time; the version is bumped by the room's command
+            if image_doc is not None:
+                _insert_once(self.images, image_doc)
+            _insert_once(self.records, record)
+            rooms = self.rooms.bulk_write([UpdateOne(room_filter, room_update),
+                                           rooms_version_bump()])
+            room_matched = rooms.matched_count + rooms.upserted_count - 1  # the version's
+            shown_elsewhere = None  # not counted: look
+        if not room_matched:
             return None
         replaced = self.patients.find_one_and_update(
             {"mrn": mrn, **older("updated.at", now), **older("latest.received_at", now)},
@@ -591,8 +651,14 @@ class Storage:
             return_document=ReturnDocument.BEFORE)
         if replaced is None:
             return None
-        current = self._vacate_other_rooms({**replaced, **values, "latest": summary}, now,
-                                           plan["who"])
+        current = {**replaced, **values, "latest": summary}
+        # Nothing to free when no other room showed them after our room's update and
+        # their document named this room before ours: a room another upload shows them
+        # in later is freed by that upload, which reads the patient after its room's
+        # update (_vacate_other_rooms), as is one whose upload updated the patient first
+        # (then the document named that room).
+        if shown_elsewhere != 0 or replaced.get("room") != room:
+            current = self._vacate_other_rooms(current, now, plan["who"])
         # Not resumed: only an earlier attempt of this plan could have created them.
         self._audit_upload(plan, name, False, record, {
             "name": replaced.get("name"), "room": replaced.get("room"),
@@ -973,10 +1039,11 @@ def occupant_mrn(room_doc: dict | None) -> int | None:
     return ((room_doc or {}).get("patient") or {}).get("mrn")
 
 
-def rooms_version_bump() -> UpdateOne:
+def rooms_version_bump(namespace: str | None = None) -> UpdateOne:
     """The write that bumps the rooms version (a new one each time: drivers and mongomock
-    may change what they are given)."""
-    return UpdateOne({"_id": ROOMS_VERSION_ID}, {"$inc": {"version": 1}}, upsert=True)
+    may change what they are given); ``namespace`` for :func:`client_bulk_write`."""
+    return UpdateOne({"_id": ROOMS_VERSION_ID}, {"$inc": {"version": 1}}, upsert=True,
+                     namespace=namespace)
 
 
 def record_list_fields() -> dict:

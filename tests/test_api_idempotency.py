@@ -168,16 +168,39 @@ def _is(collection_name):
     return lambda collection, *rest: collection.name == collection_name
 
 
+def crash_at_write(monkeypatch, collection_name, *, after: bool = False):
+    """Fail once just before (or just after) the upload's write into
+    ``collection_name``, however it is sent: one ``_insert_once`` round trip, or inside
+    the one-round-trip ``client_bulk_write`` (the writes before it are done there)."""
+    state = crash_once(monkeypatch, storage, "_insert_once", after=after,
+                       when=_is(collection_name))
+    original = storage.client_bulk_write
+
+    def failing(db, writes):
+        names = [collection.name for collection, _ in writes]
+        if not state["armed"] or collection_name not in names:
+            return original(db, writes)
+        done = names.index(collection_name) + after
+        if done and original(db, writes[:done]) is None:
+            return None  # no such command here: the writes go one at a time
+        if not done and not isinstance(db.client, pymongo.MongoClient):
+            return None
+        state["armed"] = False
+        raise Crash("connection lost")
+
+    monkeypatch.setattr(storage, "client_bulk_write", failing)
+    return state
+
+
 CRASH_POINTS = {
     # after the claim, before the patient is written
     "after-claim": lambda mp: crash_once(mp, storage.Storage, "_guarded_set"),
-    # patient written, image not yet
-    "before-image": lambda mp: crash_once(mp, storage, "_insert_once", when=_is("images")),
+    # nothing of the record written yet (its image goes first)
+    "before-image": lambda mp: crash_at_write(mp, "images"),
     # image stored, record not yet
-    "before-record": lambda mp: crash_once(mp, storage, "_insert_once", when=_is("records")),
+    "before-record": lambda mp: crash_at_write(mp, "records"),
     # record stored (its answer lost), summaries and audit not yet
-    "after-record": lambda mp: crash_once(mp, storage, "_insert_once", after=True,
-                                          when=_is("records")),
+    "after-record": lambda mp: crash_at_write(mp, "records", after=True),
     # everything but the claim's "done" mark
     "before-done": lambda mp: crash_once(mp, storage.Storage, "_audit_upload", after=True),
 }

@@ -14,7 +14,8 @@ import uuid
 
 import mongomock
 import pytest
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
+from pymongo.errors import OperationFailure
 
 from sleeplab import storage as storage_module
 
@@ -52,16 +53,20 @@ def occupant(store, room):
 def test_a_move_during_another_upload_leaves_the_patient_in_the_room_it_names(
         monkeypatch, store, newer_ms, first_room):
     upload_at(monkeypatch, store, T0, HOME)
-    original = store._vacate_other_rooms
     injected = []
 
-    def newer_upload_first(*args, **kwargs):
-        if not injected:  # once: the injected upload frees rooms for itself
-            injected.append(T1 + dt.timedelta(milliseconds=newer_ms))
-            upload_at(monkeypatch, store, injected[0], OTHER)
-        return original(*args, **kwargs)
+    def newer_upload_first(original):
+        def wrapper(*args, **kwargs):
+            if not injected:  # once: the injected upload frees rooms for itself
+                injected.append(T1 + dt.timedelta(milliseconds=newer_ms))
+                upload_at(monkeypatch, store, injected[0], OTHER)
+            return original(*args, **kwargs)
+        return wrapper
 
-    monkeypatch.setattr(store, "_vacate_other_rooms", newer_upload_first)
+    # The older upload has learnt the patient's room: it searches for other rooms, or
+    # (staying, no other room showed them after its room's update) goes on to its audit.
+    for step in ("_vacate_other_rooms", "_audit_upload"):
+        monkeypatch.setattr(store, step, newer_upload_first(getattr(store, step)))
     upload_at(monkeypatch, store, T1, first_room)
 
     assert injected
@@ -92,3 +97,79 @@ def test_a_retry_after_part_of_the_audit_entries_adds_only_the_missing_ones(monk
     assert again.replay and again.record["_id"] == store.records.find_one()["_id"]
     trail = store.audit_trail(HOME, 10)
     assert sorted(entry["action"] for entry in trail) == ["patient_created", "record_added"]
+
+
+def test_a_room_left_showing_the_patient_is_freed_by_their_next_upload(monkeypatch, store):
+    """An upload that died after writing another room (a move never finished) leaves
+    that room showing the patient; their next usual upload, staying in the room their
+    document names, frees it (the one-round-trip count of other rooms saw it)."""
+    upload_at(monkeypatch, store, T0, HOME)
+    store.rooms.update_one({"_id": OTHER}, {"$set": {"room": OTHER, "patient": {
+        "mrn": MRN, "name": "Ada", "since": T0, "ms": storage_module.ms(T0)}}}, upsert=True)
+    upload_at(monkeypatch, store, T1, HOME)
+    assert store.get_patient(MRN)["room"] == HOME
+    assert [occupant(store, room) for room in (HOME, OTHER)] == [MRN, None]
+    assert store.get_room(OTHER)["patient"]["left"]["mrn"] == MRN
+
+
+class CommandCounter(monitoring.CommandListener):
+    """pymongo command monitoring: the commands a client sent, by name."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def started(self, event):
+        self.names.append(event.command_name)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+def test_the_usual_upload_is_three_commands_on_a_server_with_client_bulk_writes(
+        local_mongo):
+    """A known patient staying in their room: one bulkWrite (image, record, room,
+    rooms version, the count of other rooms), the patient's findAndModify, the audit
+    insert: nothing else goes to the database (issue #15)."""
+    counter = CommandCounter()
+    client = MongoClient(local_mongo.uri(f"r{uuid.uuid4().hex[:12]}"), tz_aware=True,
+                         event_listeners=[counter])
+    store = storage_module.Storage(client.get_default_database())
+    store.ensure_indexes()
+    store.upload(MRN, HOME, name="Ada", metrics=METRICS, image=(b"\xff\xd8jpeg", "image/jpeg"),
+                 with_record_count=False)
+    counter.names.clear()
+    result = store.upload(MRN, HOME, name="Ada", metrics=METRICS,
+                          image=(b"\xff\xd8jpeg", "image/jpeg"), with_record_count=False)
+    assert counter.names == ["bulkWrite", "findAndModify", "insert"]
+    assert result.patient["room"] == HOME and occupant(store, HOME) == MRN
+    assert store.records.count_documents({"mrn": MRN}) == 2
+    assert store.images.count_documents({}) == 2
+    client.close()
+
+
+def test_a_database_refusing_bulk_writes_gets_one_write_at_a_time(local_mongo, monkeypatch):
+    """MongoDB grants bulkWrite apart from insert and update: a role without it (or a
+    server without the command) refuses it before writing; uploads go on, a collection
+    at a time, and the command is not tried again."""
+    client = MongoClient(local_mongo.uri(f"r{uuid.uuid4().hex[:12]}"), tz_aware=True)
+    tried = []
+
+    def refuse(*args, **kwargs):
+        tried.append(1)
+        raise OperationFailure("not authorized on admin to execute command bulkWrite",
+                               code=13)
+
+    monkeypatch.setattr(client, "bulk_write", refuse)
+    store = storage_module.Storage(client.get_default_database())
+    store.ensure_indexes()
+    for _ in range(3):
+        store.upload(MRN, HOME, name="Ada", metrics=METRICS,
+                     image=(b"\xff\xd8jpeg", "image/jpeg"))
+    assert len(tried) == 1
+    assert store.records.count_documents({"mrn": MRN}) == 3
+    assert store.images.count_documents({}) == 3
+    assert occupant(store, HOME) == MRN and store.get_patient(MRN)["record_count"] == 3
+    client.close()
