@@ -694,10 +694,8 @@ PATIENT_DEFAULTS = {
     "ps_message": None,          # (kind, text, entries) result of the last Upload and the
                                  # entries it was about: shown only while they are unchanged
     "ps_notice": None,           # pressure change received from the monitoring station
-    "ps_pressure_gen": 0,        # the pressure field's generation (see pressure_key)
     "ps_command_id": None,       # id of the last command applied and acknowledged here
     "ps_command_pending": None,  # command put in the field, not yet acknowledged
-    "ps_field_drawn": None,      # key of the pressure field the last full run drew
     "ps_link": None,             # (kind, text) status of the last poll
     "ps_digests": {},            # file token -> sha256, so a file is hashed once
     "ps_pending": None,          # {"digest", "upload_id"} of an upload not yet answered
@@ -725,23 +723,31 @@ def init_session_state() -> None:
             st.session_state[key] = copy.deepcopy(value)
 
 
-def pressure_key() -> str:
-    """Session-state key of the pressure field (what Upload sends).
-
-    A commanded pressure is written into a *new* field (a new key) instead of the one
-    on screen: the browser keeps reporting the old field's value with every rerun it
-    asks for — another fragment's timer, a click — until it has drawn the new value,
-    and a report arriving in between would overwrite a value written into the same
-    key (the pressure seen to fall back to 10 after the monitor set 14). A report
-    for a field that is gone is ignored.
-    """
-    gen = st.session_state.get("ps_pressure_gen", 0)
-    return "ps_pressure" if gen == 0 else f"ps_pressure_{gen}"
-
-
 def pressure_text() -> str:
-    """The pressure field's text, as the next upload will send it."""
-    return st.session_state.get(pressure_key()) or ""
+    """The pressure the next upload or live chunk sends: a command not yet acknowledged
+    (see :func:`hold_commanded_pressure`), else the field's text."""
+    pending = st.session_state.get("ps_command_pending")
+    if pending is not None:
+        return str(pending["pressure_cmh2o"])
+    return st.session_state.get("ps_pressure") or ""
+
+
+def hold_commanded_pressure() -> None:
+    """Keep a commanded pressure in the field until the browser reports it back.
+
+    The browser sends the field's value with every run it asks for — another
+    fragment's timer, a click — and until it has drawn the commanded value it sends the
+    old one, which would replace it (the pressure seen to fall back to 10 after the
+    monitor set 14). So, before the field is drawn, a pending command is written into
+    it again; once a run finds the browser reporting it, the poll acknowledges it.
+    (One field, one key: a new field per command left the old one on screen, faded,
+    while the live night's fragment ticked every second.)
+    """
+    ss = st.session_state
+    pending = ss.ps_command_pending
+    if pending is not None and ss.get("ps_pressure") != str(pending["pressure_cmh2o"]):
+        ss.ps_pressure = str(pending["pressure_cmh2o"])
+        pending["drawn"] = False     # drawn again in this run: wait for the next report
 
 
 @safe_callback
@@ -749,11 +755,8 @@ def reset_patient_station() -> None:
     """Forget the patient: entries, recording, results, lock and pending notices."""
     ss = st.session_state
     stop_live()                  # a running night ends with its last samples analysed
-    field = pressure_key()
     for key, value in PATIENT_DEFAULTS.items():
-        if key != "ps_pressure_gen":
-            ss[key] = copy.deepcopy(value)
-    ss[field] = ""
+        ss[key] = copy.deepcopy(value)
     ss.ps_uploader_gen += 1      # a new key empties the file uploader
     set_message("info", "Station reset: ready for the next patient.")
 
@@ -974,27 +977,25 @@ def is_new_command(command: dict | None, locked: dict) -> bool:
 
 
 def put_command_in_field(command: dict) -> None:
-    """Write the commanded pressure into a new pressure field (see :func:`pressure_key`);
-    it is acknowledged by :func:`acknowledge_command` once the field holds it."""
+    """Write the commanded pressure into the pressure field, held there until the browser
+    reports it (:func:`hold_commanded_pressure`); :func:`acknowledge_command` then tells
+    the server."""
     ss = st.session_state
-    ss.ps_pressure_gen += 1
-    ss[pressure_key()] = str(int(command["pressure_cmh2o"]))
+    ss.ps_pressure = str(int(command["pressure_cmh2o"]))
     ss.ps_command_pending = {"id": command["id"],
                              "pressure_cmh2o": int(command["pressure_cmh2o"]),
-                             "commanded_at": command.get("commanded_at"),
-                             "field": pressure_key()}
+                             "commanded_at": command.get("commanded_at"), "drawn": False}
 
 
 def acknowledge_command(room: int) -> None:
-    """Tell the server a pending command is applied — only when the pressure field, the
-    value the next upload sends, holds it, and a completed page run has drawn that field
-    (the poll runs before the field in the page, so the acknowledgement waits for the
-    next poll instead of announcing a field the browser has not received; a failed call
-    is repeated on the next poll)."""
+    """Tell the server a pending command is applied — only when a page run has drawn the
+    field with it and a later run finds the browser reporting it back (the poll runs
+    before the field, so the acknowledgement never announces a value the browser has not
+    received; a failed call is repeated on the next poll)."""
     ss = st.session_state
     pending = ss.ps_command_pending
-    if pending is None or ss.ps_field_drawn != pending.get("field") \
-            or pressure_text().strip() != str(pending["pressure_cmh2o"]):
+    if pending is None or not pending.get("drawn") \
+            or ss.get("ps_pressure") != str(pending["pressure_cmh2o"]):
         return
     post_applied(room, pending["id"])
     ss.ps_command_pending = None
@@ -1110,9 +1111,11 @@ def render_patient_station() -> None:
         _, room_error = parse_positive_int(ss.ps_room, "Room number")
         if room_error and not locked:
             st.error(room_error)
+        hold_commanded_pressure()
         st.text_input(f"CPAP pressure (cmH2O, {PRESSURE_MIN_CMH2O}–{PRESSURE_MAX_CMH2O})",
-                      key=pressure_key())
-        ss.ps_field_drawn = pressure_key()
+                      key="ps_pressure")
+        if ss.ps_command_pending is not None:
+            ss.ps_command_pending["drawn"] = True
         _, pressure_error = parse_pressure(pressure_text())
         if pressure_error:
             st.error(pressure_error)
@@ -2384,7 +2387,7 @@ ENTRY_KEYS = ("ps_name", "ps_mrn", "ps_room", "ps_pressure", "ps_source", "ps_sa
 def keep_entries() -> None:
     ss = st.session_state
     for key in list(ss.keys()):
-        if key in ENTRY_KEYS or str(key).startswith(("mon_pressure_", "ps_pressure_")):
+        if key in ENTRY_KEYS or str(key).startswith("mon_pressure_"):
             ss[key] = ss[key]
 
 

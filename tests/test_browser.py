@@ -637,14 +637,16 @@ def test_live_titration_night_in_the_browser(stack):
             expect(monitor.get_by_text(f"{higher_cmh2o} cmH2O sent for MRN {mrn}")).to_be_visible(
                 timeout=20_000)
 
-            # the bedside's field takes the command, its next chunks carry it. The field is
-            # the live one: while the live night's fragment ticks every second, Streamlit can
-            # leave the replaced field on screen for a while, faded and marked stale
-            # (data-stale; see the closing note) — not the one the next chunk reads.
-            live_field = station.locator('[data-testid="stElementContainer"]'
-                                         ':not([data-stale="true"])').get_by_label(
-                "CPAP pressure (cmH2O, 4–25)")
-            expect(live_field).to_have_value(str(higher_cmh2o), timeout=60_000)
+            # the bedside's field takes the command, its next chunks carry it; one field,
+            # never a faded copy of the old one beside it (a new field per command left
+            # one on screen while the live night's fragment ticked every second)
+            field = station.get_by_label("CPAP pressure (cmH2O, 4–25)")
+            expect(field).to_have_value(str(higher_cmh2o), timeout=60_000)
+            for _ in range(8):
+                expect(field).to_have_count(1)
+                expect(station.locator('[data-stale="true"]').get_by_label(
+                    "CPAP pressure (cmH2O, 4–25)")).to_have_count(0)
+                bedside.wait_for_timeout(500)
             table = wait_for(lambda: [r for r in rows() if r["pressure_cmh2o"] == higher_cmh2o
                                       and r["minutes"] >= 20 and (night().get("final_until_s") or 0)
                                       >= r["from_s"] + 20 * 60] and rows(),

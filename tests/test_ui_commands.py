@@ -71,9 +71,34 @@ def test_station_acknowledges_only_when_its_field_holds_the_command(at, api, rec
         command = requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()
         assert pressure_field(at).value == str(pressure)
         assert command["applied"] is True
-    # One field on screen, the newest; the old fields are gone.
-    assert [t.key for t in at.text_input if t.key.startswith("ps_pressure")] == \
-        [pressure_field(at).key]
+    # One pressure field on screen, holding the last command.
+    assert [t.key for t in at.text_input if t.key.startswith("ps_pressure")] == ["ps_pressure"]
+
+
+def test_a_late_report_of_the_old_pressure_does_not_undo_the_command(at, api, recordings):
+    """The browser reports the field's old value with runs it asked for before it drew
+    the command: the field keeps the command, the next upload sends it, and the server
+    hears "applied" only once the browser reports the command back."""
+    enter_patient(at, mrn="12", room="3", pressure="10")
+    load_file(at, recordings["calm"])
+    run(at)
+    click(at, "ps_upload")
+    requests.put(f"{api}/api/v1/rooms/3/pressure", timeout=5,
+                 json={"pressure_cmh2o": 14, "mrn": 12})
+    run(at)                                            # the poll writes 14 into the field
+    for _ in range(2):
+        pressure_field(at).set_value("10")             # a report sent before it drew 14
+        run(at)
+        assert pressure_field(at).value == "14"
+        assert requests.get(f"{api}/api/v1/rooms/3/pressure",
+                            timeout=5).json()["applied"] is False
+    run(at)                                            # the browser reports 14 back
+    assert requests.get(f"{api}/api/v1/rooms/3/pressure", timeout=5).json()["applied"] is True
+    load_file(at, recordings["apneic"])
+    run(at)
+    click(at, "ps_upload")
+    newest = patient(api, 12)["records"][0]
+    assert (newest["apnea_count"], newest["cpap_pressure_cmh2o"]) == (4, 14)
 
 
 def test_station_whose_patient_was_replaced_stops_taking_commands(at, api, recordings):

@@ -44,10 +44,8 @@ def closed_port_url() -> str:
 
 
 def pressure_field(at):
-    """The Patient Station's pressure field: a commanded pressure arrives in a new field
-    (patient_streamlit.pressure_key), so its key changes with each command."""
-    gen = at.session_state["ps_pressure_gen"] if "ps_pressure_gen" in at.session_state else 0
-    return at.text_input(key="ps_pressure" if gen == 0 else f"ps_pressure_{gen}")
+    """The Patient Station's pressure field (one field: a commanded pressure arrives in it)."""
+    return at.text_input(key="ps_pressure")
 
 
 @contextmanager
