@@ -244,8 +244,8 @@ def client_bulk_write(db, writes: list[tuple[object, object]]):
         setattr(client, CLIENT_BULK_FLAG, False)
         return None
     except pymongo.errors.OperationFailure as exc:
-        # The command refused as a whole, before any write: the role has no bulkWrite
-        # right (MongoDB grants it apart), or the server does not know the command.
+        # The command refused as a whole, before any write: not authorised for the API's
+        # role, or unknown to the server.
         if getattr(exc, "error", None) is not None:  # ClientBulkWriteException
             exc = exc.error
         if getattr(exc, "code", None) not in CLIENT_BULK_REFUSED_CODES:

@@ -151,9 +151,9 @@ def test_the_usual_upload_is_three_commands_on_a_server_with_client_bulk_writes(
 
 
 def test_a_database_refusing_bulk_writes_gets_one_write_at_a_time(local_mongo, monkeypatch):
-    """MongoDB grants bulkWrite apart from insert and update: a role without it (or a
-    server without the command) refuses it before writing; uploads go on, a collection
-    at a time, and the command is not tried again."""
+    """A server that refuses bulkWrite to the API's role (or does not know it) refuses
+    it before writing; uploads go on, a collection at a time, and the command is not
+    tried again."""
     client = MongoClient(local_mongo.uri(f"r{uuid.uuid4().hex[:12]}"), tz_aware=True)
     tried = []
 
