@@ -689,9 +689,12 @@ class Storage:
                 break
             patient = self.patients.find_one({"mrn": mrn}, {"_id": 0}) or patient
         for doc in others:
-            since = doc["patient"].get("since")
+            since, since_ms = doc["patient"].get("since"), doc["patient"].get("ms")
+            # as found: its admission's integer twin (a date in a filter is compared to
+            # the second by nx-27017, which would free a new admission of that second)
+            as_found = {"patient.since": since} if since_ms is None else {"patient.ms": since_ms}
             freed = self.rooms.update_one(
-                {"_id": doc["_id"], "patient.mrn": mrn, "patient.since": since},
+                {"_id": doc["_id"], "patient.mrn": mrn, **as_found},
                 {"$set": {"patient": {"mrn": None, "name": None, "since": since,
                                       "ms": ms(since), "left": {"mrn": mrn, "at": now}}}}
             ).modified_count

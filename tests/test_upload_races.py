@@ -173,3 +173,40 @@ def test_a_database_refusing_bulk_writes_gets_one_write_at_a_time(local_mongo, m
     assert store.images.count_documents({}) == 3
     assert occupant(store, HOME) == MRN and store.get_patient(MRN)["record_count"] == 3
     client.close()
+
+
+class _RoomsProxy:
+    """``store.rooms`` with a hook run once before the first update of a room showing
+    the patient (the moment between the search for other rooms and freeing one)."""
+
+    def __init__(self, rooms, hook):
+        self._rooms, self._hook = rooms, hook
+
+    def __getattr__(self, name):
+        return getattr(self._rooms, name)
+
+    def update_one(self, filter, update, *args, **kwargs):
+        if self._hook and "patient.mrn" in filter and "_id" in filter:
+            hook, self._hook = self._hook, None
+            hook()
+        return self._rooms.update_one(filter, update, *args, **kwargs)
+
+
+def test_freeing_a_room_spares_a_new_admission_in_the_same_second(monkeypatch, store):
+    """A room found showing the patient is freed only as it was found: if the patient
+    was admitted there again meanwhile, in the same second (nx-27017 compares dates in
+    a filter to the second), the new admission stays."""
+    upload_at(monkeypatch, store, T0, OTHER)                  # the patient in OTHER at T0
+    upload_at(monkeypatch, store, T0 + dt.timedelta(seconds=10), HOME)   # ... now HOME
+    stale = {"mrn": MRN, "name": "Ada", "since": T0, "ms": storage_module.ms(T0)}
+    store.rooms.update_one({"_id": OTHER}, {"$set": {"patient": stale}})  # left showing
+    again = T0 + dt.timedelta(milliseconds=400)               # same second, later admission
+
+    def readmitted():
+        store.rooms.update_one({"_id": OTHER}, {"$set": {"patient": {
+            "mrn": MRN, "name": "Ada", "since": again, "ms": storage_module.ms(again)}}})
+
+    monkeypatch.setattr(store, "rooms", _RoomsProxy(store.rooms, readmitted))
+    upload_at(monkeypatch, store, T1, HOME)
+    assert store.get_room(OTHER)["patient"]["ms"] == storage_module.ms(again)
+    assert occupant(store, OTHER) == MRN
