@@ -87,7 +87,7 @@ def instrument(timers: Timers) -> None:
         timers.wrap(pymongo.collection.Collection, operation,
                     lambda self, *a, op=operation: f"db {self.name}.{op}")
     timers.wrap(pymongo.MongoClient, "bulk_write",
-                "db bulkWrite (one command: image, record, room, rooms version)")
+                "db bulkWrite (one command: image, record, room, rooms version, other rooms)")
     timers.wrap(pymongo.cursor.Cursor, "_refresh",
                 lambda self: f"db {self.collection.name}.find (reading the cursor)")
     for owner, name, step in STEPS:
