@@ -416,12 +416,27 @@ def test_fifty_commands_reach_the_field_and_the_next_upload(stack, tmp_path):
 
             def upload(i: int) -> dict:
                 count = len(records_of(stack["api"], mrn))
+                # the bedside is the page in front, as for the person picking the file
+                bedside.bring_to_front()
                 idle(bedside)
                 analysed = station.get_by_text(f"Flow of {recordings[i].name}")
                 for attempt in range(3):   # a rerun may replace the input under the click
                     idle(bedside)
                     station.locator('input[type="file"]').set_input_files(str(recordings[i]))
                     try:
+                        analysed.wait_for(timeout=30_000)
+                        break
+                    except PlaywrightTimeout:
+                        pass
+                    # Setting the hidden <input> is sometimes ignored on a fresh page (no
+                    # upload request at all, again on every retry: ~1 in 6-15 pages here);
+                    # the Upload button and the chooser, as a person picks a file, then
+                    # worked 4 times of 4. A test artefact, not the picker.
+                    try:
+                        with bedside.expect_file_chooser(timeout=10_000) as chooser:
+                            station.get_by_role("button", name="Upload", exact=True).click(
+                                timeout=10_000)
+                        chooser.value.set_files(str(recordings[i]))
                         analysed.wait_for(timeout=30_000)
                         break
                     except PlaywrightTimeout:
