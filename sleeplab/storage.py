@@ -538,10 +538,7 @@ class Storage:
                 if staying is not None:
                     return staying
             else:
-                # The image goes in first: a record never points at a missing image.
-                if image_doc is not None:
-                    _insert_once(self.images, image_doc)
-                _insert_once(self.records, record)
+                self._insert_record(record, image_doc)
         fields = {"_id": 0, "name": 1, "room": 1, "latest": 1, "created_by": 1}
         replaced = None if summary is None else self.patients.find_one_and_update(
             {"mrn": mrn, **not_newer("updated.at", now), **not_newer("latest.received_at", now)},
@@ -599,6 +596,13 @@ class Storage:
         self._audit_upload(plan, name, created, record, before)
         return created, record, current
 
+    def _insert_record(self, record: dict, image_doc: dict | None) -> None:
+        """The record and its image, each once; the image first: a record never points
+        at a missing image."""
+        if image_doc is not None:
+            _insert_once(self.images, image_doc)
+        _insert_once(self.records, record)
+
     def _upload_staying(self, plan: dict, name: str, values: dict, record: dict,
                         summary: dict, image_doc: dict | None
                         ) -> tuple[bool, dict, dict] | None:
@@ -624,21 +628,20 @@ class Storage:
         # Last, a count of the other rooms showing them, after our room's update: an
         # update that changes nothing (it sets the MRN it matched on).
         others_filter = {"patient.mrn": mrn, "_id": {"$nin": [room, ROOMS_VERSION_ID]}}
-        writes = [(self.records, functools.partial(InsertOne, record)),
-                  (self.rooms, functools.partial(UpdateOne, room_filter, room_update)),
-                  (self.rooms, rooms_version_bump),
-                  (self.rooms, functools.partial(UpdateMany, others_filter,
-                                                 {"$set": {"patient.mrn": mrn}}))]
-        if image_doc is not None:
-            writes.insert(0, (self.images, functools.partial(InsertOne, image_doc)))
+        writes = [] if image_doc is None else [
+            (self.images, functools.partial(InsertOne, image_doc))]
+        writes.append((self.records, functools.partial(InsertOne, record)))
+        room_at = len(writes)
+        writes += [(self.rooms, functools.partial(UpdateOne, room_filter, room_update)),
+                   (self.rooms, rooms_version_bump),
+                   (self.rooms, functools.partial(UpdateMany, others_filter,
+                                                  {"$set": {"patient.mrn": mrn}}))]
         written = client_bulk_write(self.db, writes)
         if written is not None:
-            room_matched = written.update_results[len(writes) - 3].matched_count
-            shown_elsewhere = written.update_results[len(writes) - 1].matched_count
+            room_matched = written.update_results[room_at].matched_count
+            shown_elsewhere = written.update_results[room_at + 2].matched_count
         else:  # one collection at a time; the version is bumped by the room's command
-            if image_doc is not None:
-                _insert_once(self.images, image_doc)
-            _insert_once(self.records, record)
+            self._insert_record(record, image_doc)
             rooms = self.rooms.bulk_write([UpdateOne(room_filter, room_update),
                                            rooms_version_bump()])
             room_matched = rooms.matched_count + rooms.upserted_count - 1  # the version's
