@@ -42,14 +42,22 @@ The origin rewrites its growing row each time: it stops after ``--origin-history
 seconds and says how far it got. Rounds are pooled: req/s over their summed time (each
 round's in brackets), percentiles over all latencies.
 
-Prints one markdown table with every server and the ratios ours/origin. Nothing leaves
-the machine; every server and database started here is stopped at the end.
+Two more things are measured during the uploads: each server's CPU time per upload by
+process (this script, the load generator; the server's gunicorn processes; its database
+process), from /proc; and ``storage_only``: our storage layer alone on its own fresh
+nx-27017, ``Storage.upload`` called from the client threads in this process with the same
+bodies (validated before the clock starts) -- the database's part of an upload, with no
+HTTP, gunicorn or Flask: a ceiling for what any API in front of that database can reach.
+
+Prints a markdown table with every server and the ratios ours/origin, then the CPU table.
+Nothing leaves the machine; every server and database started here is stopped at the end.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import contextlib
+import functools
 import io
 import json
 import os
@@ -122,6 +130,8 @@ class Loop:
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     body_bytes: int = 0
+    #: CPU seconds by process while it ran (:func:`cpu_by_process`).
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_s(self) -> float:
@@ -135,6 +145,57 @@ class Loop:
                 "errors": len(self.errors), "error_kinds": sorted(set(self.errors))[:5],
                 "per_s": self.per_s, "p50_ms": self.ms(50), "p99_ms": self.ms(99),
                 "wall_s": self.wall_s, "body_bytes": self.body_bytes}
+
+
+@dataclass
+class Server:
+    """A server under test: its URL and the processes whose CPU time is its own.
+    ``storage``: no server, :class:`sleeplab.storage.Storage` called from this process."""
+    url: str | None
+    api_group: int | None = None     # gunicorn's process group: master and workers
+    database_pid: int | None = None  # ours: its nx-27017
+    storage: object = None
+
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [state, ppid, pgrp, ... utime (11), stime (12)]."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_s(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def cpu_by_process(server: Server) -> dict[str, float]:
+    """CPU seconds so far of: this process (the load generator; with ``storage``, the
+    storage layer too), the server's gunicorn processes, its database process."""
+    cpu = {"load generator": time.process_time()}
+    if server.api_group is not None:
+        cpu["API"] = 0.0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = _stat(int(entry))
+                except OSError:  # ended meanwhile
+                    continue
+                if int(fields[2]) == server.api_group:
+                    cpu["API"] += _cpu_s(fields)
+    if server.database_pid is not None:
+        cpu["database"] = _cpu_s(_stat(server.database_pid))
+    return cpu
+
+
+def measured_cpu(server: Server, run) -> Loop:
+    """``run()``'s Loop with the CPU time each process spent meanwhile."""
+    before = cpu_by_process(server)
+    loop = run()
+    after = cpu_by_process(server)
+    loop.cpu_s = {name: after[name] - before[name] for name in before}
+    return loop
 
 
 def closed_loop(calls: list, clients: int, deadline: float | None = None) -> Loop:
@@ -175,13 +236,40 @@ def upload_body(mrn: int, room: int, i: int, image_b64: str) -> dict:
             "apnea_count": i % 4, "flow_image": image_b64}
 
 
-def upload_calls(url: str, round_no: int, image_b64: str) -> list:
+def upload_bodies(round_no: int, image_b64: str) -> list[dict]:
     """A round's uploads: new patients in rooms 1-20 (the origin replaces a room's row
     when its MRN changes), 10 records each, interleaved over the rooms."""
-    return [("POST", f"{url}/add_patient",
-             {"json": upload_body(10_000 + 100 * round_no + 1 + i % ROOMS, 1 + i % ROOMS, i,
-                                  image_b64)})
+    return [upload_body(10_000 + 100 * round_no + 1 + i % ROOMS, 1 + i % ROOMS, i, image_b64)
             for i in range(ROOMS * RECORDS_PER_ROOM)]
+
+
+def upload_calls(url: str, round_no: int, image_b64: str) -> list:
+    return [("POST", f"{url}/add_patient", {"json": body})
+            for body in upload_bodies(round_no, image_b64)]
+
+
+def storage_uploads(storage, round_no: int, image_b64: str, clients: int) -> Loop:
+    """The round's uploads as ``POST /add_patient`` stores them, validated first (not
+    timed), then ``Storage.upload`` called from ``clients`` threads: the database's part
+    of an upload with no HTTP, no gunicorn and no Flask."""
+    from sleeplab.api import models
+    uploads = [models.LegacyUpload.from_body(body) for body in upload_bodies(round_no, image_b64)]
+    loop, lock = Loop(), threading.Lock()
+
+    def one(upload):
+        start = time.perf_counter()
+        storage.upload(upload.mrn, upload.room, name=upload.name, metrics=upload.metrics(),
+                       image=upload.flow_image, actor={"name": "bench", "role": "station"},
+                       with_record_count=False)
+        elapsed = time.perf_counter() - start
+        with lock:
+            loop.latencies_s.append(elapsed)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, uploads))
+    loop.wall_s = time.perf_counter() - start
+    return loop
 
 
 def history_calls(url: str, origin: bool, mrn: int, room: int, start: int, n: int,
@@ -208,7 +296,7 @@ def gunicorn(command: list[str], cwd: Path, env: dict, name: str, quiet: bool = 
                             start_new_session=True)
     try:
         wait_http(f"{env['BENCH_URL']}/health", proc, name, 60)
-        yield env["BENCH_URL"]
+        yield Server(env["BENCH_URL"], api_group=proc.pid)
     finally:
         stop_process(proc)
 
@@ -224,7 +312,7 @@ def origin_checkout(args, tmp: Path) -> Path:
     return target
 
 
-def start_origin(stack: contextlib.ExitStack, checkout: Path, args) -> str:
+def start_origin(stack: contextlib.ExitStack, checkout: Path, args) -> Server:
     """The origin under ``gunicorn -w 2 server:app`` (sync), a fresh SQLite file."""
     (checkout / "patients.db").unlink(missing_ok=True)
     stack.callback(lambda: (checkout / "patients.db").unlink(missing_ok=True))
@@ -242,7 +330,7 @@ def start_origin(stack: contextlib.ExitStack, checkout: Path, args) -> str:
 
 
 def start_ours(stack: contextlib.ExitStack, tmp: Path, name: str, extra_env: dict,
-               checkout: Path = ROOT) -> str:
+               checkout: Path = ROOT) -> Server:
     """Ours (from ``checkout``) under ``gunicorn --config gunicorn.conf.py``, started as
     api_process.ApiServer starts it, on its own fresh nx-27017."""
     db = stack.enter_context(LocalMongo(data_dir=tmp / f"db-{name}", port=free_port()))
@@ -252,7 +340,20 @@ def start_ours(stack: contextlib.ExitStack, tmp: Path, name: str, extra_env: dic
                API_LOG_LEVEL="warning", BENCH_URL=f"http://127.0.0.1:{port}", **extra_env)
     command = [str(Path(sys.executable).with_name("gunicorn")), "--config",
                str(checkout / "gunicorn.conf.py")]
-    return stack.enter_context(gunicorn(command, checkout, env, f"gunicorn ({name})"))
+    server = stack.enter_context(gunicorn(command, checkout, env, f"gunicorn ({name})"))
+    server.database_pid = db.process.pid
+    return server
+
+
+def start_storage_only(stack: contextlib.ExitStack, tmp: Path) -> Server:
+    """Our storage layer on its own fresh nx-27017, called from this process."""
+    import pymongo
+    from sleeplab.storage import Storage
+    db = stack.enter_context(LocalMongo(data_dir=tmp / "db-storage", port=free_port()))
+    client = stack.enter_context(pymongo.MongoClient(db.uri("benchorigin"), tz_aware=True))
+    storage = Storage(client.get_default_database())
+    storage.ensure_indexes()
+    return Server(None, database_pid=db.process.pid, storage=storage)
 
 
 def pooled(loops: list[Loop]) -> dict:
@@ -261,23 +362,32 @@ def pooled(loops: list[Loop]) -> dict:
     whole = Loop([t for lp in loops for t in lp.latencies_s],
                  [e for lp in loops for e in lp.errors],
                  sum(lp.wall_s for lp in loops), max(lp.body_bytes for lp in loops))
-    return {**whole.summary(), "per_s_rounds": [lp.per_s for lp in loops]}
+    done = len(whole.latencies_s) or 1
+    cpu_ms = {name: 1000 * sum(lp.cpu_s.get(name, 0.0) for lp in loops) / done
+              for name in loops[0].cpu_s}
+    return {**whole.summary(), "per_s_rounds": [lp.per_s for lp in loops],
+            "cpu_ms_per_request": cpu_ms}
 
 
-def measure(servers: dict[str, str], args, image_b64: str) -> dict:
+def measure(servers: dict[str, Server], args, image_b64: str) -> dict:
     """Every measurement, interleaved: each round runs one phase on every server in turn
-    (the order rotating), so a change of the shared machine's load falls on all of them."""
-    names = list(servers)
-    uploads: dict[str, list[Loop]] = {n: [] for n in names}
+    (the order rotating), so a change of the shared machine's load falls on all of them.
+    The storage layer alone (no URL) takes part in the uploads only."""
+    everyone = list(servers)
+    names = [name for name in everyone if servers[name].url]
+    uploads: dict[str, list[Loop]] = {n: [] for n in everyone}
     reads: dict[str, list[Loop]] = {n: [] for n in names}
     for round_no in range(args.rounds):
-        order = names[round_no % len(names):] + names[:round_no % len(names)]
+        order = everyone[round_no % len(everyone):] + everyone[:round_no % len(everyone)]
         for name in order:
-            uploads[name].append(closed_loop(upload_calls(servers[name], round_no, image_b64),
-                                             args.clients))
-        for name in order:
+            server = servers[name]
+            uploads[name].append(measured_cpu(server, functools.partial(
+                storage_uploads, server.storage, round_no, image_b64, args.clients)
+                if server.url is None else functools.partial(
+                closed_loop, upload_calls(server.url, round_no, image_b64), args.clients)))
+        for name in [n for n in order if n in names]:
             path = "/get_all_patients" if name == "origin" else "/api/v1/rooms"
-            reads[name].append(closed_loop([("GET", f"{servers[name]}{path}", {})] * READS,
+            reads[name].append(closed_loop([("GET", f"{servers[name].url}{path}", {})] * READS,
                                            args.clients))
     # History: 2 x history_batch uploads to one patient, in steps taken in turn. Ours
     # also upload each step to a patient new in that step (the control): the machine's
@@ -293,18 +403,21 @@ def measure(servers: dict[str, str], args, image_b64: str) -> dict:
             origin = name == "origin"
             if origin and spent_s[name] > args.origin_history_s:
                 continue  # the origin's growing row: stopped, reported as far as it got
-            loop = closed_loop(history_calls(servers[name], origin, HISTORY_MRN, HISTORY_ROOM,
+            loop = closed_loop(history_calls(servers[name].url, origin, HISTORY_MRN, HISTORY_ROOM,
                                              start, n, image_b64), args.clients)
             history[name][half].append(loop)
             spent_s[name] += loop.wall_s
             if not origin:
                 history[name][f"control_{half}"].append(closed_loop(history_calls(
-                    servers[name], False, CONTROL_MRN + step, CONTROL_ROOM, 0, n, image_b64),
+                    servers[name].url, False, CONTROL_MRN + step, CONTROL_ROOM, 0, n, image_b64),
                     args.clients))
-    return {name: {"uploads": pooled(uploads[name]), "reads": pooled(reads[name]),
-                   "history": {k: pooled(loops or [Loop()])
-                               for k, loops in history[name].items()}}
-            for name in names}
+    results = {name: {"uploads": pooled(uploads[name]), "reads": pooled(reads[name]),
+                      "history": {k: pooled(loops or [Loop()])
+                                  for k, loops in history[name].items()}}
+               for name in names}
+    results.update({name: {"uploads": pooled(uploads[name])}
+                    for name in everyone if name not in names})
+    return results
 
 
 SERVERS = {"origin": "origin: Flask + SQLite, `gunicorn -w 2 server:app` (sync)",
@@ -312,7 +425,9 @@ SERVERS = {"origin": "origin: Flask + SQLite, `gunicorn -w 2 server:app` (sync)"
            "ours_sync": "ours: nx-27017, `gunicorn -c gunicorn.conf.py`, "
                         "GUNICORN_CMD_ARGS='--worker-class sync' (2 sync workers)",
            "ours_deployed": "ours as deployed: `gunicorn -c gunicorn.conf.py` "
-                            "(2 serving.Worker x API_THREADS)"}
+                            "(2 serving.Worker x API_THREADS)",
+           "storage_only": "ours, the database's part alone: Storage.upload from the client "
+                           "threads, no HTTP, gunicorn or Flask (bodies validated untimed)"}
 
 
 def history_cell(h: dict, batch: int, budget_s: float) -> str:
@@ -345,7 +460,7 @@ def table(results: dict, args) -> str:
              "| errors |",
              "|---|---:|---:|---:|---:|---:|---|---:|"]
     for key, r in results.items():
-        if key.startswith("_"):
+        if key.startswith("_") or "reads" not in r:
             continue
         u, rd = r["uploads"], r["reads"]
         errors = u["errors"] + rd["errors"] + sum(b["errors"] for b in r["history"].values())
@@ -365,6 +480,18 @@ def table(results: dict, args) -> str:
                 ratios = [results[key][kind]["per_s"] / origin[kind]["per_s"]
                           for kind in ("uploads", "reads")]
                 lines.append(f"| {name} | **{ratios[0]:.2f}x** | **{ratios[1]:.2f}x** |")
+    lines += ["", "CPU per upload by process (ms; the load generator is this script, "
+                  "requests' HTTP client; the storage row's includes the storage layer):", "",
+              "| server | uploads req/s | load generator | API (gunicorn) | database | total |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for key, r in results.items():
+        if key.startswith("_"):
+            continue
+        u, cpu = r["uploads"], r["uploads"]["cpu_ms_per_request"]
+        cells = " | ".join(f"{cpu[n]:.2f}" if n in cpu else "—"
+                           for n in ("load generator", "API", "database"))
+        lines.append(f"| {SERVERS[key]} | {u['per_s']:.1f} | {cells} | "
+                     f"{sum(cpu.values()):.2f} |")
     lines += ["", f"1-min load average at start / end: {results['_load'][0]:.1f} / "
                   f"{results['_load'][1]:.1f} (2 CPUs, shared)"]
     return "\n".join(lines)
@@ -411,6 +538,8 @@ def main(argv=None) -> int:
             servers["ours_sync"] = start_ours(stack, tmp, "sync", SYNC_WORKERS_ENV)
         if "ours_deployed" in chosen:
             servers["ours_deployed"] = start_ours(stack, tmp, "deployed", {})
+        if "storage_only" in chosen:
+            servers["storage_only"] = start_storage_only(stack, tmp)
         results: dict = measure(servers, args, image_b64)
     results["_load"] = [load_start, os.getloadavg()[0]]
     print(table(results, args))
