@@ -771,19 +771,34 @@ class Storage:
         SQL query on the ``(mrn, received_at)`` index, but scans every record for
         ``$in``; other patients in the range are dropped here. (A ``$match`` after the
         ``$group`` makes it run the whole pipeline in Python; ``count_documents`` is
-        ~50x slower.)
+        ~50x slower.) One patient (an upload's answer, a patient's page): one ``count``
+        command instead (:meth:`_record_count`), which stays flat as the history grows.
         """
         mrns = {p["mrn"] for p in patients}
         if not mrns:
             return patients
-        low, high = min(mrns), max(mrns)
-        match = low if low == high else {"$gte": low, "$lte": high}
-        counts = {doc["_id"]: doc["n"] for doc in self.records.aggregate([
-            {"$match": {"mrn": match}}, {"$group": {"_id": "$mrn", "n": {"$sum": 1}}}])
-            if doc["_id"] in mrns}
+        if len(mrns) == 1 and isinstance(self.db.client, pymongo.MongoClient):
+            (mrn,) = mrns
+            counts = {mrn: self._record_count(mrn)}
+        else:
+            low, high = min(mrns), max(mrns)
+            match = low if low == high else {"$gte": low, "$lte": high}
+            counts = {doc["_id"]: doc["n"] for doc in self.records.aggregate([
+                {"$match": {"mrn": match}}, {"$group": {"_id": "$mrn", "n": {"$sum": 1}}}])
+                if doc["_id"] in mrns}
         for patient in patients:
             patient["record_count"] = int(counts.get(patient["mrn"], 0))
         return patients
+
+    def _record_count(self, mrn: int) -> int:
+        """One patient's records (an upload's answer, a patient's page), by the ``count``
+        command on the ``mrn`` index: nx-27017 runs it as one SQL ``COUNT`` over the
+        index, where an aggregation first counts the whole collection and then reads each
+        of the patient's records (its database time 0.35 → 1.15 ms from 1 to 2,000
+        records; the command 0.30 → 0.45 ms). mongomock has no ``command``: the caller
+        aggregates there."""
+        return int(self.db.command("count", self.records.name,
+                                   query={"mrn": exactly(mrn)})["n"])
 
     def patient_records(self, mrn: int, limit: int) -> list[dict]:
         """A patient's ``limit`` newest records, newest first (no images)."""

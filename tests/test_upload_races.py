@@ -210,3 +210,35 @@ def test_freeing_a_room_spares_a_new_admission_in_the_same_second(monkeypatch, s
     upload_at(monkeypatch, store, T1, HOME)
     assert store.get_room(OTHER)["patient"]["ms"] == storage_module.ms(again)
     assert occupant(store, OTHER) == MRN
+
+
+@pytest.mark.parametrize("records, neighbours", [(0, 0), (1, 2), (3, 2)])
+def test_an_uploads_record_count_counts_that_patient_only(store, records, neighbours):
+    """The answer's ``record_count``: this patient's records, not a neighbouring MRN's
+    (nx-27017 and MongoDB: the ``count`` command; mongomock: an aggregation)."""
+    store.upload(MRN, HOME, name="Ada")  # known, no record yet
+    store.upload(MRN + 1, OTHER, name="Bo")
+    for _ in range(records):
+        store.upload(MRN, HOME, name="Ada", metrics=METRICS)
+    for _ in range(neighbours):
+        store.upload(MRN + 1, OTHER, name="Bo", metrics=METRICS)
+    assert store.get_patient(MRN)["record_count"] == records
+    assert store.get_patient(MRN + 1)["record_count"] == neighbours
+    answer = store.upload(MRN, HOME, name="Ada", metrics=METRICS)
+    assert answer.patient["record_count"] == records + 1
+
+
+def test_a_record_count_on_the_server_is_one_count_command(local_mongo):
+    """Counted on the ``(mrn)`` index by one ``count`` (an aggregation makes nx-27017
+    count the whole collection and read each of the patient's records: issue #15's
+    flatness to 2,000 records)."""
+    counter = CommandCounter()
+    client = MongoClient(local_mongo.uri(f"r{uuid.uuid4().hex[:12]}"), tz_aware=True,
+                         event_listeners=[counter])
+    store = storage_module.Storage(client.get_default_database())
+    store.ensure_indexes()
+    store.upload(MRN, HOME, name="Ada", metrics=METRICS)
+    counter.names.clear()
+    assert store.get_patient(MRN)["record_count"] == 1
+    assert counter.names == ["find", "count"]
+    client.close()
