@@ -51,6 +51,7 @@ import requests
 from sleeplab.virtual_patient import VirtualPatient
 from tools.api_process import ApiServer
 from tools.local_mongo import LocalMongo, free_port
+from tools.processes import process_group_cpu_s
 
 CHUNK_S = 10.0
 HOUR_CHUNKS = 360
@@ -61,25 +62,6 @@ PROBE_POLL_S = 0.01
 TARGET_P99_S = 0.200
 MRN_BASE = 100_000
 HTTP_TIMEOUT_S = 30.0
-CLOCK_TICKS_S = os.sysconf("SC_CLK_TCK")
-
-
-def process_group_cpu_s(pgid: int) -> float:
-    """User + system CPU seconds of every live process in a process group (/proc)."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:               # field 5: process group
-            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
-    return total / CLOCK_TICKS_S
-
-
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 

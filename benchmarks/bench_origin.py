@@ -75,7 +75,7 @@ import requests
 from PIL import Image
 
 from tools.local_mongo import LocalMongo, free_port
-from tools.processes import stop_process, wait_http
+from tools.processes import process_group_cpu_s, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,40 +152,19 @@ class Server:
     """A server under test: its URL and the processes whose CPU time is its own.
     ``storage``: no server, :class:`sleeplab.storage.Storage` called from this process."""
     url: str | None
-    api_group: int | None = None     # gunicorn's process group: master and workers
-    database_pid: int | None = None  # ours: its nx-27017
+    api_group: int | None = None       # gunicorn's process group: master and workers
+    database_group: int | None = None  # ours: its nx-27017's
     storage: object = None
-
-
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat after the command name: [state, ppid, pgrp, ... utime (11), stime (12)]."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()
-
-
-def _cpu_s(fields: list[str]) -> float:
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
 def cpu_by_process(server: Server) -> dict[str, float]:
     """CPU seconds so far of: this process (the load generator; with ``storage``, the
-    storage layer too), the server's gunicorn processes, its database process."""
+    storage layer too), the server's gunicorn processes, its database."""
     cpu = {"load generator": time.process_time()}
     if server.api_group is not None:
-        cpu["API"] = 0.0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    fields = _stat(int(entry))
-                except OSError:  # ended meanwhile
-                    continue
-                if int(fields[2]) == server.api_group:
-                    cpu["API"] += _cpu_s(fields)
-    if server.database_pid is not None:
-        cpu["database"] = _cpu_s(_stat(server.database_pid))
+        cpu["API"] = process_group_cpu_s(server.api_group)
+    if server.database_group is not None:
+        cpu["database"] = process_group_cpu_s(server.database_group)
     return cpu
 
 
@@ -341,7 +320,7 @@ def start_ours(stack: contextlib.ExitStack, tmp: Path, name: str, extra_env: dic
     command = [str(Path(sys.executable).with_name("gunicorn")), "--config",
                str(checkout / "gunicorn.conf.py")]
     server = stack.enter_context(gunicorn(command, checkout, env, f"gunicorn ({name})"))
-    server.database_pid = db.process.pid
+    server.database_group = db.process.pid  # started in its own session
     return server
 
 
@@ -353,7 +332,13 @@ def start_storage_only(stack: contextlib.ExitStack, tmp: Path) -> Server:
     client = stack.enter_context(pymongo.MongoClient(db.uri("benchorigin"), tz_aware=True))
     storage = Storage(client.get_default_database())
     storage.ensure_indexes()
-    return Server(None, database_pid=db.process.pid, storage=storage)
+    return Server(None, database_group=db.process.pid, storage=storage)
+
+
+def round_of_uploads(server: Server, round_no: int, image_b64: str, clients: int) -> Loop:
+    if server.url is None:
+        return storage_uploads(server.storage, round_no, image_b64, clients)
+    return closed_loop(upload_calls(server.url, round_no, image_b64), clients)
 
 
 def pooled(loops: list[Loop]) -> dict:
@@ -380,11 +365,8 @@ def measure(servers: dict[str, Server], args, image_b64: str) -> dict:
     for round_no in range(args.rounds):
         order = everyone[round_no % len(everyone):] + everyone[:round_no % len(everyone)]
         for name in order:
-            server = servers[name]
-            uploads[name].append(measured_cpu(server, functools.partial(
-                storage_uploads, server.storage, round_no, image_b64, args.clients)
-                if server.url is None else functools.partial(
-                closed_loop, upload_calls(server.url, round_no, image_b64), args.clients)))
+            uploads[name].append(measured_cpu(servers[name], functools.partial(
+                round_of_uploads, servers[name], round_no, image_b64, args.clients)))
         for name in [n for n in order if n in names]:
             path = "/get_all_patients" if name == "origin" else "/api/v1/rooms"
             reads[name].append(closed_loop([("GET", f"{servers[name].url}{path}", {})] * READS,

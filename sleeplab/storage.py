@@ -226,6 +226,12 @@ def upload_digest(mrn: int, room: int, name: str | None, given: dict | None,
     return fingerprint(mrn, room, name, given, content_sha256)
 
 
+def on_a_server(db) -> bool:
+    """A database server behind pymongo (MongoDB, nx-27017), not mongomock, which has
+    neither database commands nor the client-level bulkWrite."""
+    return isinstance(db.client, pymongo.MongoClient)
+
+
 def client_bulk_write(db, writes: list[tuple[object, object]]):
     """Writes to several collections, in order, in one round trip (MongoDB 8.0's
     client-level ``bulkWrite``; nx-27017 has it too). ``writes``: (collection, model)
@@ -235,7 +241,7 @@ def client_bulk_write(db, writes: list[tuple[object, object]]):
     no such command (mongomock, MongoDB before 8.0): the caller then writes one
     collection at a time. A failed write stops the ones after it and raises."""
     client = db.client
-    if not (isinstance(client, pymongo.MongoClient) and getattr(client, CLIENT_BULK_FLAG, True)):
+    if not (on_a_server(db) and getattr(client, CLIENT_BULK_FLAG, True)):
         return None
     models = [model(namespace=f"{db.name}.{collection.name}") for collection, model in writes]
     try:
@@ -777,7 +783,7 @@ class Storage:
         mrns = {p["mrn"] for p in patients}
         if not mrns:
             return patients
-        if len(mrns) == 1 and isinstance(self.db.client, pymongo.MongoClient):
+        if len(mrns) == 1 and on_a_server(self.db):
             (mrn,) = mrns
             counts = {mrn: self._record_count(mrn)}
         else:
@@ -1132,8 +1138,8 @@ def init_app(app) -> None:
     """Connect and create the indexes; if the database is down, retry on first use.
 
     One :class:`Storage` per app, shared by its requests and threads: it holds no state
-    of a request, and pymongo's collection objects are thread-safe (making its twelve
-    per request was measurable on every upload)."""
+    of a request, and pymongo's collection objects are thread-safe (no need to build its
+    twelve again for every request)."""
     app.extensions["storage_db"] = _database(app)
     app.extensions["storage"] = Storage(app.extensions["storage_db"])
     app.extensions["storage_indexed"] = False

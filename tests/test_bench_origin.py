@@ -22,7 +22,7 @@ def burner(seconds: float) -> subprocess.Popen:
 def test_cpu_by_process_names_each_part():
     assert set(cpu_by_process(Server("http://x"))) == {"load generator"}
     with burner(0) as api:
-        server = Server("http://x", api_group=api.pid, database_pid=api.pid)
+        server = Server("http://x", api_group=api.pid, database_group=api.pid)
         assert set(cpu_by_process(server)) == {"load generator", "API", "database"}
         api.kill()
 
@@ -39,7 +39,7 @@ def test_measured_cpu_counts_the_server_group_and_the_database_apart():
         return Loop(latencies_s=[0.1] * 4, wall_s=1.0)
 
     try:
-        loop = measured_cpu(Server("http://x", api_group=api.pid, database_pid=database.pid), run)
+        loop = measured_cpu(Server("http://x", api_group=api.pid, database_group=database.pid), run)
     finally:
         for process in (api, database):
             process.kill()

@@ -97,3 +97,23 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 60
             pass
         time.sleep(poll_s)
     raise RuntimeError(f"{what} did not become healthy at {url} within {timeout_s:.0f} s")
+
+
+CLOCK_TICKS_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (/proc): a
+    gunicorn master and its workers, or nx-27017 (each started in its own session)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:               # field 5: process group
+            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+    return total / CLOCK_TICKS_S
